@@ -1,0 +1,1 @@
+//! The method, free of I/O: acquisition scores and strategies, DPO losses, the trainer, the optimizer.

@@ -1,0 +1,8 @@
+//! prefloop: collect preference labels where they count, and DPO fine-tune a language model on them.
+//!
+//! Layers (docs/ARCHITECTURE.md): `http` → `engine` → `learn` → `model`, and `store` beside them.
+//! `model` and `learn` never import axum or sqlx; `http` never imports candle.
+
+pub mod cli;
+pub mod learn;
+pub mod model;
