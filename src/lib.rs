@@ -4,5 +4,8 @@
 //! `model` and `learn` never import axum or sqlx; `http` never imports candle.
 
 pub mod cli;
+pub mod config;
+pub mod http;
 pub mod learn;
 pub mod model;
+pub mod store;

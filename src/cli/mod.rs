@@ -2,6 +2,12 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod export;
+pub mod import;
+pub mod project;
+pub mod serve;
+pub mod user;
+
 /// Collect preference labels where they count, and DPO fine-tune a language model on them.
 #[derive(Debug, Parser)]
 #[command(name = "prefloop", version, about)]
@@ -11,7 +17,18 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Serve the web app and REST API.
+    Serve(serve::ServeArgs),
+    /// Manage users and their tokens.
+    User(user::UserArgs),
+    /// Manage projects.
+    Project(project::ProjectArgs),
+    /// Import prompts or pairs from NDJSON.
+    Import(import::ImportArgs),
+    /// Export judgments as NDJSON (TRL or full).
+    Export(export::ExportArgs),
+}
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info` for prefloop, `warn` elsewhere).
 pub fn init_tracing() {
@@ -23,6 +40,20 @@ pub fn init_tracing() {
         .init();
 }
 
+/// The async commands share one runtime, built here so `main` stays thin.
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Serve(args) => block_on(serve::run(args)),
+        Command::User(args) => block_on(user::run(args)),
+        Command::Project(args) => block_on(project::run(args)),
+        Command::Import(args) => block_on(import::run(args)),
+        Command::Export(args) => block_on(export::run(args)),
+    }
 }

@@ -1,0 +1,78 @@
+//! Projects: create, list, read, edit, and their label statistics.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::http::AppState;
+use crate::http::auth::{Admin, AuthUser};
+use crate::http::error::ApiResult;
+use crate::http::extract::ApiJson;
+use crate::store::leases::{ProjectStats, project_stats};
+use crate::store::projects::{self, Project, ProjectInput};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/projects", get(list_projects).post(create_project))
+        .route(
+            "/api/v1/projects/{id}",
+            get(get_project).patch(update_project),
+        )
+        .route("/api/v1/projects/{id}/stats", get(get_stats))
+}
+
+/// Create a project. Only `name` is required; every loop setting has a default.
+#[utoipa::path(post, path = "/api/v1/projects", request_body = ProjectInput,
+    responses((status = 201, body = Project), (status = 409, description = "name taken"),
+              (status = 422, description = "invalid or unknown field")))]
+pub async fn create_project(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(input): ApiJson<ProjectInput>,
+) -> ApiResult<(StatusCode, Json<Project>)> {
+    let project = projects::create_project(&state.store, input).await?;
+    Ok((StatusCode::CREATED, Json(project)))
+}
+
+#[utoipa::path(get, path = "/api/v1/projects", responses((status = 200, body = [Project])))]
+pub async fn list_projects(
+    State(state): State<AppState>,
+    _: Admin,
+) -> ApiResult<Json<Vec<Project>>> {
+    Ok(Json(projects::list_projects(&state.store).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{id}", responses((status = 200, body = Project), (status = 404)))]
+pub async fn get_project(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Project>> {
+    Ok(Json(projects::get_project(&state.store, &id).await?))
+}
+
+/// Change any of the fields given; absent fields keep their value, `"label_budget": null` lifts the budget.
+#[utoipa::path(patch, path = "/api/v1/projects/{id}", request_body = ProjectInput,
+    responses((status = 200, body = Project), (status = 404), (status = 422)))]
+pub async fn update_project(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<ProjectInput>,
+) -> ApiResult<Json<Project>> {
+    Ok(Json(
+        projects::update_project(&state.store, &id, input).await?,
+    ))
+}
+
+/// Labels spent and left, pairs pending, annotators. Open to annotators too: the workbench shows the budget.
+#[utoipa::path(get, path = "/api/v1/projects/{id}/stats", responses((status = 200, body = ProjectStats), (status = 404)))]
+pub async fn get_stats(
+    State(state): State<AppState>,
+    _: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ProjectStats>> {
+    let project = projects::get_project(&state.store, &id).await?;
+    Ok(Json(project_stats(&state.store, &project).await?))
+}

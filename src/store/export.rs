@@ -1,0 +1,160 @@
+//! Export of judgments as NDJSON, streamed: rows go out as they are read, so memory stays flat however
+//! large the project.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use utoipa::ToSchema;
+
+use super::leases::Choice;
+use super::{Result, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    /// {"prompt", "chosen", "rejected"}: what TRL's DPOTrainer reads.
+    #[default]
+    Trl,
+    /// Every judgment with its ids, annotator, raw choice, display order, model version and score.
+    Full,
+}
+
+/// Which annotators' judgments to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AnnotatorFilter {
+    #[default]
+    All,
+    Human,
+    Ai,
+}
+
+const EXPORT_SQL: &str = "SELECT j.id AS judgment_id, j.pair_id, j.lease_id, j.choice, j.left_is_a, \
+       j.rationale, j.seconds, j.created_at, j.superseded_at, \
+       u.id AS user_id, u.name AS annotator, u.kind AS annotator_kind, \
+       p.completion_a, p.completion_b, p.model_version_id, p.strategy, p.score, p.score_parts, \
+       p.source, p.meta AS pair_meta, q.text AS prompt, q.external_id AS prompt_external_id \
+     FROM judgments j JOIN users u ON u.id = j.user_id JOIN pairs p ON p.id = j.pair_id \
+       JOIN prompts q ON q.id = p.prompt_id \
+     WHERE j.project_id = $1 AND ($2 = 'all' OR u.kind = $2) \
+     ORDER BY j.created_at, j.id";
+
+fn choice_of(row: &AnyRow) -> Result<Choice> {
+    let raw: String = row.try_get("choice")?;
+    Choice::parse(&raw).ok_or_else(|| StoreError::Invalid(format!("unknown choice {raw:?}")))
+}
+
+/// One NDJSON line for a judgment row, or `None` when the format leaves that judgment out.
+fn export_line(format: ExportFormat, row: &AnyRow) -> Result<Option<String>> {
+    let choice = choice_of(row)?;
+    let left_is_a = super::flag(row, "left_is_a")?;
+    let superseded: Option<i64> = row.try_get("superseded_at")?;
+    let a: String = row.try_get("completion_a")?;
+    let b: String = row.try_get("completion_b")?;
+    let prompt: String = row.try_get("prompt")?;
+    let value = match format {
+        ExportFormat::Trl => {
+            // Only current, decisive answers make a preference pair.
+            let a_wins = match choice {
+                Choice::Left => left_is_a,
+                Choice::Right => !left_is_a,
+                _ => return Ok(None),
+            };
+            if superseded.is_some() {
+                return Ok(None);
+            }
+            let (chosen, rejected) = if a_wins { (a, b) } else { (b, a) };
+            serde_json::json!({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        }
+        ExportFormat::Full => {
+            let winner = match choice {
+                Choice::Left => Some(if left_is_a { "a" } else { "b" }),
+                Choice::Right => Some(if left_is_a { "b" } else { "a" }),
+                _ => None,
+            };
+            let score_parts: Option<String> = row.try_get("score_parts")?;
+            let pair_meta: String = row.try_get("pair_meta")?;
+            serde_json::json!({
+                "judgment_id": row.try_get::<String, _>("judgment_id")?,
+                "pair_id": row.try_get::<String, _>("pair_id")?,
+                "lease_id": row.try_get::<String, _>("lease_id")?,
+                "prompt": prompt,
+                "prompt_id": row.try_get::<Option<String>, _>("prompt_external_id")?,
+                "completion_a": a,
+                "completion_b": b,
+                "choice": choice.as_str(),
+                "winner": winner,
+                "left": if left_is_a { "a" } else { "b" },
+                "rationale": row.try_get::<Option<String>, _>("rationale")?,
+                "seconds": row.try_get::<f64, _>("seconds")?,
+                "annotator": row.try_get::<String, _>("annotator")?,
+                "annotator_id": row.try_get::<String, _>("user_id")?,
+                "annotator_kind": row.try_get::<String, _>("annotator_kind")?,
+                "source": row.try_get::<String, _>("source")?,
+                "model_version": row.try_get::<Option<String>, _>("model_version_id")?,
+                "strategy": row.try_get::<Option<String>, _>("strategy")?,
+                "acquisition_score": row.try_get::<Option<f64>, _>("score")?,
+                "score_parts": score_parts.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()),
+                "pair_meta": serde_json::from_str::<serde_json::Value>(&pair_meta).unwrap_or_default(),
+                "created_at": super::rfc3339(row.try_get("created_at")?),
+                "superseded_at": superseded.map(super::rfc3339),
+            })
+        }
+    };
+    let mut line = value.to_string();
+    line.push('\n');
+    Ok(Some(line))
+}
+
+/// Starts streaming a project's judgments. Lines arrive on the receiver in batches of about 64 KiB;
+/// the channel is bounded, so a slow reader slows the query instead of filling memory.
+pub fn export_judgments(
+    store: &Store,
+    project_id: &str,
+    format: ExportFormat,
+    filter: AnnotatorFilter,
+) -> mpsc::Receiver<Result<Bytes>> {
+    let (tx, rx) = mpsc::channel(4);
+    let store = store.clone();
+    let project_id = project_id.to_string();
+    let filter = match filter {
+        AnnotatorFilter::All => "all",
+        AnnotatorFilter::Human => "human",
+        AnnotatorFilter::Ai => "ai",
+    };
+    tokio::spawn(async move {
+        let mut rows = sqlx::query(EXPORT_SQL)
+            .bind(&project_id)
+            .bind(filter)
+            .fetch(store.pool());
+        let mut buf = String::new();
+        while let Some(row) = rows.next().await {
+            let line = row
+                .map_err(StoreError::from)
+                .and_then(|row| export_line(format, &row));
+            match line {
+                Ok(Some(line)) => buf.push_str(&line),
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+            if buf.len() >= 64 * 1024
+                && tx
+                    .send(Ok(Bytes::from(std::mem::take(&mut buf))))
+                    .await
+                    .is_err()
+            {
+                return; // the reader went away
+            }
+        }
+        if !buf.is_empty() {
+            let _ = tx.send(Ok(Bytes::from(buf))).await;
+        }
+    });
+    rx
+}

@@ -1,0 +1,341 @@
+//! Prompts and pairs: NDJSON import with a verdict per line, and the rows the queue serves from.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::{Any, Transaction};
+use utoipa::ToSchema;
+
+use super::{Result, Store, new_id, now_ms};
+
+/// Longest accepted line of an import, in bytes.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// Longest accepted prompt or completion, in bytes.
+pub const MAX_TEXT_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportKind {
+    Prompts,
+    Pairs,
+}
+
+/// External ids may be JSON strings or integers; both are kept as text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ExternalId {
+    Text(String),
+    Number(i64),
+}
+
+impl ExternalId {
+    fn into_string(self) -> String {
+        match self {
+            ExternalId::Text(s) => s,
+            ExternalId::Number(n) => n.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptLine {
+    prompt: String,
+    id: Option<ExternalId>,
+    meta: Option<serde_json::Map<String, serde_json::Value>>,
+    split: Option<Split>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairLine {
+    prompt: String,
+    completion_a: String,
+    completion_b: String,
+    id: Option<ExternalId>,
+    meta: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    #[default]
+    Train,
+    Eval,
+}
+
+impl Split {
+    fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Eval => "eval",
+        }
+    }
+}
+
+/// One valid line of an import, ready to store.
+#[derive(Debug, Clone)]
+pub enum NewItem {
+    Prompt {
+        text: String,
+        external_id: Option<String>,
+        meta: String,
+        split: Split,
+    },
+    Pair {
+        prompt: String,
+        completion_a: String,
+        completion_b: String,
+        external_id: Option<String>,
+        meta: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RejectedLine {
+    /// 1-based line number in the uploaded body.
+    pub line: usize,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct ImportReport {
+    pub inserted: u64,
+    /// Lines whose external id the project already had: skipped, not duplicated.
+    pub duplicates: u64,
+    pub rejected: Vec<RejectedLine>,
+}
+
+fn check_text(field: &str, s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        return Err(format!("\"{field}\" is empty"));
+    }
+    if s.len() > MAX_TEXT_BYTES {
+        return Err(format!(
+            "\"{field}\" is {} bytes, over the limit of {MAX_TEXT_BYTES}",
+            s.len()
+        ));
+    }
+    Ok(())
+}
+
+fn parse_line(kind: ImportKind, line: &[u8]) -> Result<NewItem, String> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(format!(
+            "line is {} bytes, over the limit of {MAX_LINE_BYTES}",
+            line.len()
+        ));
+    }
+    let text = std::str::from_utf8(line)
+        .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
+    let meta_text = |m: Option<serde_json::Map<String, serde_json::Value>>| {
+        serde_json::Value::Object(m.unwrap_or_default()).to_string()
+    };
+    match kind {
+        ImportKind::Prompts => {
+            let l: PromptLine = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            check_text("prompt", &l.prompt)?;
+            Ok(NewItem::Prompt {
+                text: l.prompt,
+                external_id: l.id.map(ExternalId::into_string),
+                meta: meta_text(l.meta),
+                split: l.split.unwrap_or_default(),
+            })
+        }
+        ImportKind::Pairs => {
+            let l: PairLine = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            check_text("prompt", &l.prompt)?;
+            check_text("completion_a", &l.completion_a)?;
+            check_text("completion_b", &l.completion_b)?;
+            Ok(NewItem::Pair {
+                prompt: l.prompt,
+                completion_a: l.completion_a,
+                completion_b: l.completion_b,
+                external_id: l.id.map(ExternalId::into_string),
+                meta: meta_text(l.meta),
+            })
+        }
+    }
+}
+
+/// Splits an NDJSON body into valid items (with their line numbers) and rejected lines.
+/// Blank lines are neither. Nothing here touches the database.
+pub fn parse_ndjson(kind: ImportKind, body: &[u8]) -> (Vec<(usize, NewItem)>, Vec<RejectedLine>) {
+    let mut items = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match parse_line(kind, line) {
+            Ok(item) => items.push((i + 1, item)),
+            Err(error) => rejected.push(RejectedLine { line: i + 1, error }),
+        }
+    }
+    (items, rejected)
+}
+
+fn text_hash(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Stores parsed items in one transaction: all of them, or (on a database error) none.
+pub async fn insert_items(
+    store: &Store,
+    project_id: &str,
+    items: Vec<(usize, NewItem)>,
+) -> Result<(u64, u64)> {
+    let mut tx = store.begin_write().await?;
+    let (mut inserted, mut duplicates) = (0, 0);
+    for (_, item) in items {
+        let fresh = match item {
+            NewItem::Prompt {
+                text,
+                external_id,
+                meta,
+                split,
+            } => insert_prompt(
+                &mut tx,
+                project_id,
+                &text,
+                external_id.as_deref(),
+                &meta,
+                split,
+            )
+            .await?
+            .is_some(),
+            NewItem::Pair {
+                prompt,
+                completion_a,
+                completion_b,
+                external_id,
+                meta,
+            } => {
+                let prompt_id = find_or_insert_prompt(&mut tx, project_id, &prompt).await?;
+                let done = sqlx::query(
+                    "INSERT INTO pairs (id, project_id, prompt_id, external_id, completion_a, completion_b, \
+                     meta, source, random_key, status, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'imported', $8, 'pending', $9) \
+                     ON CONFLICT (project_id, external_id) DO NOTHING",
+                )
+                .bind(new_id())
+                .bind(project_id)
+                .bind(prompt_id)
+                .bind(external_id)
+                .bind(completion_a)
+                .bind(completion_b)
+                .bind(meta)
+                .bind(rand::random::<f64>())
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+                done.rows_affected() == 1
+            }
+        };
+        if fresh {
+            inserted += 1;
+        } else {
+            duplicates += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok((inserted, duplicates))
+}
+
+/// Inserts a prompt; `None` when its external id is already in the project.
+async fn insert_prompt(
+    tx: &mut Transaction<'static, Any>,
+    project_id: &str,
+    text: &str,
+    external_id: Option<&str>,
+    meta: &str,
+    split: Split,
+) -> Result<Option<String>> {
+    let id = new_id();
+    let done = sqlx::query(
+        "INSERT INTO prompts (id, project_id, external_id, text, text_hash, meta, split, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (project_id, external_id) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(project_id)
+    .bind(external_id)
+    .bind(text)
+    .bind(text_hash(text))
+    .bind(meta)
+    .bind(split.as_str())
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok((done.rows_affected() == 1).then_some(id))
+}
+
+/// The prompt row with this exact text, created when the project has none.
+pub async fn find_or_insert_prompt(
+    tx: &mut Transaction<'static, Any>,
+    project_id: &str,
+    text: &str,
+) -> Result<String> {
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM prompts WHERE project_id = $1 AND text_hash = $2 AND text = $3 LIMIT 1",
+    )
+    .bind(project_id)
+    .bind(text_hash(text))
+    .bind(text)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match existing {
+        Some(id) => Ok(id),
+        None => Ok(
+            insert_prompt(tx, project_id, text, None, "{}", Split::Train)
+                .await?
+                .expect("a prompt without external id never conflicts"),
+        ),
+    }
+}
+
+/// Parses and stores one NDJSON upload. Bad lines are reported; good ones are stored.
+pub async fn import_ndjson(
+    store: &Store,
+    project_id: &str,
+    kind: ImportKind,
+    body: &[u8],
+) -> Result<ImportReport> {
+    let (items, rejected) = parse_ndjson(kind, body);
+    let (inserted, duplicates) = insert_items(store, project_id, items).await?;
+    Ok(ImportReport {
+        inserted,
+        duplicates,
+        rejected,
+    })
+}
+
+/// Counts of a project's pairs by status, for stats and dashboards.
+pub async fn count_pairs(store: &Store, project_id: &str) -> Result<PairCounts> {
+    let row = sqlx::query(
+        "SELECT \
+           COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0) AS pending, \
+           COALESCE(SUM(CASE WHEN status = 'labelled' THEN 1 ELSE 0 END), 0) AS labelled, \
+           COALESCE(SUM(CASE WHEN status = 'pending' AND lease_id IS NOT NULL AND leased_until > $2 \
+                             THEN 1 ELSE 0 END), 0) AS leased, \
+           (SELECT COUNT(*) FROM prompts WHERE project_id = $1) AS prompts \
+         FROM pairs WHERE project_id = $1",
+    )
+    .bind(project_id)
+    .bind(now_ms())
+    .fetch_one(store.pool())
+    .await?;
+    let get = |name: &str| super::int(&row, name);
+    Ok(PairCounts {
+        pending: get("pending")?,
+        labelled: get("labelled")?,
+        leased: get("leased")?,
+        prompts: get("prompts")?,
+    })
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PairCounts {
+    pub pending: i64,
+    pub labelled: i64,
+    pub leased: i64,
+    pub prompts: i64,
+}

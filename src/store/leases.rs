@@ -1,0 +1,579 @@
+//! Leases and judgments: who is looking at which pair until when, and what they answered.
+//!
+//! A pair carries its current lease (`pairs.lease_id`, `pairs.leased_until`), so claiming the best free
+//! pair is one conditional UPDATE; the `leases` rows keep the history. Judgments are never deleted: an undo
+//! marks the judgment superseded and hands the pair back to the same annotator.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use utoipa::ToSchema;
+
+use super::projects::Project;
+use super::users::User;
+use super::{Dialect, Result, Store, StoreError, new_id, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Choice {
+    Left,
+    Right,
+    Tie,
+    BothBad,
+    Skip,
+}
+
+impl Choice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Choice::Left => "left",
+            Choice::Right => "right",
+            Choice::Tie => "tie",
+            Choice::BothBad => "both_bad",
+            Choice::Skip => "skip",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Choice> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+
+    /// Every answer but a skip spends the label budget.
+    pub fn spends_budget(self) -> bool {
+        self != Choice::Skip
+    }
+}
+
+/// A pair handed to one annotator, with the order its completions are shown in.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LeasedPair {
+    pub lease_id: String,
+    pub pair_id: String,
+    pub project_id: String,
+    pub prompt: String,
+    pub left: String,
+    pub right: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    #[serde(skip)]
+    pub expires_at_ms: i64,
+    #[serde(skip)]
+    pub left_is_a: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Judgment {
+    pub id: String,
+    pub project_id: String,
+    pub pair_id: String,
+    pub lease_id: String,
+    pub user_id: String,
+    pub choice: Choice,
+    /// Whether completion A was the one shown on the left.
+    pub left_is_a: bool,
+    pub rationale: Option<String>,
+    /// Seconds from the lease to the answer.
+    pub seconds: f64,
+    pub idempotency_key: Option<String>,
+    pub created_at: String,
+    pub superseded_at: Option<String>,
+}
+
+fn judgment_from_row(row: &AnyRow) -> Result<Judgment> {
+    let choice: String = row.try_get("choice")?;
+    let superseded: Option<i64> = row.try_get("superseded_at")?;
+    Ok(Judgment {
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        pair_id: row.try_get("pair_id")?,
+        lease_id: row.try_get("lease_id")?,
+        user_id: row.try_get("user_id")?,
+        choice: Choice::parse(&choice)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown choice {choice:?} in database")))?,
+        left_is_a: super::flag(row, "left_is_a")?,
+        rationale: row.try_get("rationale")?,
+        seconds: row.try_get("seconds")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: super::rfc3339(row.try_get("created_at")?),
+        superseded_at: superseded.map(super::rfc3339),
+    })
+}
+
+/// The lease row joined with its pair and prompt, as `LeasedPair`.
+const LEASE_BY_ID: &str = "SELECT l.id AS lease_id, l.pair_id, l.project_id, l.left_is_a, \
+     l.expires_at, p.completion_a, p.completion_b, q.text AS prompt \
+     FROM leases l JOIN pairs p ON p.id = l.pair_id JOIN prompts q ON q.id = p.prompt_id \
+     WHERE l.id = $1";
+
+fn leased_pair_from_row(row: &AnyRow) -> Result<LeasedPair> {
+    let left_is_a = super::flag(row, "left_is_a")?;
+    let a: String = row.try_get("completion_a")?;
+    let b: String = row.try_get("completion_b")?;
+    let (left, right) = if left_is_a { (a, b) } else { (b, a) };
+    let expires_at_ms: i64 = row.try_get("expires_at")?;
+    Ok(LeasedPair {
+        lease_id: row.try_get("lease_id")?,
+        pair_id: row.try_get("pair_id")?,
+        project_id: row.try_get("project_id")?,
+        prompt: row.try_get("prompt")?,
+        left,
+        right,
+        expires_at: super::rfc3339(expires_at_ms),
+        expires_at_ms,
+        left_is_a,
+    })
+}
+
+async fn get_leased_pair(tx: &mut Transaction<'static, Any>, lease_id: &str) -> Result<LeasedPair> {
+    let row = sqlx::query(LEASE_BY_ID)
+        .bind(lease_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    leased_pair_from_row(&row)
+}
+
+/// Serialises lease decisions within one project on PostgreSQL (SQLite's `BEGIN IMMEDIATE` already
+/// serialises every writer), so budget counts and the pair claim see one consistent state.
+async fn lock_project(
+    tx: &mut Transaction<'static, Any>,
+    store: &Store,
+    project_id: &str,
+) -> Result<()> {
+    if store.dialect() == Dialect::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::TEXT")
+            .bind(project_id)
+            .fetch_one(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Labels spent in a project: current (not superseded) judgments other than skips.
+async fn count_labels(tx: &mut Transaction<'static, Any>, project_id: &str) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM judgments \
+         WHERE project_id = $1 AND superseded_at IS NULL AND choice <> 'skip'",
+    )
+    .bind(project_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    super::int(&row, "n")
+}
+
+/// Leases the best free pair of `project` to `user`, or gives back the lease they already hold.
+/// `None` when nothing is free or the label budget is spent (counting labels promised to open leases).
+/// Leases listed in `exclude` are not given back, so a client can hold a second pair ready.
+pub async fn lease_next_pair(
+    store: &Store,
+    project: &Project,
+    user: &User,
+    exclude: &[String],
+) -> Result<Option<LeasedPair>> {
+    let now = now_ms();
+    let mut tx = store.begin_write().await?;
+    lock_project(&mut tx, store, &project.id).await?;
+
+    let held: Vec<String> = sqlx::query_scalar(
+        "SELECT l.id FROM leases l JOIN pairs p ON p.id = l.pair_id \
+         WHERE l.user_id = $1 AND l.project_id = $2 AND l.status = 'active' AND l.expires_at > $3 \
+           AND p.lease_id = l.id AND p.status = 'pending' \
+         ORDER BY l.created_at DESC",
+    )
+    .bind(&user.id)
+    .bind(&project.id)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    if let Some(id) = held.iter().find(|id| !exclude.contains(id)) {
+        let leased = get_leased_pair(&mut tx, id).await?;
+        tx.commit().await?;
+        return Ok(Some(leased));
+    }
+
+    if let Some(budget) = project.label_budget {
+        let labels = count_labels(&mut tx, &project.id).await?;
+        let open: i64 = super::int(
+            &sqlx::query(
+                "SELECT COUNT(*) AS n FROM pairs WHERE project_id = $1 AND status = 'pending' \
+                 AND lease_id IS NOT NULL AND leased_until > $2",
+            )
+            .bind(&project.id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?,
+            "n",
+        )?;
+        if labels + open >= budget {
+            tx.commit().await?;
+            return Ok(None);
+        }
+    }
+
+    let lease_id = new_id();
+    let expires = now + project.lease_seconds * 1000;
+    let claim = match store.dialect() {
+        Dialect::Sqlite => CLAIM_SQLITE,
+        Dialect::Postgres => CLAIM_POSTGRES,
+    };
+    let pair_id: Option<String> = sqlx::query_scalar(claim)
+        .bind(&lease_id)
+        .bind(expires)
+        .bind(&project.id)
+        .bind(now)
+        .bind(&user.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(pair_id) = pair_id else {
+        tx.commit().await?;
+        return Ok(None);
+    };
+    // The pair's earlier lease, if any, ran out: record that in its history.
+    sqlx::query("UPDATE leases SET status = 'expired' WHERE pair_id = $1 AND status = 'active'")
+        .bind(&pair_id)
+        .execute(&mut *tx)
+        .await?;
+    let left_is_a = rand::random::<bool>();
+    sqlx::query(
+        "INSERT INTO leases (id, pair_id, project_id, user_id, left_is_a, status, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7)",
+    )
+    .bind(&lease_id)
+    .bind(&pair_id)
+    .bind(&project.id)
+    .bind(&user.id)
+    .bind(left_is_a as i64)
+    .bind(now)
+    .bind(expires)
+    .execute(&mut *tx)
+    .await?;
+    let leased = get_leased_pair(&mut tx, &lease_id).await?;
+    tx.commit().await?;
+    Ok(Some(leased))
+}
+
+/// Claims the best free pair the user has not already answered: highest score first, then the random
+/// key fixed at insert. The outer conditions repeat the inner ones so that a concurrent claim of the same
+/// row can never succeed twice.
+const CLAIM_SQLITE: &str = "UPDATE pairs SET lease_id = $1, leased_until = $2 WHERE id = ( \
+       SELECT id FROM pairs WHERE project_id = $3 AND status = 'pending' \
+         AND (leased_until IS NULL OR leased_until <= $4) \
+         AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = pairs.id AND j.user_id = $5 \
+                         AND j.superseded_at IS NULL) \
+       ORDER BY score DESC NULLS LAST, random_key LIMIT 1) \
+     AND status = 'pending' AND (leased_until IS NULL OR leased_until <= $4) \
+     RETURNING id";
+
+const CLAIM_POSTGRES: &str = "UPDATE pairs SET lease_id = $1, leased_until = $2 WHERE id = ( \
+       SELECT id FROM pairs WHERE project_id = $3 AND status = 'pending' \
+         AND (leased_until IS NULL OR leased_until <= $4) \
+         AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = pairs.id AND j.user_id = $5 \
+                         AND j.superseded_at IS NULL) \
+       ORDER BY score DESC NULLS LAST, random_key LIMIT 1 FOR UPDATE SKIP LOCKED) \
+     AND status = 'pending' AND (leased_until IS NULL OR leased_until <= $4) \
+     RETURNING id";
+
+/// What a judgment request asks for.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JudgmentInput {
+    pub choice: Choice,
+    pub rationale: Option<String>,
+}
+
+pub const MAX_RATIONALE_BYTES: usize = 20_000;
+
+struct LeaseRow {
+    id: String,
+    pair_id: String,
+    project_id: String,
+    user_id: String,
+    left_is_a: bool,
+    created_at: i64,
+}
+
+async fn get_lease(tx: &mut Transaction<'static, Any>, lease_id: &str) -> Result<LeaseRow> {
+    let row = sqlx::query("SELECT * FROM leases WHERE id = $1")
+        .bind(lease_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(StoreError::NotFound("lease"))?;
+    Ok(LeaseRow {
+        id: row.try_get("id")?,
+        pair_id: row.try_get("pair_id")?,
+        project_id: row.try_get("project_id")?,
+        user_id: row.try_get("user_id")?,
+        left_is_a: super::flag(&row, "left_is_a")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// The lease of `user`, or `Forbidden` when it is someone else's.
+async fn own_lease(
+    tx: &mut Transaction<'static, Any>,
+    lease_id: &str,
+    user: &User,
+) -> Result<LeaseRow> {
+    let lease = get_lease(tx, lease_id).await?;
+    if lease.user_id != user.id {
+        return Err(StoreError::Forbidden(
+            "this lease belongs to another annotator".into(),
+        ));
+    }
+    Ok(lease)
+}
+
+/// Whether the pair still waits for this lease's answer (not re-leased, not labelled, not released).
+async fn pair_held_by(tx: &mut Transaction<'static, Any>, lease: &LeaseRow) -> Result<bool> {
+    let held: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM pairs WHERE id = $1 AND lease_id = $2 AND status = 'pending'",
+    )
+    .bind(&lease.pair_id)
+    .bind(&lease.id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(held.is_some())
+}
+
+/// Records the answer to a lease. Answering the same lease again with the same choice returns the stored
+/// judgment and `false` (nothing new is written); a different answer to an answered lease is a conflict.
+pub async fn record_judgment(
+    store: &Store,
+    lease_id: &str,
+    user: &User,
+    input: &JudgmentInput,
+    idempotency_key: Option<&str>,
+) -> Result<(Judgment, bool)> {
+    if input
+        .rationale
+        .as_ref()
+        .is_some_and(|r| r.len() > MAX_RATIONALE_BYTES)
+    {
+        return Err(StoreError::Invalid(format!(
+            "rationale is over the limit of {MAX_RATIONALE_BYTES} bytes"
+        )));
+    }
+    let mut tx = store.begin_write().await?;
+    let lease = own_lease(&mut tx, lease_id, user).await?;
+
+    let existing = sqlx::query("SELECT * FROM judgments WHERE lease_id = $1")
+        .bind(lease_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(row) = existing {
+        let judgment = judgment_from_row(&row)?;
+        tx.commit().await?;
+        let same_key =
+            idempotency_key.is_none() || judgment.idempotency_key.as_deref() == idempotency_key;
+        if judgment.choice == input.choice && same_key {
+            return Ok((judgment, false));
+        }
+        return Err(StoreError::Conflict(format!(
+            "this lease was already answered with \"{}\"",
+            judgment.choice.as_str()
+        )));
+    }
+    if !pair_held_by(&mut tx, &lease).await? {
+        return Err(StoreError::Conflict(
+            "this lease has ended and its pair was handed on; ask /next for another".into(),
+        ));
+    }
+
+    let now = now_ms();
+    let id = new_id();
+    let seconds = (now - lease.created_at).max(0) as f64 / 1000.0;
+    sqlx::query(
+        "INSERT INTO judgments (id, project_id, pair_id, lease_id, user_id, choice, left_is_a, rationale, \
+         seconds, idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&id)
+    .bind(&lease.project_id)
+    .bind(&lease.pair_id)
+    .bind(&lease.id)
+    .bind(&user.id)
+    .bind(input.choice.as_str())
+    .bind(lease.left_is_a as i64)
+    .bind(input.rationale.as_deref())
+    .bind(seconds)
+    .bind(idempotency_key)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE leases SET status = 'answered' WHERE id = $1")
+        .bind(&lease.id)
+        .execute(&mut *tx)
+        .await?;
+    // A skip puts the pair back for others (this annotator is not offered it again); any other answer
+    // labels it.
+    let status = if input.choice == Choice::Skip {
+        "pending"
+    } else {
+        "labelled"
+    };
+    sqlx::query("UPDATE pairs SET status = $1, lease_id = NULL, leased_until = NULL WHERE id = $2")
+        .bind(status)
+        .bind(&lease.pair_id)
+        .execute(&mut *tx)
+        .await?;
+    let row = sqlx::query("SELECT * FROM judgments WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((judgment_from_row(&row)?, true))
+}
+
+/// Keeps a lease alive for another lease period; returns the new expiry (ms).
+pub async fn extend_lease(store: &Store, lease_id: &str, user: &User) -> Result<LeasedPair> {
+    let mut tx = store.begin_write().await?;
+    let lease = own_lease(&mut tx, lease_id, user).await?;
+    if !pair_held_by(&mut tx, &lease).await? {
+        return Err(StoreError::Conflict("this lease has ended".into()));
+    }
+    let seconds: i64 = sqlx::query_scalar("SELECT lease_seconds FROM projects WHERE id = $1")
+        .bind(&lease.project_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let expires = now_ms() + seconds * 1000;
+    sqlx::query("UPDATE leases SET expires_at = $1, status = 'active' WHERE id = $2")
+        .bind(expires)
+        .bind(&lease.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE pairs SET leased_until = $1 WHERE id = $2")
+        .bind(expires)
+        .bind(&lease.pair_id)
+        .execute(&mut *tx)
+        .await?;
+    let leased = get_leased_pair(&mut tx, &lease.id).await?;
+    tx.commit().await?;
+    Ok(leased)
+}
+
+/// Gives a lease up unanswered (the page was closed): its pair is free for anyone at once.
+pub async fn release_lease(store: &Store, lease_id: &str, user: &User) -> Result<()> {
+    let mut tx = store.begin_write().await?;
+    let lease = own_lease(&mut tx, lease_id, user).await?;
+    if pair_held_by(&mut tx, &lease).await? {
+        sqlx::query("UPDATE pairs SET lease_id = NULL, leased_until = NULL WHERE id = $1")
+            .bind(&lease.pair_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE leases SET status = 'released' WHERE id = $1")
+            .bind(&lease.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Undo {
+    /// The judgment taken back; it stays stored, marked superseded.
+    pub undone: Judgment,
+    /// The same pair, leased again to the same annotator (absent when someone else holds it now).
+    pub lease: Option<LeasedPair>,
+}
+
+/// Takes back the caller's latest current judgment in the project and leases its pair to them again.
+pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -> Result<Undo> {
+    let now = now_ms();
+    let mut tx = store.begin_write().await?;
+    lock_project(&mut tx, store, &project.id).await?;
+    let row = sqlx::query(
+        "SELECT * FROM judgments WHERE project_id = $1 AND user_id = $2 AND superseded_at IS NULL \
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+    )
+    .bind(&project.id)
+    .bind(&user.id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound("judgment to undo"))?;
+    let mut undone = judgment_from_row(&row)?;
+    sqlx::query("UPDATE judgments SET superseded_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(&undone.id)
+        .execute(&mut *tx)
+        .await?;
+    undone.superseded_at = Some(super::rfc3339(now));
+
+    let lease_id = new_id();
+    let expires = now + project.lease_seconds * 1000;
+    let claimed = sqlx::query(
+        "UPDATE pairs SET status = 'pending', lease_id = $1, leased_until = $2 \
+         WHERE id = $3 AND (status = 'labelled' OR lease_id IS NULL OR leased_until <= $4)",
+    )
+    .bind(&lease_id)
+    .bind(expires)
+    .bind(&undone.pair_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let lease = if claimed.rows_affected() == 1 {
+        sqlx::query(
+            "INSERT INTO leases (id, pair_id, project_id, user_id, left_is_a, status, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7)",
+        )
+        .bind(&lease_id)
+        .bind(&undone.pair_id)
+        .bind(&project.id)
+        .bind(&user.id)
+        .bind(undone.left_is_a as i64)
+        .bind(now)
+        .bind(expires)
+        .execute(&mut *tx)
+        .await?;
+        Some(get_leased_pair(&mut tx, &lease_id).await?)
+    } else {
+        None
+    };
+    tx.commit().await?;
+    Ok(Undo { undone, lease })
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProjectStats {
+    pub labels: i64,
+    pub label_budget: Option<i64>,
+    /// Labels left to spend; absent when the budget is unlimited.
+    pub remaining: Option<i64>,
+    pub pending_pairs: i64,
+    pub leased_pairs: i64,
+    pub labelled_pairs: i64,
+    pub prompts: i64,
+    /// People and judges who have given at least one current judgment.
+    pub annotators: i64,
+    pub skips: i64,
+    pub ties: i64,
+    pub both_bad: i64,
+}
+
+pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectStats> {
+    let counts = super::items::count_pairs(store, &project.id).await?;
+    let row = sqlx::query(
+        "SELECT \
+           COALESCE(SUM(CASE WHEN choice <> 'skip' THEN 1 ELSE 0 END), 0) AS labels, \
+           COALESCE(SUM(CASE WHEN choice = 'skip' THEN 1 ELSE 0 END), 0) AS skips, \
+           COALESCE(SUM(CASE WHEN choice = 'tie' THEN 1 ELSE 0 END), 0) AS ties, \
+           COALESCE(SUM(CASE WHEN choice = 'both_bad' THEN 1 ELSE 0 END), 0) AS both_bad, \
+           COUNT(DISTINCT user_id) AS annotators \
+         FROM judgments WHERE project_id = $1 AND superseded_at IS NULL",
+    )
+    .bind(&project.id)
+    .fetch_one(store.pool())
+    .await?;
+    let labels = super::int(&row, "labels")?;
+    Ok(ProjectStats {
+        labels,
+        label_budget: project.label_budget,
+        remaining: project.label_budget.map(|b| (b - labels).max(0)),
+        pending_pairs: counts.pending,
+        leased_pairs: counts.leased,
+        labelled_pairs: counts.labelled,
+        prompts: counts.prompts,
+        annotators: super::int(&row, "annotators")?,
+        skips: super::int(&row, "skips")?,
+        ties: super::int(&row, "ties")?,
+        both_bad: super::int(&row, "both_bad")?,
+    })
+}

@@ -1,0 +1,184 @@
+//! Everything SQL. One `sqlx::AnyPool` serves SQLite (the embedded default) and PostgreSQL; where the two
+//! dialects differ, the difference is chosen here and nowhere else.
+//!
+//! Portable column types only (docs/ARCHITECTURE.md): UUID text ids, Unix-millisecond BIGINT times,
+//! JSON as text. Functions take `&Store` or a transaction and return domain types, never rows.
+
+pub mod export;
+pub mod items;
+pub mod leases;
+pub mod projects;
+pub mod stats;
+pub mod users;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Transaction};
+
+/// What can go wrong below the HTTP layer. The HTTP layer maps each variant to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Unique-constraint violations become a `Conflict` with a message a user can act on.
+    pub(crate) fn unique_or(err: sqlx::Error, what: &str) -> StoreError {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(format!("{what} already exists"))
+            }
+            _ => StoreError::Database(err),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The database: a pool and the dialect it speaks. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+impl Store {
+    /// Opens (creating when absent) the embedded SQLite database `<dir>/prefloop.db`.
+    pub async fn open_data_dir(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Invalid(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join("prefloop.db");
+        Store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Connects to `sqlite://…` or `postgres://…` and applies the embedded migrations.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "unsupported database url {url:?}: use sqlite://PATH or postgres://…"
+            )));
+        };
+        let options = AnyConnectOptions::from_str(url)?;
+        let pool = match dialect {
+            Dialect::Sqlite => {
+                // WAL lets readers run beside the one writer; the busy timeout makes writers queue
+                // instead of failing while another transaction commits.
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::raw_sql(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;",
+                            )
+                            .execute(conn)
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+            Dialect::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        match dialect {
+            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(Store { pool, dialect })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// A transaction that will write. SQLite must take the write lock up front (`BEGIN IMMEDIATE`):
+    /// a deferred transaction that reads first cannot wait for the lock later and fails instead.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch: the unit of every time column.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock before 1970: this is a bug in the host");
+    now.as_millis() as i64
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// RFC 3339 in UTC with exactly three fraction digits, the form every API answer uses (so that the
+/// strings also sort in time order).
+pub fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&format).unwrap_or_default()
+}
+
+/// An integer column, whichever width the database chose for it (PostgreSQL's COUNT is BIGINT,
+/// an expression over literals may be INTEGER).
+pub(crate) fn int(row: &sqlx::any::AnyRow, name: &str) -> Result<i64> {
+    use sqlx::Row;
+    match row.try_get::<i64, _>(name) {
+        Ok(v) => Ok(v),
+        Err(_) => Ok(row.try_get::<i32, _>(name)? as i64),
+    }
+}
+
+/// A 0/1 flag column. Flags are BIGINT in both schemas: sqlx's Any driver cannot read SQLite booleans.
+pub(crate) fn flag(row: &sqlx::any::AnyRow, name: &str) -> Result<bool> {
+    Ok(int(row, name)? != 0)
+}
