@@ -99,8 +99,10 @@ CREATE TABLE leases (
 CREATE INDEX leases_user ON leases (user_id, project_id, status);
 CREATE INDEX leases_pair ON leases (pair_id);
 
+-- seq orders judgments exactly (several can share a millisecond); id is what clients see.
 CREATE TABLE judgments (
-    id              TEXT PRIMARY KEY,
+    seq             BIGSERIAL PRIMARY KEY,
+    id              TEXT NOT NULL UNIQUE,
     project_id      TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
     pair_id         TEXT NOT NULL REFERENCES pairs(id) ON DELETE CASCADE,
     lease_id        TEXT NOT NULL UNIQUE REFERENCES leases(id),

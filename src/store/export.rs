@@ -40,7 +40,7 @@ const EXPORT_SQL: &str = "SELECT j.id AS judgment_id, j.pair_id, j.lease_id, j.c
      FROM judgments j JOIN users u ON u.id = j.user_id JOIN pairs p ON p.id = j.pair_id \
        JOIN prompts q ON q.id = p.prompt_id \
      WHERE j.project_id = $1 AND ($2 = 'all' OR u.kind = $2) \
-     ORDER BY j.created_at, j.id";
+     ORDER BY j.seq";
 
 fn choice_of(row: &AnyRow) -> Result<Choice> {
     let raw: String = row.try_get("choice")?;

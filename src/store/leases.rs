@@ -482,7 +482,7 @@ pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -
     lock_project(&mut tx, store, &project.id).await?;
     let row = sqlx::query(
         "SELECT * FROM judgments WHERE project_id = $1 AND user_id = $2 AND superseded_at IS NULL \
-         ORDER BY created_at DESC, id DESC LIMIT 1",
+         ORDER BY seq DESC LIMIT 1",
     )
     .bind(&project.id)
     .bind(&user.id)

@@ -67,12 +67,7 @@ impl TestApp {
             Backend::Postgres => {
                 let base = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
                 let name = format!("prefloop_test_{}", uuid::Uuid::new_v4().simple());
-                let admin_store = Store::connect(&base).await.expect("connect postgres");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(admin_store.pool())
-                    .await
-                    .expect("create test database");
-                admin_store.close().await;
+                create_database(&base, &name).await;
                 let url = match base.rfind('/') {
                     Some(i) if base[..i].ends_with(|c: char| c != '/') => {
                         format!("{}/{name}", &base[..i])
@@ -236,18 +231,36 @@ impl Drop for TestApp {
                     .ok()?;
                 rt.block_on(async move {
                     store.close().await;
-                    let admin = Store::connect(&base).await.ok()?;
+                    let mut admin = connect_server(&base).await;
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                     )))
-                    .execute(admin.pool())
+                    .execute(&mut admin)
                     .await
                     .ok()?;
-                    admin.close().await;
+                    drop(admin);
                     Some(())
                 })
             })
             .join();
         }
     }
+}
+
+/// A plain connection to the server in TEST_DATABASE_URL, for creating and dropping test databases
+/// (a `Store` would migrate that database too).
+async fn connect_server(url: &str) -> sqlx::AnyConnection {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(url)
+        .await
+        .expect("connect to TEST_DATABASE_URL")
+}
+
+async fn create_database(base: &str, name: &str) {
+    let mut conn = connect_server(base).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
 }
