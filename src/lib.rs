@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod judge;
 pub mod learn;
 pub mod model;
 pub mod store;

@@ -37,14 +37,18 @@ CREATE UNIQUE INDEX prompts_external_id ON prompts (project_id, external_id);
 CREATE INDEX prompts_project ON prompts (project_id, created_at);
 CREATE INDEX prompts_text ON prompts (project_id, text_hash);
 
+-- A model a project's policy can be: the reference the server started with (project_id NULL, no parent)
+-- or the result of a training run. The newest version of a project is its current policy.
 CREATE TABLE model_versions (
     id          TEXT PRIMARY KEY,
+    project_id  TEXT REFERENCES projects(id) ON DELETE CASCADE,
     parent_id   TEXT REFERENCES model_versions(id),
     path        TEXT NOT NULL,
     labels_seen BIGINT NOT NULL DEFAULT 0,
     metrics     TEXT NOT NULL DEFAULT '{}',
     created_at  BIGINT NOT NULL
 );
+CREATE INDEX model_versions_project ON model_versions (project_id, created_at);
 
 CREATE TABLE training_runs (
     id               TEXT PRIMARY KEY,
@@ -118,3 +122,15 @@ CREATE TABLE judgments (
 CREATE INDEX judgments_project ON judgments (project_id, created_at);
 CREATE INDEX judgments_user ON judgments (user_id, project_id, created_at);
 CREATE INDEX judgments_pair ON judgments (pair_id);
+
+-- AI judges: annotators that answer leases by themselves. Each acts through its own user (kind 'ai').
+CREATE TABLE judges (
+    id          TEXT PRIMARY KEY,
+    project_id  TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    user_id     TEXT NOT NULL REFERENCES users(id),
+    kind        TEXT NOT NULL CHECK (kind IN ('http', 'sentiment')),
+    settings    TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    detached_at BIGINT
+);
+CREATE INDEX judges_project ON judges (project_id);

@@ -47,6 +47,22 @@ fn choice_of(row: &AnyRow) -> Result<Choice> {
     Choice::parse(&raw).ok_or_else(|| StoreError::Invalid(format!("unknown choice {raw:?}")))
 }
 
+/// (chosen, rejected) for a decisive answer, mapping the side shown on the left back to completion A or B;
+/// `None` for ties, both-bad and skips.
+pub fn preference_of(
+    choice: Choice,
+    left_is_a: bool,
+    a: String,
+    b: String,
+) -> Option<(String, String)> {
+    let a_wins = match choice {
+        Choice::Left => left_is_a,
+        Choice::Right => !left_is_a,
+        _ => return None,
+    };
+    Some(if a_wins { (a, b) } else { (b, a) })
+}
+
 /// One NDJSON line for a judgment row, or `None` when the format leaves that judgment out.
 fn export_line(format: ExportFormat, row: &AnyRow) -> Result<Option<String>> {
     let choice = choice_of(row)?;
@@ -58,15 +74,12 @@ fn export_line(format: ExportFormat, row: &AnyRow) -> Result<Option<String>> {
     let value = match format {
         ExportFormat::Trl => {
             // Only current, decisive answers make a preference pair.
-            let a_wins = match choice {
-                Choice::Left => left_is_a,
-                Choice::Right => !left_is_a,
-                _ => return Ok(None),
-            };
             if superseded.is_some() {
                 return Ok(None);
             }
-            let (chosen, rejected) = if a_wins { (a, b) } else { (b, a) };
+            let Some((chosen, rejected)) = preference_of(choice, left_is_a, a, b) else {
+                return Ok(None);
+            };
             serde_json::json!({"prompt": prompt, "chosen": chosen, "rejected": rejected})
         }
         ExportFormat::Full => {

@@ -8,7 +8,9 @@ pub mod export;
 pub mod items;
 pub mod leases;
 pub mod projects;
+pub mod queue;
 pub mod stats;
+pub mod training;
 pub mod users;
 
 use std::path::Path;

@@ -1,0 +1,208 @@
+//! What the active-learning loop reads and writes: the free pool, prompts to draw from, generated pairs
+//! with their acquisition scores, re-scoring, and the labelled preferences to train on.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::export::preference_of;
+use super::leases::Choice;
+use super::{Result, Store, new_id, now_ms};
+
+/// Pending pairs nobody holds: what `/next` can still hand out.
+pub async fn count_free_pending(store: &Store, project_id: &str) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM pairs WHERE project_id = $1 AND status = 'pending' \
+         AND (lease_id IS NULL OR leased_until <= $2)",
+    )
+    .bind(project_id)
+    .bind(now_ms())
+    .fetch_one(store.pool())
+    .await?;
+    super::int(&row, "n")
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolPrompt {
+    pub id: String,
+    pub text: String,
+}
+
+/// Up to `n` distinct training prompts in random order. Drawn anew each round, so across rounds a
+/// prompt can come back and yield a new pair from a newer policy.
+pub async fn draw_prompts(store: &Store, project_id: &str, n: i64) -> Result<Vec<PoolPrompt>> {
+    let rows = sqlx::query(
+        "SELECT id, text FROM prompts WHERE project_id = $1 AND split = 'train' ORDER BY random() LIMIT $2",
+    )
+    .bind(project_id)
+    .bind(n)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(PoolPrompt {
+                id: r.try_get("id")?,
+                text: r.try_get("text")?,
+            })
+        })
+        .collect()
+}
+
+/// A pair the model made and the strategy chose, with every score that chose it.
+#[derive(Debug, Clone)]
+pub struct GeneratedPair {
+    pub prompt_id: String,
+    pub completion_a: String,
+    pub completion_b: String,
+    pub model_version_id: String,
+    pub strategy: String,
+    /// Higher is served first.
+    pub score: f64,
+    pub score_parts: serde_json::Value,
+}
+
+pub async fn insert_generated_pairs(
+    store: &Store,
+    project_id: &str,
+    pairs: &[GeneratedPair],
+) -> Result<()> {
+    let mut tx = store.begin_write().await?;
+    for p in pairs {
+        sqlx::query(
+            "INSERT INTO pairs (id, project_id, prompt_id, completion_a, completion_b, meta, source, \
+             model_version_id, strategy, score, score_parts, random_key, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, '{}', 'generated', $6, $7, $8, $9, $10, 'pending', $11)",
+        )
+        .bind(new_id())
+        .bind(project_id)
+        .bind(&p.prompt_id)
+        .bind(&p.completion_a)
+        .bind(&p.completion_b)
+        .bind(&p.model_version_id)
+        .bind(&p.strategy)
+        .bind(p.score)
+        .bind(p.score_parts.to_string())
+        .bind(rand::random::<f64>())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A pending pair nobody holds, to be scored again by a new model version.
+#[derive(Debug, Clone)]
+pub struct OpenPair {
+    pub id: String,
+    pub prompt: String,
+    pub completion_a: String,
+    pub completion_b: String,
+}
+
+pub async fn open_pairs(store: &Store, project_id: &str) -> Result<Vec<OpenPair>> {
+    let rows = sqlx::query(
+        "SELECT p.id, q.text AS prompt, p.completion_a, p.completion_b FROM pairs p \
+         JOIN prompts q ON q.id = p.prompt_id \
+         WHERE p.project_id = $1 AND p.status = 'pending' AND (p.lease_id IS NULL OR p.leased_until <= $2) \
+         ORDER BY p.created_at",
+    )
+    .bind(project_id)
+    .bind(now_ms())
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(OpenPair {
+                id: r.try_get("id")?,
+                prompt: r.try_get("prompt")?,
+                completion_a: r.try_get("completion_a")?,
+                completion_b: r.try_get("completion_b")?,
+            })
+        })
+        .collect()
+}
+
+/// New scores for pairs scored again. A pair leased in the meantime keeps its old score: the person
+/// holding it sees what they were given.
+pub async fn rescore_pairs(
+    store: &Store,
+    model_version_id: &str,
+    strategy: &str,
+    scores: &[(String, f64, serde_json::Value)],
+) -> Result<u64> {
+    let now = now_ms();
+    let mut tx = store.begin_write().await?;
+    let mut changed = 0;
+    for (id, score, parts) in scores {
+        let done = sqlx::query(
+            "UPDATE pairs SET score = $1, score_parts = $2, model_version_id = $3, strategy = $4 \
+             WHERE id = $5 AND status = 'pending' AND (lease_id IS NULL OR leased_until <= $6)",
+        )
+        .bind(score)
+        .bind(parts.to_string())
+        .bind(model_version_id)
+        .bind(strategy)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        changed += done.rows_affected();
+    }
+    tx.commit().await?;
+    Ok(changed)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Preference {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    /// Whether the prompt is in the eval split.
+    pub eval: bool,
+}
+
+/// Every current decisive judgment of the project as a preference, oldest first: what DPO trains on.
+pub async fn training_preferences(store: &Store, project_id: &str) -> Result<Vec<Preference>> {
+    let rows = sqlx::query(
+        "SELECT j.choice, j.left_is_a, p.completion_a, p.completion_b, q.text AS prompt, q.split \
+         FROM judgments j JOIN pairs p ON p.id = j.pair_id JOIN prompts q ON q.id = p.prompt_id \
+         WHERE j.project_id = $1 AND j.superseded_at IS NULL AND j.choice IN ('left', 'right') \
+         ORDER BY j.seq",
+    )
+    .bind(project_id)
+    .fetch_all(store.pool())
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let choice: String = r.try_get("choice")?;
+        let Some(choice) = Choice::parse(&choice) else {
+            continue;
+        };
+        let split: String = r.try_get("split")?;
+        if let Some((chosen, rejected)) = preference_of(
+            choice,
+            super::flag(r, "left_is_a")?,
+            r.try_get("completion_a")?,
+            r.try_get("completion_b")?,
+        ) {
+            out.push(Preference {
+                prompt: r.try_get("prompt")?,
+                chosen,
+                rejected,
+                eval: split == "eval",
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Labels given since a model version was trained on `labels_seen` of them.
+pub async fn count_labels(store: &Store, project_id: &str) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM judgments WHERE project_id = $1 AND superseded_at IS NULL AND choice <> 'skip'",
+    )
+    .bind(project_id)
+    .fetch_one(store.pool())
+    .await?;
+    super::int(&row, "n")
+}
