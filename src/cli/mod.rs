@@ -1,5 +1,8 @@
 //! The command line: one file per command. `run` hands each parsed command to its module.
 
+pub mod acquire;
+pub mod dpo;
+
 use clap::{Parser, Subcommand};
 
 /// Collect preference labels where they count, and DPO fine-tune a language model on them.
@@ -11,7 +14,12 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// DPO fine-tune a model on a TRL-format preference file.
+    Dpo(dpo::DpoArgs),
+    /// Generate candidate pairs for prompts, score them and print the M an acquisition strategy picks.
+    Acquire(acquire::AcquireArgs),
+}
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info` for prefloop, `warn` elsewhere).
 pub fn init_tracing() {
@@ -24,5 +32,8 @@ pub fn init_tracing() {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Dpo(args) => dpo::run(args),
+        Command::Acquire(args) => acquire::run(args),
+    }
 }

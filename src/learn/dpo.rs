@@ -90,19 +90,11 @@ impl LossConfig {
     }
 }
 
-/// Completion log-probs of a batch of sequences: per-sequence sum over completion tokens and the number of
-/// those tokens, both shape (b,), f32.
-#[derive(Debug, Clone)]
-pub struct SeqLogProbs {
-    pub sum: Tensor,
-    pub tokens: Tensor,
-}
+pub use crate::model::SeqLogProbs;
 
-impl SeqLogProbs {
-    /// The per-token mean; a sequence with no completion tokens counts as mean 0.
-    pub fn mean(&self) -> Result<Tensor> {
-        self.sum.broadcast_div(&self.tokens.maximum(1.0)?)
-    }
+/// Per-token mean of completion log-probs; a sequence with no completion tokens counts as mean 0.
+fn per_token_mean(s: &SeqLogProbs) -> Result<Tensor> {
+    s.sum.broadcast_div(&s.tokens.maximum(1.0)?)
 }
 
 /// The four log-probs of a batch of pairs. Reference ones carry no gradient.
@@ -128,7 +120,7 @@ pub fn preference_loss(cfg: &LossConfig, lp: &PairLogProbs) -> Result<LossOutput
     let pick = |s: &SeqLogProbs| -> Result<Tensor> {
         match cfg.kind {
             LossKind::Dpo => Ok(s.sum.clone()),
-            LossKind::Ipo => s.mean(),
+            LossKind::Ipo => per_token_mean(s),
         }
     };
     let chosen = (pick(&lp.policy_chosen)? - pick(&lp.reference_chosen)?)?;

@@ -5,9 +5,11 @@
 //! - [`dpo`]: the `dpo` (sigmoid, with label smoothing) and `ipo` losses on candle tensors.
 //! - [`optim`]: a fused, in-place AdamW.
 //! - [`trainer`]: the DPO loop with cached reference log-probs, metrics, progress and cancellation.
+//! - [`candidates`]: one acquisition round with a live model (sample, score, order), for the CLI and server.
 //! - [`data`]: TRL-format preference files and prompt files, bad lines reported by number.
 
 pub mod acquisition;
+pub mod candidates;
 pub mod data;
 pub mod dpo;
 pub mod optim;

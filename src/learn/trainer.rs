@@ -22,11 +22,13 @@ use super::dpo::{
     LossConfig, LossKind, PairLogProbs, RewardStats, SeqLogProbs, preference_loss, reward_sums,
 };
 use super::optim::{AdamW, AdamWParams};
+use crate::model::LanguageModel;
 
 /// Errors of the model behind the trainer, kept with their cause.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// What the trainer needs from a language model; `crate::model::LanguageModel` implements it.
+/// What the trainer needs from a language model; [`LanguageModel`] implements it (below). A trait keeps the
+/// loop readable on its own and lets the server hand in whatever owns the weights.
 pub trait DpoModel: Sized {
     /// Token ids of `text`, no special tokens added.
     fn encode(&self, text: &str) -> Result<Vec<u32>, BoxError>;
@@ -35,6 +37,8 @@ pub trait DpoModel: Sized {
     fn completion_logprobs(&self, batch: &[(&[u32], &[u32])]) -> Result<SeqLogProbs, BoxError>;
     /// The same without building a graph: (sum, tokens) per sequence.
     fn score_completions(&self, batch: &[(&[u32], &[u32])]) -> Result<Vec<(f64, usize)>, BoxError>;
+    /// The context given to an empty prompt: the first completion token needs something to be predicted from.
+    fn empty_prompt_token(&self) -> u32;
     /// Every trainable weight.
     fn trainable_vars(&self) -> Vec<Var>;
     fn device(&self) -> &Device;
@@ -362,14 +366,14 @@ pub fn train_dpo<M: DpoModel>(
     let policy = match cfg.schedule {
         Schedule::Reset => {
             let policy = load_reference().map_err(model_err("loading the reference model"))?;
-            cache.fill(&policy, &all, cfg, progress)?;
+            cache.fill(&policy, &all, cfg, &mut *progress)?;
             policy
         }
         Schedule::Continue => {
             if !cache.missing(&all, cfg).is_empty() {
                 let reference =
                     load_reference().map_err(model_err("loading the reference model"))?;
-                cache.fill(&reference, &all, cfg, progress)?;
+                cache.fill(&reference, &all, cfg, &mut *progress)?;
             }
             current
                 .deep_clone()
@@ -512,6 +516,9 @@ fn tokenize_pairs<M: DpoModel>(
             if prompt.len() > cfg.max_prompt_tokens {
                 prompt.drain(..prompt.len() - cfg.max_prompt_tokens);
             }
+            if prompt.is_empty() {
+                prompt.push(model.empty_prompt_token());
+            }
             let mut chosen = enc(&p.chosen)?;
             chosen.truncate(cfg.max_completion_tokens);
             let mut rejected = enc(&p.rejected)?;
@@ -574,6 +581,48 @@ fn pair_logprobs(
             tokens: t(rr.1)?,
         },
     })
+}
+
+impl DpoModel for LanguageModel {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, BoxError> {
+        Ok(self.tokenizer().encode(text)?)
+    }
+
+    fn completion_logprobs(&self, batch: &[(&[u32], &[u32])]) -> Result<SeqLogProbs, BoxError> {
+        Ok(self.sequence_logprobs(&owned(batch), crate::model::Padding::Right)?)
+    }
+
+    fn score_completions(&self, batch: &[(&[u32], &[u32])]) -> Result<Vec<(f64, usize)>, BoxError> {
+        Ok(self
+            .score(&owned(batch))?
+            .into_iter()
+            .map(|s| (s.sum, s.tokens))
+            .collect())
+    }
+
+    fn empty_prompt_token(&self) -> u32 {
+        self.tokenizer().eos_id()
+    }
+
+    fn trainable_vars(&self) -> Vec<Var> {
+        self.vars()
+    }
+
+    fn device(&self) -> &Device {
+        LanguageModel::device(self)
+    }
+
+    fn deep_clone(&self) -> Result<Self, BoxError> {
+        Ok(LanguageModel::deep_clone(self)?)
+    }
+}
+
+/// The model engine scores owned (prompt, completion) id pairs.
+fn owned(batch: &[(&[u32], &[u32])]) -> Vec<(Vec<u32>, Vec<u32>)> {
+    batch
+        .iter()
+        .map(|(p, c)| (p.to_vec(), c.to_vec()))
+        .collect()
 }
 
 /// The loss kind's name and the beta, for logs.
