@@ -111,7 +111,8 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
     };
     let mut bar = ProgressBar::new(cfg.total_steps(train.len()));
     let mut on_progress = |p: &Progress| {
-        if let Progress::Step(_) | Progress::Eval(_) = p {
+        let last_reference = matches!(p, Progress::Reference { done, total, .. } if done == total);
+        if last_reference || matches!(p, Progress::Step(_) | Progress::Eval(_)) {
             bar.clear();
             let line = serde_json::to_string(p).expect("metrics serialise");
             let mut out = std::io::stdout().lock();
@@ -139,7 +140,17 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
         .save(&args.out)
         .with_context(|| format!("saving to {}", args.out.display()))?;
     eprintln!("saved {}", args.out.display());
+    if let Some(kb) = peak_rss_kb() {
+        eprintln!("peak memory (RSS) {:.2} GB", kb as f64 / 1e6);
+    }
     Ok(())
+}
+
+/// The process's peak resident set (Linux `VmHWM`), for the benchmark figures.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A one-line bar on stderr, drawn only when stderr is a terminal.
@@ -161,7 +172,9 @@ impl ProgressBar {
             return;
         }
         let text = match p {
-            Progress::Reference { done, total } => format!("reference log-probs {done}/{total}"),
+            Progress::Reference { done, total, .. } => {
+                format!("reference log-probs {done}/{total}")
+            }
             Progress::Step(m) => {
                 let width = 30;
                 let filled = width * m.step / self.total.max(1);

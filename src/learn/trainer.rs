@@ -217,10 +217,13 @@ pub struct EvalMetrics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Progress {
-    /// Reference log-probs being computed for pairs the cache did not have.
+    /// Reference log-probs being computed for pairs the cache did not have. `tokens` and `seconds` cover the
+    /// scoring so far: a forward pass without gradient over the same batches training will see.
     Reference {
         done: usize,
         total: usize,
+        tokens: usize,
+        seconds: f64,
     },
     Step(StepMetrics),
     Eval(EvalMetrics),
@@ -294,8 +297,11 @@ impl ReferenceCache {
             self.lengths = lengths;
         }
         let missing: Vec<PreferencePair> = self.missing(pairs, cfg).into_iter().cloned().collect();
+        let started = Instant::now();
+        let mut tokens = 0;
         for (i, chunk) in missing.chunks(cfg.batch_size.max(1)).enumerate() {
             let tok = tokenize_pairs(reference, chunk, cfg)?;
+            tokens += tok.iter().map(|t| t.len()).sum::<usize>();
             let scores = reference
                 .score_completions(&sequences(&tok))
                 .map_err(model_err("scoring with the reference model"))?;
@@ -310,6 +316,8 @@ impl ReferenceCache {
             progress(&Progress::Reference {
                 done: ((i + 1) * cfg.batch_size).min(missing.len()),
                 total: missing.len(),
+                tokens,
+                seconds: started.elapsed().as_secs_f64(),
             });
         }
         Ok(())
