@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod acquire;
+pub mod dpo;
 pub mod export;
 pub mod import;
 pub mod project;
@@ -28,6 +30,10 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Export judgments as NDJSON (TRL or full).
     Export(export::ExportArgs),
+    /// DPO fine-tune a model on a TRL-format preference file.
+    Dpo(dpo::DpoArgs),
+    /// Generate candidate pairs for prompts, score them and print the M an acquisition strategy picks.
+    Acquire(acquire::AcquireArgs),
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info` for prefloop, `warn` elsewhere).
@@ -55,5 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Project(args) => block_on(project::run(args)),
         Command::Import(args) => block_on(import::run(args)),
         Command::Export(args) => block_on(export::run(args)),
+        Command::Dpo(args) => dpo::run(args),
+        Command::Acquire(args) => acquire::run(args),
     }
 }

@@ -1,1 +1,29 @@
 //! The method, free of I/O: acquisition scores and strategies, DPO losses, the trainer, the optimizer.
+//!
+//! - [`acquisition`]: pure functions over scores (entropy, implicit rewards, certainty) and the strategies that
+//!   order candidate pairs; the server calls these directly.
+//! - [`dpo`]: the `dpo` (sigmoid, with label smoothing) and `ipo` losses on candle tensors.
+//! - [`optim`]: a fused, in-place AdamW.
+//! - [`trainer`]: the DPO loop with cached reference log-probs, metrics, progress and cancellation.
+//! - [`candidates`]: one acquisition round with a live model (sample, score, order), for the CLI and server.
+//! - [`data`]: TRL-format preference files and prompt files, bad lines reported by number.
+
+pub mod acquisition;
+pub mod candidates;
+pub mod data;
+pub mod dpo;
+pub mod optim;
+pub mod trainer;
+
+pub use acquisition::{
+    AcquisitionRecord, Candidate, EntropySample, Oversample, PairScores, Strategy, certainty,
+    entropy_by_prompt, implicit_reward, order_candidates, predictive_entropy, select_candidates,
+    top_by_entropy,
+};
+pub use data::{DataError, PreferencePair, read_preferences, read_prompts};
+pub use dpo::{LossConfig, LossKind, RewardStats};
+pub use optim::{AdamW, AdamWParams};
+pub use trainer::{
+    DpoConfig, DpoModel, EvalMetrics, Progress, ReferenceCache, RunControl, Schedule, StepMetrics,
+    TrainError, TrainOutcome, split_eval, train_dpo,
+};

@@ -1,0 +1,202 @@
+//! `prefloop dpo`: DPO on a TRL-format file, metrics per step on stdout (NDJSON), a progress bar on stderr.
+
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+
+use crate::learn::data::read_preferences;
+use crate::learn::dpo::{LossConfig, LossKind};
+use crate::learn::optim::AdamWParams;
+use crate::learn::trainer::{
+    DpoConfig, Progress, ReferenceCache, RunControl, Schedule, describe, split_eval, train_dpo,
+};
+use crate::model::{LanguageModel, parse_device};
+
+#[derive(Debug, clap::Args)]
+pub struct DpoArgs {
+    /// The model to train: a Hugging Face directory or a .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// The reference model πref (default: --model). `reset` starts from it, `continue` from --model.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// TRL-format preferences: {"prompt","chosen","rejected"} per line.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where the trained model is written (a Hugging Face directory, replaced atomically).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "dpo")]
+    loss: LossKind,
+    #[arg(long, default_value_t = 0.2)]
+    beta: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Forward passes per optimizer step (effective batch = batch size × this).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    #[arg(long, default_value = "reset")]
+    schedule: Schedule,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Share of the pairs held out for evaluation (0 = none).
+    #[arg(long, default_value_t = 0.1)]
+    eval_fraction: f64,
+    #[arg(long, default_value_t = 128)]
+    max_prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    max_completion_tokens: usize,
+    /// Gradient clipping by global norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(args: DpoArgs) -> anyhow::Result<()> {
+    let file = std::fs::File::open(&args.data)
+        .with_context(|| format!("opening {}", args.data.display()))?;
+    let pairs = read_preferences(BufReader::new(file))
+        .with_context(|| format!("reading {}", args.data.display()))?;
+    let (train, eval) = split_eval(&pairs, args.eval_fraction, args.seed);
+    let cfg = DpoConfig {
+        loss: LossConfig {
+            kind: args.loss,
+            beta: args.beta,
+            label_smoothing: args.label_smoothing,
+        },
+        optimizer: AdamWParams {
+            lr: args.lr,
+            weight_decay: args.weight_decay,
+            ..Default::default()
+        },
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        grad_accum_steps: args.grad_accum,
+        max_prompt_tokens: args.max_prompt_tokens,
+        max_completion_tokens: args.max_completion_tokens,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        schedule: args.schedule,
+        seed: args.seed,
+        eval_every: 0,
+    };
+    cfg.validate()?;
+    let device = parse_device(&args.device)?;
+    let model = LanguageModel::load(&args.model, &device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    eprintln!(
+        "{} training pairs, {} held out; {}",
+        train.len(),
+        eval.len(),
+        describe(&cfg)
+    );
+
+    let reference_path = args.reference.clone();
+    let mut load_reference = || -> Result<LanguageModel, crate::learn::trainer::BoxError> {
+        match &reference_path {
+            Some(p) => Ok(LanguageModel::load(p, &device)?),
+            None => Ok(model.deep_clone()?),
+        }
+    };
+    let mut bar = ProgressBar::new(cfg.total_steps(train.len()));
+    let mut on_progress = |p: &Progress| {
+        let last_reference = matches!(p, Progress::Reference { done, total, .. } if done == total);
+        if last_reference || matches!(p, Progress::Step(_) | Progress::Eval(_)) {
+            bar.clear();
+            let line = serde_json::to_string(p).expect("metrics serialise");
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        bar.update(p);
+    };
+    let cancel = AtomicBool::new(false);
+    let outcome = train_dpo(
+        &model,
+        &mut load_reference,
+        &mut ReferenceCache::new(),
+        &train,
+        &eval,
+        &cfg,
+        RunControl {
+            progress: &mut on_progress,
+            cancel: &cancel,
+        },
+    )?;
+    bar.clear();
+    outcome
+        .model
+        .save(&args.out)
+        .with_context(|| format!("saving to {}", args.out.display()))?;
+    eprintln!("saved {}", args.out.display());
+    if let Some(kb) = peak_rss_kb() {
+        eprintln!("peak memory (RSS) {:.2} GB", kb as f64 / 1e6);
+    }
+    Ok(())
+}
+
+/// The process's peak resident set (Linux `VmHWM`), for the benchmark figures.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A one-line bar on stderr, drawn only when stderr is a terminal.
+struct ProgressBar {
+    total: usize,
+    live: bool,
+}
+
+impl ProgressBar {
+    fn new(total: usize) -> Self {
+        ProgressBar {
+            total,
+            live: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, p: &Progress) {
+        if !self.live {
+            return;
+        }
+        let text = match p {
+            Progress::Reference { done, total, .. } => {
+                format!("reference log-probs {done}/{total}")
+            }
+            Progress::Step(m) => {
+                let width = 30;
+                let filled = width * m.step / self.total.max(1);
+                format!(
+                    "[{}{}] step {}/{} loss {:.4} acc {:.2} {:.0} tok/s",
+                    "#".repeat(filled),
+                    ".".repeat(width - filled),
+                    m.step,
+                    self.total,
+                    m.loss,
+                    m.rewards.accuracies,
+                    m.tokens as f64 / m.seconds.max(1e-9)
+                )
+            }
+            Progress::Eval(_) => return,
+        };
+        eprint!("\r\x1b[2K{text}");
+    }
+
+    fn clear(&self) {
+        if self.live {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! Preference losses on candle tensors (REFERENCE.md, "DPO in one paragraph").
+//!
+//! With h = [log πθ(y⁺|x) − log πref(y⁺|x)] − [log πθ(y⁻|x) − log πref(y⁻|x)]:
+//! - `dpo` (sigmoid), with label smoothing ε (conservative DPO): L = −(1−ε) log σ(βh) − ε log σ(−βh);
+//! - `ipo`: L = (h̄ − 1/(2β))², h̄ from per-token MEAN log-probs.
+//!
+//! −log σ(u) = softplus(−u) is computed as log(1 + exp(clamp(−u))). The usual "stable" form
+//! relu(−u) + log(1 + exp(−|u|)) has a 3× wrong gradient at u = 0 in candle (it takes relu' and abs' at 0 as 1),
+//! and DPO starts exactly there, since the policy begins equal to the reference.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Which preference loss to minimise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// −log σ(βh), h from summed log-probs.
+    #[default]
+    Dpo,
+    /// (h̄ − 1/(2β))², h̄ from per-token mean log-probs.
+    Ipo,
+}
+
+impl LossKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossKind::Dpo => "dpo",
+            LossKind::Ipo => "ipo",
+        }
+    }
+}
+
+impl fmt::Display for LossKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LossKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "dpo" => Ok(LossKind::Dpo),
+            "ipo" => Ok(LossKind::Ipo),
+            other => Err(format!("unknown loss {other:?}: expected dpo or ipo")),
+        }
+    }
+}
+
+/// The loss and its two hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossConfig {
+    pub kind: LossKind,
+    /// β: strength of the pull towards the reference (the paper used 0.2).
+    pub beta: f64,
+    /// ε: assumed share of flipped labels, `dpo` only.
+    pub label_smoothing: f64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            kind: LossKind::Dpo,
+            beta: 0.2,
+            label_smoothing: 0.0,
+        }
+    }
+}
+
+impl LossConfig {
+    /// Rejects settings the formulas are undefined or silently meaningless for.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            return Err(format!("beta must be > 0, got {}", self.beta));
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return Err(format!(
+                "label smoothing must be in [0, 0.5), got {}",
+                self.label_smoothing
+            ));
+        }
+        if self.kind == LossKind::Ipo && self.label_smoothing != 0.0 {
+            return Err("label smoothing applies to the dpo loss only, not ipo".into());
+        }
+        Ok(())
+    }
+}
+
+pub use crate::model::SeqLogProbs;
+
+/// Per-token mean of completion log-probs; a sequence with no completion tokens counts as mean 0.
+fn per_token_mean(s: &SeqLogProbs) -> Result<Tensor> {
+    s.sum.broadcast_div(&s.tokens.maximum(1.0)?)
+}
+
+/// The four log-probs of a batch of pairs. Reference ones carry no gradient.
+#[derive(Debug, Clone)]
+pub struct PairLogProbs {
+    pub policy_chosen: SeqLogProbs,
+    pub policy_rejected: SeqLogProbs,
+    pub reference_chosen: SeqLogProbs,
+    pub reference_rejected: SeqLogProbs,
+}
+
+/// The batch loss (scalar, mean over pairs) and the implicit rewards β(log πθ − log πref) of both sides, (b,).
+/// For `ipo` the rewards use the per-token means the loss sees, as TRL does.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    pub loss: Tensor,
+    pub rewards_chosen: Tensor,
+    pub rewards_rejected: Tensor,
+}
+
+/// The preference loss of a batch of pairs.
+pub fn preference_loss(cfg: &LossConfig, lp: &PairLogProbs) -> Result<LossOutput> {
+    let pick = |s: &SeqLogProbs| -> Result<Tensor> {
+        match cfg.kind {
+            LossKind::Dpo => Ok(s.sum.clone()),
+            LossKind::Ipo => per_token_mean(s),
+        }
+    };
+    let chosen = (pick(&lp.policy_chosen)? - pick(&lp.reference_chosen)?)?;
+    let rejected = (pick(&lp.policy_rejected)? - pick(&lp.reference_rejected)?)?;
+    let h = (&chosen - &rejected)?;
+    let per_pair = match cfg.kind {
+        LossKind::Dpo => {
+            let z = (&h * cfg.beta)?;
+            let eps = cfg.label_smoothing;
+            let main = (softplus(&z.neg()?)? * (1.0 - eps))?;
+            if eps > 0.0 {
+                (main + (softplus(&z)? * eps)?)?
+            } else {
+                main
+            }
+        }
+        LossKind::Ipo => (h - 1.0 / (2.0 * cfg.beta))?.sqr()?,
+    };
+    Ok(LossOutput {
+        loss: per_pair.mean_all()?,
+        rewards_chosen: (chosen * cfg.beta)?.detach(),
+        rewards_rejected: (rejected * cfg.beta)?.detach(),
+    })
+}
+
+/// softplus(u) = log(1 + exp(u)), differentiable with the right slope σ(u) everywhere in [−80, 80]
+/// (exp(80) still fits f32); outside, the loss is already absurd and the slope is cut to 0.
+pub fn softplus(u: &Tensor) -> Result<Tensor> {
+    (u.clamp(-80f32, 80f32)?.exp()? + 1.0)?.log()
+}
+
+/// Mean rewards and accuracy of a batch, the scalars DPO users know.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct RewardStats {
+    #[serde(rename = "rewards/chosen")]
+    pub chosen: f64,
+    #[serde(rename = "rewards/rejected")]
+    pub rejected: f64,
+    #[serde(rename = "rewards/margins")]
+    pub margins: f64,
+    #[serde(rename = "rewards/accuracies")]
+    pub accuracies: f64,
+}
+
+/// Sums (not means) of the reward statistics over the batch, so batches of different sizes can be combined;
+/// divide by the number of pairs.
+pub fn reward_sums(out: &LossOutput) -> Result<(RewardStats, usize)> {
+    let c: Vec<f32> = out.rewards_chosen.to_dtype(DType::F32)?.to_vec1()?;
+    let r: Vec<f32> = out.rewards_rejected.to_dtype(DType::F32)?.to_vec1()?;
+    let mut s = RewardStats::default();
+    for (&c, &r) in c.iter().zip(&r) {
+        s.chosen += c as f64;
+        s.rejected += r as f64;
+        s.margins += (c - r) as f64;
+        s.accuracies += if c > r { 1.0 } else { 0.0 };
+    }
+    Ok((s, c.len()))
+}
+
+impl RewardStats {
+    pub fn add(&mut self, o: &RewardStats) {
+        self.chosen += o.chosen;
+        self.rejected += o.rejected;
+        self.margins += o.margins;
+        self.accuracies += o.accuracies;
+    }
+
+    pub fn scaled(&self, k: f64) -> RewardStats {
+        RewardStats {
+            chosen: self.chosen * k,
+            rejected: self.rejected * k,
+            margins: self.margins * k,
+            accuracies: self.accuracies * k,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn seq(sum: &[f32], tokens: &[f32]) -> SeqLogProbs {
+        SeqLogProbs {
+            sum: Tensor::new(sum, &Device::Cpu).unwrap(),
+            tokens: Tensor::new(tokens, &Device::Cpu).unwrap(),
+        }
+    }
+
+    fn scalar(t: &Tensor) -> f64 {
+        t.to_scalar::<f32>().unwrap() as f64
+    }
+
+    fn close(a: f64, b: f64, tol: f64) {
+        assert!((a - b).abs() < tol, "{a} vs {b}");
+    }
+
+    #[test]
+    fn dpo_matches_hand_computed_values() {
+        // h = (−10 − −11) − (−12 − −11) = 2, βh = 0.2, L = log(1 + e^−0.2).
+        let lp = PairLogProbs {
+            policy_chosen: seq(&[-10.0], &[5.0]),
+            policy_rejected: seq(&[-12.0], &[3.0]),
+            reference_chosen: seq(&[-11.0], &[5.0]),
+            reference_rejected: seq(&[-11.0], &[3.0]),
+        };
+        let cfg = LossConfig {
+            kind: LossKind::Dpo,
+            beta: 0.1,
+            label_smoothing: 0.0,
+        };
+        let out = preference_loss(&cfg, &lp).unwrap();
+        close(scalar(&out.loss), 0.598_138_869, 1e-6);
+        close(
+            out.rewards_chosen.to_vec1::<f32>().unwrap()[0] as f64,
+            0.1,
+            1e-6,
+        );
+        close(
+            out.rewards_rejected.to_vec1::<f32>().unwrap()[0] as f64,
+            -0.1,
+            1e-6,
+        );
+        // ε = 0.1: 0.9·softplus(−0.2) + 0.1·softplus(0.2) = softplus(−0.2) + 0.1·0.2.
+        let smooth = LossConfig {
+            label_smoothing: 0.1,
+            ..cfg
+        };
+        close(
+            scalar(&preference_loss(&smooth, &lp).unwrap().loss),
+            0.618_138_869,
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn ipo_uses_per_token_means() {
+        // Means: chosen −8/4 = −2 vs ref −6/4 = −1.5; rejected −9/3 = −3 vs ref −4.5/3 = −1.5.
+        // h̄ = −0.5 − (−1.5) = 1; β = 0.25 → 1/(2β) = 2; L = (1 − 2)² = 1.
+        // With sums instead, h = −2 − (−4.5) = 2.5 would give (2.5 − 2)² = 0.25: the test tells them apart.
+        let lp = PairLogProbs {
+            policy_chosen: seq(&[-8.0, -1.0], &[4.0, 1.0]),
+            policy_rejected: seq(&[-9.0, -1.0], &[3.0, 1.0]),
+            reference_chosen: seq(&[-6.0, -1.0], &[4.0, 1.0]),
+            reference_rejected: seq(&[-4.5, -1.0], &[3.0, 1.0]),
+        };
+        let cfg = LossConfig {
+            kind: LossKind::Ipo,
+            beta: 0.25,
+            label_smoothing: 0.0,
+        };
+        // Second pair: h̄ = 0 → (0 − 2)² = 4. Batch mean (1 + 4) / 2.
+        let out = preference_loss(&cfg, &lp).unwrap();
+        close(scalar(&out.loss), 2.5, 1e-6);
+        let rc = out.rewards_chosen.to_vec1::<f32>().unwrap();
+        close(rc[0] as f64, 0.25 * -0.5, 1e-6);
+    }
+
+    #[test]
+    fn gradient_is_right_at_the_start_of_training() {
+        // Policy == reference: h = 0. dL/d(log πθ(y⁺)) = −β(1 − 2ε)·σ(0) = −β(1 − 2ε)/2.
+        for eps in [0.0, 0.1] {
+            let pc = Var::new(&[-5.0f32], &Device::Cpu).unwrap();
+            let pr = Var::new(&[-7.0f32], &Device::Cpu).unwrap();
+            let lp = PairLogProbs {
+                policy_chosen: SeqLogProbs {
+                    sum: pc.as_tensor().clone(),
+                    tokens: Tensor::new(&[2f32], &Device::Cpu).unwrap(),
+                },
+                policy_rejected: SeqLogProbs {
+                    sum: pr.as_tensor().clone(),
+                    tokens: Tensor::new(&[2f32], &Device::Cpu).unwrap(),
+                },
+                reference_chosen: seq(&[-5.0], &[2.0]),
+                reference_rejected: seq(&[-7.0], &[2.0]),
+            };
+            let cfg = LossConfig {
+                kind: LossKind::Dpo,
+                beta: 0.2,
+                label_smoothing: eps,
+            };
+            let out = preference_loss(&cfg, &lp).unwrap();
+            close(scalar(&out.loss), std::f64::consts::LN_2, 1e-6);
+            let grads = out.loss.backward().unwrap();
+            let g_c = grads.get(&pc).unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+            let g_r = grads.get(&pr).unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+            close(g_c, -0.2 * (1.0 - 2.0 * eps) / 2.0, 1e-6);
+            close(g_r, 0.2 * (1.0 - 2.0 * eps) / 2.0, 1e-6);
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences_away_from_zero() {
+        let cfg = LossConfig {
+            kind: LossKind::Dpo,
+            beta: 0.5,
+            label_smoothing: 0.05,
+        };
+        let loss_at = |x: f32| -> (f64, f64) {
+            let pc = Var::new(&[x], &Device::Cpu).unwrap();
+            let lp = PairLogProbs {
+                policy_chosen: SeqLogProbs {
+                    sum: pc.as_tensor().clone(),
+                    tokens: Tensor::new(&[1f32], &Device::Cpu).unwrap(),
+                },
+                policy_rejected: seq(&[-3.0], &[1.0]),
+                reference_chosen: seq(&[-2.0], &[1.0]),
+                reference_rejected: seq(&[-2.5], &[1.0]),
+            };
+            let out = preference_loss(&cfg, &lp).unwrap();
+            let g = out.loss.backward().unwrap();
+            (
+                scalar(&out.loss),
+                g.get(&pc).unwrap().to_vec1::<f32>().unwrap()[0] as f64,
+            )
+        };
+        for x in [-4.0f32, -1.0, 1.5] {
+            let (_, g) = loss_at(x);
+            let d = 1e-2;
+            let fd = (loss_at(x + d).0 - loss_at(x - d).0) / (2.0 * d as f64);
+            close(g, fd, 1e-3);
+        }
+    }
+
+    #[test]
+    fn reward_stats_and_validation() {
+        let out = LossOutput {
+            loss: Tensor::new(0f32, &Device::Cpu).unwrap(),
+            rewards_chosen: Tensor::new(&[1f32, 0.0, 0.5], &Device::Cpu).unwrap(),
+            rewards_rejected: Tensor::new(&[0f32, 0.0, 1.0], &Device::Cpu).unwrap(),
+        };
+        let (s, n) = reward_sums(&out).unwrap();
+        assert_eq!(n, 3);
+        let m = s.scaled(1.0 / n as f64);
+        close(m.margins, 0.5 / 3.0, 1e-9);
+        close(m.accuracies, 1.0 / 3.0, 1e-9);
+        let json = serde_json::to_value(m).unwrap();
+        assert!(json.get("rewards/accuracies").is_some());
+        assert!(LossConfig::default().validate().is_ok());
+        let bad = LossConfig {
+            kind: LossKind::Ipo,
+            beta: 0.1,
+            label_smoothing: 0.1,
+        };
+        assert!(bad.validate().is_err());
+        assert!(
+            LossConfig {
+                beta: 0.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,525 @@
+//! The method end to end on tiny random models (no download): DPO learns a toy preference, the schedules do
+//! what they say, a cancelled run loses nothing, a checkpoint scores identically, acquisition rounds and the
+//! `dpo` / `acquire` commands work.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prefloop::learn::acquisition::Strategy;
+use prefloop::learn::candidates::{AcquireConfig, acquire_pairs};
+use prefloop::learn::dpo::{LossConfig, LossKind};
+use prefloop::learn::optim::AdamWParams;
+use prefloop::learn::trainer::{
+    BoxError, DpoConfig, Progress, ReferenceCache, RunControl, Schedule, StepMetrics, TrainError,
+    TrainOutcome, train_dpo,
+};
+use prefloop::learn::{PreferencePair, split_eval};
+use prefloop::model::{LanguageModel, ModelConfig, SamplingParams, TextTokenizer};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const MARKER: char = 'Z';
+
+fn tiny_model(seed: u64) -> LanguageModel {
+    let tok = TextTokenizer::byte_level_for_tests();
+    LanguageModel::random(
+        ModelConfig::tiny(tok.vocab_size()),
+        tok,
+        &candle_core::Device::Cpu,
+        seed,
+    )
+    .expect("tiny model")
+}
+
+fn word(rng: &mut StdRng, len: usize) -> String {
+    (0..len)
+        .map(|_| rng.random_range(b'a'..=b'h') as char)
+        .collect()
+}
+
+/// Pairs where the chosen completion is the rejected one with one letter replaced by the marker.
+fn toy_pairs(n: usize, seed: u64) -> Vec<PreferencePair> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let rejected = word(&mut rng, 4);
+            let mut chosen: Vec<char> = rejected.chars().collect();
+            chosen[rng.random_range(0..4)] = MARKER;
+            PreferencePair {
+                prompt: word(&mut rng, 3),
+                chosen: chosen.into_iter().collect(),
+                rejected,
+            }
+        })
+        .collect()
+}
+
+fn config(schedule: Schedule, epochs: usize) -> DpoConfig {
+    DpoConfig {
+        loss: LossConfig {
+            kind: LossKind::Dpo,
+            beta: 0.1,
+            label_smoothing: 0.0,
+        },
+        optimizer: AdamWParams {
+            lr: 5e-3,
+            ..Default::default()
+        },
+        epochs,
+        batch_size: 8,
+        grad_accum_steps: 1,
+        max_grad_norm: Some(10.0),
+        schedule,
+        seed: 1,
+        ..Default::default()
+    }
+}
+
+struct Run {
+    outcome: Result<TrainOutcome<LanguageModel>, TrainError>,
+    steps: Vec<StepMetrics>,
+}
+
+/// Trains with `reference` as πref; `cancel_after` sets the cancel flag from the progress callback.
+fn run(
+    current: &LanguageModel,
+    reference: &LanguageModel,
+    cache: &mut ReferenceCache,
+    train: &[PreferencePair],
+    eval: &[PreferencePair],
+    cfg: &DpoConfig,
+    cancel_after: Option<usize>,
+) -> Run {
+    let cancel = AtomicBool::new(false);
+    let mut steps = Vec::new();
+    let mut progress = |p: &Progress| {
+        if let Progress::Step(m) = p {
+            steps.push(*m);
+            if cancel_after == Some(m.step) {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    };
+    let mut load = || -> Result<LanguageModel, BoxError> { Ok(reference.deep_clone()?) };
+    let outcome = train_dpo(
+        current,
+        &mut load,
+        cache,
+        train,
+        eval,
+        cfg,
+        RunControl {
+            progress: &mut progress,
+            cancel: &cancel,
+        },
+    );
+    Run { outcome, steps }
+}
+
+/// Completion log-probs of a fixed set of (prompt, completion) items: a fingerprint of the weights.
+fn fingerprint(m: &LanguageModel) -> Vec<f64> {
+    let tok = m.tokenizer();
+    let items: Vec<(Vec<u32>, Vec<u32>)> = toy_pairs(6, 99)
+        .iter()
+        .map(|p| {
+            (
+                tok.encode(&p.prompt).unwrap(),
+                tok.encode(&p.chosen).unwrap(),
+            )
+        })
+        .collect();
+    m.score(&items).unwrap().iter().map(|s| s.sum).collect()
+}
+
+/// Share of sampled completions (T = 1) that contain the marker.
+fn marker_rate(m: &LanguageModel, prompts: &[PreferencePair]) -> f64 {
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| m.tokenizer().encode(&p.prompt).unwrap())
+        .collect();
+    let params = SamplingParams {
+        temperature: 1.0,
+        max_new_tokens: 4,
+        seed: 5,
+        ..Default::default()
+    };
+    let samples = m.sample(&ids, 16, &params).unwrap();
+    let all: Vec<_> = samples.iter().flatten().collect();
+    all.iter().filter(|s| s.text.contains(MARKER)).count() as f64 / all.len() as f64
+}
+
+#[test]
+fn a_tiny_model_learns_a_toy_preference() {
+    let reference = tiny_model(7);
+    let pairs = toy_pairs(96, 1);
+    let (train, eval) = split_eval(&pairs, 0.25, 3);
+    let mut cache = ReferenceCache::new();
+    let r = run(
+        &reference,
+        &reference,
+        &mut cache,
+        &train,
+        &eval,
+        &config(Schedule::Reset, 12),
+        None,
+    );
+    let outcome = r.outcome.expect("training succeeds");
+    assert_eq!(
+        cache.len(),
+        pairs.len(),
+        "reference log-probs cached once per pair"
+    );
+    // Step 1 starts at policy == reference: loss ln 2, rewards 0.
+    let first = &r.steps[0];
+    assert!(
+        (first.loss - std::f64::consts::LN_2).abs() < 1e-3,
+        "{first:?}"
+    );
+    assert!(first.rewards.margins.abs() < 1e-3);
+    let last = r.steps.last().unwrap();
+    assert!(
+        last.loss < 0.3 * first.loss,
+        "loss {} → {}",
+        first.loss,
+        last.loss
+    );
+    let eval_m = outcome.eval.expect("eval split evaluated");
+    assert_eq!(eval_m.pairs, eval.len());
+    assert!(
+        eval_m.rewards.accuracies >= 0.9,
+        "held-out rewards/accuracies {}",
+        eval_m.rewards.accuracies
+    );
+    let (before, after) = (
+        marker_rate(&reference, &eval),
+        marker_rate(&outcome.model, &eval),
+    );
+    assert!(
+        after > 0.15 && after > 4.0 * before,
+        "marker in samples: reference {before:.3}, policy {after:.3}"
+    );
+}
+
+#[test]
+fn reset_starts_from_the_reference_and_continue_from_the_current_policy() {
+    let reference = tiny_model(11);
+    let round1 = toy_pairs(24, 2);
+    let round2: Vec<_> = round1.iter().cloned().chain(toy_pairs(24, 3)).collect();
+    let mut cache = ReferenceCache::new();
+    let cfg = config(Schedule::Reset, 2);
+    let p1 = run(&reference, &reference, &mut cache, &round1, &[], &cfg, None)
+        .outcome
+        .unwrap()
+        .model;
+    assert_ne!(fingerprint(&p1), fingerprint(&reference));
+
+    // reset: the current policy does not matter; the run equals one started from the reference itself.
+    let from_p1 = run(&p1, &reference, &mut cache, &round2, &[], &cfg, None);
+    let from_ref = run(&reference, &reference, &mut cache, &round2, &[], &cfg, None);
+    assert_eq!(
+        fingerprint(&from_p1.outcome.unwrap().model),
+        fingerprint(&from_ref.outcome.unwrap().model)
+    );
+    assert!(
+        from_p1.steps[0].rewards.margins.abs() < 1e-3,
+        "reset begins at πθ = πref"
+    );
+
+    // continue: starts where round 1 ended, so the first step already sees the learnt margin.
+    let cont = run(
+        &p1,
+        &reference,
+        &mut cache,
+        &round2,
+        &[],
+        &config(Schedule::Continue, 2),
+        None,
+    );
+    let first = cont.steps[0];
+    assert!(
+        first.rewards.margins > 0.05 && first.loss < 0.65,
+        "continue begins from the trained policy: {first:?}"
+    );
+    assert_ne!(
+        fingerprint(&cont.outcome.unwrap().model),
+        fingerprint(&from_ref_model(&reference, &round2, &cfg))
+    );
+}
+
+fn from_ref_model(
+    reference: &LanguageModel,
+    pairs: &[PreferencePair],
+    cfg: &DpoConfig,
+) -> LanguageModel {
+    run(
+        reference,
+        reference,
+        &mut ReferenceCache::new(),
+        pairs,
+        &[],
+        cfg,
+        None,
+    )
+    .outcome
+    .unwrap()
+    .model
+}
+
+#[test]
+fn a_cancelled_run_leaves_the_current_model_untouched() {
+    let reference = tiny_model(13);
+    let pairs = toy_pairs(32, 4);
+    let current = from_ref_model(&reference, &pairs[..16], &config(Schedule::Reset, 1));
+    let before = fingerprint(&current);
+    for schedule in [Schedule::Continue, Schedule::Reset] {
+        let r = run(
+            &current,
+            &reference,
+            &mut ReferenceCache::new(),
+            &pairs,
+            &[],
+            &config(schedule, 3),
+            Some(2),
+        );
+        match r.outcome {
+            Err(TrainError::Cancelled { step, total_steps }) => {
+                assert_eq!((step, total_steps), (3, 12));
+            }
+            Err(e) => panic!("{schedule}: expected a cancel, got {e}"),
+            Ok(_) => panic!("{schedule}: expected a cancel, the run finished"),
+        }
+        assert_eq!(r.steps.len(), 2);
+        assert_eq!(
+            fingerprint(&current),
+            before,
+            "{schedule}: served model moved"
+        );
+    }
+    // A run that fails on bad settings reports its cause and also leaves it alone.
+    let bad = DpoConfig {
+        optimizer: AdamWParams {
+            lr: -1.0,
+            ..Default::default()
+        },
+        ..config(Schedule::Continue, 1)
+    };
+    let r = run(
+        &current,
+        &reference,
+        &mut ReferenceCache::new(),
+        &pairs,
+        &[],
+        &bad,
+        None,
+    );
+    assert!(matches!(r.outcome, Err(TrainError::Config(_))));
+    assert_eq!(fingerprint(&current), before);
+}
+
+#[test]
+fn a_checkpoint_loads_back_and_scores_identically() {
+    let reference = tiny_model(17);
+    let trained = from_ref_model(&reference, &toy_pairs(16, 5), &config(Schedule::Reset, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1");
+    trained.save(&path).unwrap();
+    let loaded = LanguageModel::load(&path, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(fingerprint(&loaded), fingerprint(&trained));
+    assert_ne!(fingerprint(&loaded), fingerprint(&reference));
+}
+
+#[test]
+fn ipo_and_label_smoothing_train_too() {
+    let reference = tiny_model(19);
+    let pairs = toy_pairs(32, 6);
+    for (kind, eps) in [(LossKind::Ipo, 0.0), (LossKind::Dpo, 0.2)] {
+        let cfg = DpoConfig {
+            loss: LossConfig {
+                kind,
+                beta: 0.1,
+                label_smoothing: eps,
+            },
+            ..config(Schedule::Reset, 3)
+        };
+        let r = run(
+            &reference,
+            &reference,
+            &mut ReferenceCache::new(),
+            &pairs,
+            &[],
+            &cfg,
+            None,
+        );
+        r.outcome.unwrap();
+        let (first, last) = (r.steps[0], *r.steps.last().unwrap());
+        assert!(
+            last.loss < first.loss,
+            "{kind} ε {eps}: {} → {}",
+            first.loss,
+            last.loss
+        );
+        assert!(last.rewards.margins > first.rewards.margins);
+    }
+}
+
+#[test]
+fn an_acquisition_round_scores_and_orders_pairs() {
+    let reference = tiny_model(23);
+    let policy = from_ref_model(&reference, &toy_pairs(32, 7), &config(Schedule::Reset, 2));
+    let prompts: Vec<String> = toy_pairs(12, 8).into_iter().map(|p| p.prompt).collect();
+    let cfg = AcquireConfig {
+        strategy: Strategy::Certainty,
+        entropy_samples: 4,
+        max_new_tokens: 6,
+        seed: 3,
+        ..Default::default()
+    };
+    let got = acquire_pairs(&policy, Some(&reference), &prompts, 5, &cfg, "v1").unwrap();
+    assert_eq!(got.len(), 5);
+    for (rank, p) in got.iter().enumerate() {
+        assert_eq!(p.rank, rank);
+        assert_eq!(p.model_version, "v1");
+        assert_eq!(p.strategy, Strategy::Certainty);
+        assert_eq!(p.prompt, prompts[p.prompt_index]);
+        assert!((p.scores.certainty - (p.scores.reward_a - p.scores.reward_b).abs()).abs() < 1e-12);
+        assert!(p.scores.entropy.is_none());
+    }
+    assert!(
+        got.windows(2)
+            .all(|w| w[0].scores.certainty >= w[1].scores.certainty)
+    );
+    assert!(got[0].scores.certainty > 0.0);
+
+    // Round 1 (policy is the reference): every reward is 0, the order comes from the seed.
+    let hybrid = AcquireConfig {
+        strategy: Strategy::Hybrid,
+        ..cfg.clone()
+    };
+    let r1 = acquire_pairs(&reference, None, &prompts, 4, &hybrid, "v0").unwrap();
+    assert_eq!(r1.len(), 4);
+    assert!(
+        r1.iter()
+            .all(|p| p.scores.certainty == 0.0 && p.scores.entropy.is_some())
+    );
+    let again = acquire_pairs(&reference, None, &prompts, 4, &hybrid, "v0").unwrap();
+    assert_eq!(r1, again, "a seed makes the round repeatable");
+}
+
+#[test]
+fn the_dpo_and_acquire_commands_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    tiny_model(29).save(&model_dir).unwrap();
+    let data = dir.path().join("prefs.jsonl");
+    let mut lines: Vec<String> = toy_pairs(12, 9)
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap())
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let bin = env!("CARGO_BIN_EXE_prefloop");
+    let res = std::process::Command::new(bin)
+        .args(["dpo", "--model"])
+        .arg(&model_dir)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--lr",
+            "1e-3",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--seed",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let stdout = String::from_utf8(res.stdout).unwrap();
+    let steps: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["kind"] == "step")
+        .collect();
+    assert_eq!(steps.len(), 6, "{stdout}");
+    for key in [
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+    ] {
+        assert!(steps[0][key].is_number(), "{key} in {}", steps[0]);
+    }
+    assert!(stdout.contains("\"kind\":\"eval\""));
+    LanguageModel::load(&out, &candle_core::Device::Cpu).expect("trained model loads");
+
+    // Bad lines are reported by number and nothing is written.
+    lines.insert(2, "{\"prompt\":\"x\"}".into());
+    lines.insert(5, "oops".into());
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out2 = dir.path().join("out2");
+    let res = std::process::Command::new(bin)
+        .args(["dpo", "--model"])
+        .arg(&model_dir)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out2)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(
+        stderr.contains("line 3:") && stderr.contains("line 6: not JSON"),
+        "{stderr}"
+    );
+    assert!(!out2.exists());
+
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\":\"abc\"}\n{\"prompt\":\"def\"}\n{\"prompt\":\"gha\"}\n",
+    )
+    .unwrap();
+    let res = std::process::Command::new(bin)
+        .args(["acquire", "--model"])
+        .arg(&out)
+        .arg("--reference")
+        .arg(&model_dir)
+        .arg("--prompts")
+        .arg(&prompts)
+        .args([
+            "--strategy",
+            "hybrid",
+            "-m",
+            "2",
+            "--seed",
+            "1",
+            "--entropy-samples",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(res.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for key in ["entropy", "reward_a", "reward_b", "certainty"] {
+        assert!(rows[0]["scores"][key].is_number(), "{key} in {}", rows[0]);
+    }
+    assert!(rows[0]["completion_a"].is_string() && rows[0]["prompt"].is_string());
+}
