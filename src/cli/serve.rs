@@ -3,7 +3,10 @@
 use clap::Args;
 
 use crate::config::DbArgs;
+use crate::engine::active_loop::{ActiveLoop, LoopConfig};
+use crate::engine::{EngineConfig, EngineHandle};
 use crate::http::{AppState, HttpConfig};
+use crate::store::training::ensure_reference_version;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -15,17 +18,44 @@ pub struct ServeArgs {
     /// Largest import body accepted, in MiB.
     #[arg(long, env = "PREFLOOP_MAX_IMPORT_MIB", default_value_t = 64)]
     pub max_import_mib: usize,
+    /// The language model that picks pairs and learns from the labels: a Hugging Face directory or a
+    /// .gguf file. Without one, pairs are served in random order and nothing trains.
+    #[arg(long, env = "PREFLOOP_MODEL")]
+    pub model: Option<std::path::PathBuf>,
+    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, env = "PREFLOOP_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Requests that may wait for the model before callers get 429.
+    #[arg(long, env = "PREFLOOP_MODEL_QUEUE", default_value_t = 32)]
+    pub model_queue: usize,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let store = args.db.open().await?;
+    // Load and warm up the model before binding, so a bound port means a ready server.
+    let engine = match &args.model {
+        Some(path) => {
+            let reference = ensure_reference_version(&store, &path.display().to_string()).await?;
+            tracing::info!(model = %path.display(), "loading the model");
+            let config = EngineConfig {
+                model_path: path.clone(),
+                device: args.device.clone(),
+                checkpoint_dir: args.db.data_dir.join("checkpoints"),
+                queue_capacity: args.model_queue,
+                max_loaded_policies: 2,
+            };
+            Some(EngineHandle::start(config, reference.id).await?)
+        }
+        None => None,
+    };
+    let active = ActiveLoop::start(store.clone(), engine, LoopConfig::default()).await?;
     let listener = tokio::net::TcpListener::bind(&args.bind)
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let config = HttpConfig {
         max_import_bytes: args.max_import_mib << 20,
     };
-    crate::http::serve(listener, AppState::new(store, config)).await?;
+    crate::http::serve(listener, AppState::new(store, config).with_loop(active)).await?;
     Ok(())
 }

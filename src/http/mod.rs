@@ -39,6 +39,8 @@ pub struct AppState {
     pub store: Store,
     pub config: Arc<HttpConfig>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The active-learning loop (and through it the model), when the server runs one.
+    pub active: Option<crate::engine::active_loop::ActiveLoop>,
 }
 
 impl AppState {
@@ -47,7 +49,14 @@ impl AppState {
             store,
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::default()),
+            active: None,
         }
+    }
+
+    /// The same, with the active-learning loop running beside the server.
+    pub fn with_loop(mut self, active: crate::engine::active_loop::ActiveLoop) -> AppState {
+        self.active = Some(active);
+        self
     }
 }
 

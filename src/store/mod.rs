@@ -6,6 +6,7 @@
 
 pub mod export;
 pub mod items;
+pub mod judges;
 pub mod leases;
 pub mod projects;
 pub mod queue;

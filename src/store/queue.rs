@@ -55,9 +55,11 @@ pub struct GeneratedPair {
     pub completion_b: String,
     pub model_version_id: String,
     pub strategy: String,
-    /// Higher is served first.
-    pub score: f64,
+    /// Higher is served first; `None` (the random strategy) sorts after every score.
+    pub score: Option<f64>,
     pub score_parts: serde_json::Value,
+    /// Orders pairs of equal score: the acquisition's seeded rank, so ties are not broken by insertion.
+    pub tie_key: f64,
 }
 
 pub async fn insert_generated_pairs(
@@ -81,7 +83,7 @@ pub async fn insert_generated_pairs(
         .bind(&p.strategy)
         .bind(p.score)
         .bind(p.score_parts.to_string())
-        .bind(rand::random::<f64>())
+        .bind(p.tie_key)
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
@@ -128,7 +130,7 @@ pub async fn rescore_pairs(
     store: &Store,
     model_version_id: &str,
     strategy: &str,
-    scores: &[(String, f64, serde_json::Value)],
+    scores: &[(String, Option<f64>, serde_json::Value)],
 ) -> Result<u64> {
     let now = now_ms();
     let mut tx = store.begin_write().await?;

@@ -48,23 +48,24 @@ pub async fn ensure_reference_version(store: &Store, path: &str) -> Result<Model
     if let Some(row) = row {
         return version_from_row(&row);
     }
-    create_model_version(store, None, None, path, 0, serde_json::json!({})).await
+    create_model_version(store, &new_id(), None, None, path, 0, serde_json::json!({})).await
 }
 
+/// Records a version under `id` (the engine names a version before its weights are saved).
 pub async fn create_model_version(
     store: &Store,
+    id: &str,
     project_id: Option<&str>,
     parent_id: Option<&str>,
     path: &str,
     labels_seen: i64,
     metrics: serde_json::Value,
 ) -> Result<ModelVersion> {
-    let id = new_id();
     sqlx::query(
         "INSERT INTO model_versions (id, project_id, parent_id, path, labels_seen, metrics, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(&id)
+    .bind(id)
     .bind(project_id)
     .bind(parent_id)
     .bind(path)
@@ -73,7 +74,7 @@ pub async fn create_model_version(
     .bind(now_ms())
     .execute(store.pool())
     .await?;
-    get_model_version(store, &id).await
+    get_model_version(store, id).await
 }
 
 pub async fn get_model_version(store: &Store, id: &str) -> Result<ModelVersion> {
@@ -294,4 +295,15 @@ pub async fn fail_interrupted_runs(store: &Store) -> Result<Vec<TrainingRun>> {
         .await?;
     }
     Ok(runs)
+}
+
+/// Queued runs of a project, oldest first.
+pub async fn queued_training_runs(store: &Store, project_id: &str) -> Result<Vec<TrainingRun>> {
+    let rows = sqlx::query(
+        "SELECT * FROM training_runs WHERE project_id = $1 AND status = 'queued' ORDER BY created_at, id",
+    )
+    .bind(project_id)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter().map(run_from_row).collect()
 }

@@ -76,6 +76,9 @@ pub async fn record_judgment(
     };
     let (judgment, created) =
         leases::record_judgment(&state.store, &lease_id, &user, &input, key).await?;
+    if let (true, Some(active)) = (created, &state.active) {
+        active.wake(); // a label may make a training run due
+    }
     let status = if created {
         StatusCode::CREATED
     } else {

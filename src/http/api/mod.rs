@@ -4,6 +4,7 @@ pub mod export;
 pub mod items;
 pub mod leases;
 pub mod projects;
+pub mod training;
 pub mod users;
 
 use axum::Router;
@@ -17,4 +18,5 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(leases::router())
         .merge(export::router())
         .merge(users::router())
+        .merge(training::router())
 }

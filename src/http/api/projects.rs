@@ -5,12 +5,17 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::engine::active_loop::current_policy;
 use crate::http::AppState;
 use crate::http::auth::{Admin, AuthUser};
 use crate::http::error::ApiResult;
 use crate::http::extract::ApiJson;
 use crate::store::leases::{ProjectStats, project_stats};
 use crate::store::projects::{self, Project, ProjectInput};
+use crate::store::training::{TrainingRun, latest_training_run};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -66,13 +71,32 @@ pub async fn update_project(
     ))
 }
 
-/// Labels spent and left, pairs pending, annotators. Open to annotators too: the workbench shows the budget.
-#[utoipa::path(get, path = "/api/v1/projects/{id}/stats", responses((status = 200, body = ProjectStats), (status = 404)))]
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsResponse {
+    #[serde(flatten)]
+    pub stats: ProjectStats,
+    /// The id of the model version now serving the project (absent without a model).
+    pub model_version: Option<String>,
+    /// The project's latest training run.
+    pub training: Option<TrainingRun>,
+}
+
+/// Labels spent and left, pairs pending, annotators, the current model version and the latest training
+/// run. Open to annotators too: the workbench shows the budget.
+#[utoipa::path(get, path = "/api/v1/projects/{id}/stats", responses((status = 200, body = StatsResponse), (status = 404)))]
 pub async fn get_stats(
     State(state): State<AppState>,
     _: AuthUser,
     Path(id): Path<String>,
-) -> ApiResult<Json<ProjectStats>> {
+) -> ApiResult<Json<StatsResponse>> {
     let project = projects::get_project(&state.store, &id).await?;
-    Ok(Json(project_stats(&state.store, &project).await?))
+    let engine = state.active.as_ref().and_then(|l| l.engine());
+    let model_version = current_policy(&state.store, engine, &project.id)
+        .await?
+        .map(|p| p.version_id);
+    Ok(Json(StatsResponse {
+        stats: project_stats(&state.store, &project).await?,
+        model_version,
+        training: latest_training_run(&state.store, &project.id).await?,
+    }))
 }

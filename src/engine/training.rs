@@ -1,0 +1,171 @@
+//! DPO updates in the background: a copy of the weights trains on its own thread while the model thread
+//! keeps serving; the result is saved atomically as a new version and installed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::mpsc;
+
+use super::worker::Job;
+use super::{EngineError, EngineHandle, PolicyRef};
+use crate::learn::trainer::{
+    DpoConfig, Progress, ReferenceCache, RunControl, Schedule as LearnSchedule, TrainError,
+    train_dpo,
+};
+use crate::learn::{AdamWParams, LossConfig, LossKind, PreferencePair};
+use crate::store::projects::{LoopSettings, Loss, Schedule};
+use crate::store::queue::Preference;
+
+/// Reference log-probs per project, kept across runs (they never change for a pair), and the one lock
+/// that lets a single run train at a time: two would only share the same cores.
+#[derive(Default)]
+pub(super) struct Trainer {
+    caches: std::sync::Mutex<HashMap<String, ReferenceCache>>,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    pub project_id: String,
+    /// The policy now serving the project: the start under `continue`.
+    pub current: PolicyRef,
+    pub preferences: Vec<Preference>,
+    pub settings: LoopSettings,
+    /// Id the new version will have; its weights go to `<checkpoint dir>/<id>`.
+    pub version_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainResult {
+    pub path: String,
+    pub steps: usize,
+    /// The last step's metrics, and held-out ones under "eval" when the project has an eval split.
+    pub metrics: serde_json::Value,
+}
+
+fn dpo_config(s: &LoopSettings) -> DpoConfig {
+    DpoConfig {
+        loss: LossConfig {
+            kind: match s.loss {
+                Loss::Dpo => LossKind::Dpo,
+                Loss::Ipo => LossKind::Ipo,
+            },
+            beta: s.beta,
+            label_smoothing: s.label_smoothing,
+        },
+        optimizer: AdamWParams {
+            lr: s.learning_rate,
+            ..Default::default()
+        },
+        epochs: s.epochs as usize,
+        batch_size: s.batch_size as usize,
+        schedule: match s.schedule {
+            Schedule::Reset => LearnSchedule::Reset,
+            Schedule::Continue => LearnSchedule::Continue,
+        },
+        seed: s.seed,
+        ..Default::default()
+    }
+}
+
+pub(super) async fn run(
+    handle: &EngineHandle,
+    req: TrainRequest,
+    progress: mpsc::UnboundedSender<serde_json::Value>,
+    cancel: Arc<AtomicBool>,
+) -> Result<TrainResult, EngineError> {
+    let _turn = handle.trainer.one_at_a_time.lock().await;
+    let (current, reference) = handle
+        .call(|reply| Job::Models {
+            policy: req.current.clone(),
+            reply,
+        })
+        .await?;
+    let mut cache = handle
+        .trainer
+        .caches
+        .lock()
+        .expect("cache lock poisoned")
+        .remove(&req.project_id)
+        .unwrap_or_default();
+    let dir: PathBuf = handle.checkpoint_dir.join(&req.version_id);
+    let cfg = dpo_config(&req.settings);
+    let (train, eval): (Vec<_>, Vec<_>) = req.preferences.iter().partition(|p| !p.eval);
+    let to_pairs = |v: Vec<&Preference>| -> Vec<PreferencePair> {
+        v.into_iter()
+            .map(|p| PreferencePair {
+                prompt: p.prompt.clone(),
+                chosen: p.chosen.clone(),
+                rejected: p.rejected.clone(),
+            })
+            .collect()
+    };
+    let (train, eval) = (to_pairs(train), to_pairs(eval));
+
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut report = |p: &Progress| {
+            if let Ok(v) = serde_json::to_value(p) {
+                let _ = progress.send(v);
+            }
+        };
+        let result = train_dpo(
+            &current,
+            &mut || reference.deep_clone().map_err(Into::into),
+            &mut cache,
+            &train,
+            &eval,
+            &cfg,
+            RunControl {
+                progress: &mut report,
+                cancel: &cancel,
+            },
+        );
+        let saved = result.and_then(|outcome| {
+            outcome.model.save(&dir).map_err(|e| TrainError::Model {
+                context: "saving the trained model",
+                source: Box::new(e),
+            })?;
+            Ok(outcome)
+        });
+        (saved, cache, dir)
+    })
+    .await
+    .map_err(|e| EngineError::Model(format!("the training thread failed: {e}")))?;
+
+    let (result, cache, dir) = outcome;
+    handle
+        .trainer
+        .caches
+        .lock()
+        .expect("cache lock poisoned")
+        .insert(req.project_id.clone(), cache);
+    let outcome = result.map_err(|e| match e {
+        TrainError::Cancelled { .. } => EngineError::Cancelled,
+        other => EngineError::Model(other.to_string()),
+    })?;
+    let last = outcome.steps.last();
+    let mut metrics = serde_json::to_value(last).unwrap_or_default();
+    if let (Some(eval), Some(obj)) = (outcome.eval, metrics.as_object_mut()) {
+        obj.insert(
+            "eval".into(),
+            serde_json::to_value(eval).unwrap_or_default(),
+        );
+    }
+    let steps = outcome.steps.len();
+    // Install the trained model so the next requests use it without reading it back from disk.
+    handle
+        .tx
+        .send(Job::Install {
+            version_id: req.version_id.clone(),
+            model: Box::new(outcome.model),
+        })
+        .await
+        .map_err(|_| EngineError::Stopped)?;
+    Ok(TrainResult {
+        path: dir.display().to_string(),
+        steps,
+        metrics,
+    })
+}

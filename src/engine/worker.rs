@@ -1,0 +1,263 @@
+//! The thread that owns the model: loads it, warms it up, then answers jobs one at a time.
+
+use std::str::FromStr;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    AcquireRequest, EngineConfig, EngineError, GenerateRequest, PairScore, PolicyRef,
+    RescoreRequest, ScoredPair,
+};
+use crate::learn::acquisition::{Oversample, PairScores, Strategy as LearnStrategy};
+use crate::learn::candidates::{AcquireConfig, acquire_pairs, prompt_entropies};
+use crate::model::{LanguageModel, SamplingParams, parse_device};
+use crate::store::projects::{LoopSettings, Strategy};
+
+type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+pub(super) enum Job {
+    Acquire {
+        req: Box<AcquireRequest>,
+        reply: Reply<Vec<ScoredPair>>,
+    },
+    Rescore {
+        req: Box<RescoreRequest>,
+        reply: Reply<Vec<PairScore>>,
+    },
+    Generate {
+        req: Box<GenerateRequest>,
+        reply: Reply<Vec<String>>,
+    },
+    /// Shared handles (not copies) on a policy and on the reference, for a training thread that copies
+    /// what it trains. Installed models are never changed in place, so sharing them is safe.
+    Models {
+        policy: PolicyRef,
+        reply: Reply<(LanguageModel, LanguageModel)>,
+    },
+    /// A freshly trained version, so it serves without a reload from disk.
+    Install {
+        version_id: String,
+        model: Box<LanguageModel>,
+    },
+}
+
+fn model_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Model(e.to_string())
+}
+
+struct Models {
+    reference_id: String,
+    reference: LanguageModel,
+    /// Trained policies, least recently used first.
+    policies: Vec<(String, LanguageModel)>,
+    max_policies: usize,
+    device: candle_core::Device,
+}
+
+impl Models {
+    /// The model for a version, loading it from its path when it is not in memory.
+    fn get(&mut self, policy: &PolicyRef) -> Result<&LanguageModel, EngineError> {
+        if policy.version_id == self.reference_id {
+            return Ok(&self.reference);
+        }
+        if let Some(i) = self
+            .policies
+            .iter()
+            .position(|(id, _)| *id == policy.version_id)
+        {
+            let entry = self.policies.remove(i);
+            self.policies.push(entry);
+        } else {
+            let model = LanguageModel::load(&policy.path, &self.device).map_err(model_error)?;
+            self.insert(policy.version_id.clone(), model);
+        }
+        Ok(&self.policies.last().expect("just inserted").1)
+    }
+
+    fn insert(&mut self, id: String, model: LanguageModel) {
+        self.policies.retain(|(v, _)| *v != id);
+        self.policies.push((id, model));
+        while self.policies.len() > self.max_policies.max(1) {
+            self.policies.remove(0);
+        }
+    }
+
+    fn is_reference(&self, policy: &PolicyRef) -> bool {
+        policy.version_id == self.reference_id
+    }
+}
+
+pub(super) fn run(
+    config: EngineConfig,
+    reference: PolicyRef,
+    mut rx: mpsc::Receiver<Job>,
+    ready: oneshot::Sender<Result<(), EngineError>>,
+) {
+    let loaded = parse_device(&config.device)
+        .map_err(model_error)
+        .and_then(|device| {
+            let model = LanguageModel::load(&config.model_path, &device)
+                .map_err(|e| EngineError::Model(format!("{}: {e}", config.model_path.display())))?;
+            // Warm-up: one token through the sampler proves the weights and the tokenizer work together.
+            let ids = model.tokenizer().encode("Hello").map_err(model_error)?;
+            let params = SamplingParams {
+                max_new_tokens: 1,
+                ..Default::default()
+            };
+            model.sample(&[ids], 1, &params).map_err(model_error)?;
+            Ok(Models {
+                reference_id: reference.version_id.clone(),
+                reference: model,
+                policies: Vec::new(),
+                max_policies: config.max_loaded_policies,
+                device,
+            })
+        });
+    let mut models = match loaded {
+        Ok(m) => {
+            let _ = ready.send(Ok(()));
+            m
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    while let Some(job) = rx.blocking_recv() {
+        match job {
+            Job::Acquire { req, reply } => {
+                let _ = reply.send(acquire(&mut models, *req));
+            }
+            Job::Rescore { req, reply } => {
+                let _ = reply.send(rescore(&mut models, *req));
+            }
+            Job::Generate { req, reply } => {
+                let _ = reply.send(generate(&mut models, *req));
+            }
+            Job::Models { policy, reply } => {
+                let answer = models
+                    .get(&policy)
+                    .cloned()
+                    .map(|p| (p, models.reference.clone()));
+                let _ = reply.send(answer);
+            }
+            Job::Install { version_id, model } => models.insert(version_id, *model),
+        }
+    }
+}
+
+fn acquire_config(settings: &LoopSettings, strategy: Strategy, seed: u64) -> AcquireConfig {
+    let c = &settings.completions;
+    AcquireConfig {
+        strategy: LearnStrategy::from_str(strategy.as_str()).expect("the same five strategies"),
+        beta: settings.beta,
+        entropy_samples: settings.entropy_samples as usize,
+        length_normalised: false,
+        temperature: c.temperature,
+        top_p: c.top_p,
+        max_new_tokens: c.max_new_tokens as usize,
+        oversample: Oversample {
+            prompts: settings.oversample.prompts as usize,
+            pairs: settings.oversample.pairs as usize,
+        },
+        seed,
+    }
+}
+
+fn pair_score(s: &PairScores) -> PairScore {
+    PairScore {
+        entropy: s.entropy,
+        reward_a: s.reward_a,
+        reward_b: s.reward_b,
+        certainty: s.certainty,
+    }
+}
+
+fn acquire(models: &mut Models, req: AcquireRequest) -> Result<Vec<ScoredPair>, EngineError> {
+    let cfg = acquire_config(&req.settings, req.strategy, req.seed);
+    let is_reference = models.is_reference(&req.policy);
+    let reference = models.reference.clone();
+    let policy = models.get(&req.policy)?;
+    let reference = (!is_reference).then_some(&reference);
+    let pairs = acquire_pairs(
+        policy,
+        reference,
+        &req.prompts,
+        req.m,
+        &cfg,
+        &req.policy.version_id,
+    )
+    .map_err(model_error)?;
+    Ok(pairs
+        .into_iter()
+        .map(|p| ScoredPair {
+            prompt_index: p.prompt_index,
+            completion_a: p.completion_a,
+            completion_b: p.completion_b,
+            scores: pair_score(&p.scores),
+            rank: p.rank,
+        })
+        .collect())
+}
+
+fn encode_prompt(model: &LanguageModel, text: &str) -> Result<Vec<u32>, EngineError> {
+    let tok = model.tokenizer();
+    let mut ids = tok.encode(text).map_err(model_error)?;
+    if ids.is_empty() {
+        ids.push(tok.eos_id());
+    }
+    Ok(ids)
+}
+
+fn rescore(models: &mut Models, req: RescoreRequest) -> Result<Vec<PairScore>, EngineError> {
+    let cfg = acquire_config(&req.settings, req.strategy, req.settings.seed);
+    let reference = models.reference.clone();
+    let policy = models.get(&req.policy)?;
+    let mut items = Vec::with_capacity(req.pairs.len() * 2);
+    let mut prompt_ids = Vec::with_capacity(req.pairs.len());
+    for (prompt, a, b) in &req.pairs {
+        let p = encode_prompt(policy, prompt)?;
+        let tok = policy.tokenizer();
+        items.push((p.clone(), tok.encode(a).map_err(model_error)?));
+        items.push((p.clone(), tok.encode(b).map_err(model_error)?));
+        prompt_ids.push(p);
+    }
+    let lp_policy = policy.score(&items).map_err(model_error)?;
+    let lp_reference = reference.score(&items).map_err(model_error)?;
+    let entropies = if cfg.strategy.needs_entropy() {
+        prompt_entropies(policy, &prompt_ids, &cfg).map_err(model_error)?
+    } else {
+        vec![None; prompt_ids.len()]
+    };
+    Ok((0..req.pairs.len())
+        .map(|i| {
+            pair_score(&PairScores::from_logprobs(
+                req.settings.beta,
+                entropies[i],
+                (lp_policy[2 * i].sum, lp_policy[2 * i + 1].sum),
+                (lp_reference[2 * i].sum, lp_reference[2 * i + 1].sum),
+            ))
+        })
+        .collect())
+}
+
+fn generate(models: &mut Models, req: GenerateRequest) -> Result<Vec<String>, EngineError> {
+    let policy = models.get(&req.policy)?;
+    let ids: Vec<Vec<u32>> = req
+        .prompts
+        .iter()
+        .map(|p| encode_prompt(policy, p))
+        .collect::<Result<_, _>>()?;
+    let params = SamplingParams {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        max_new_tokens: req.max_new_tokens,
+        seed: req.seed,
+        ..Default::default()
+    };
+    let samples = policy.sample(&ids, 1, &params).map_err(model_error)?;
+    Ok(samples
+        .into_iter()
+        .map(|mut row| row.pop().map(|s| s.text).unwrap_or_default())
+        .collect())
+}

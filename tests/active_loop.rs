@@ -1,0 +1,346 @@
+//! The active-learning loop end to end over the HTTP API with a tiny random model: prompts in, pairs
+//! generated and scored, leased in score order, judged by the sentiment judge, a background DPO update,
+//! a new model version current, pending pairs re-scored, export correct. Plus restart recovery.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::{Backend, TestApp};
+use prefloop::engine::active_loop::{ActiveLoop, LoopConfig};
+use prefloop::engine::{EngineConfig, EngineHandle};
+use prefloop::http::{AppState, HttpConfig};
+use prefloop::model::{LanguageModel, ModelConfig, TextTokenizer};
+use prefloop::store::training::{
+    RunStatus, create_training_run, ensure_reference_version, get_training_run, record_run_progress,
+};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+db_tests!(
+    loop_generates_scores_serves_trains_and_rescores,
+    restart_retries_an_interrupted_run
+);
+
+/// A tiny random llama with a byte-level tokenizer, saved as a Hugging Face directory.
+fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
+    let tok = TextTokenizer::byte_level_for_tests();
+    let config = ModelConfig::tiny(tok.vocab_size());
+    let model =
+        LanguageModel::random(config, tok, &candle_core::Device::Cpu, 7).expect("tiny model");
+    let path = dir.join("tiny");
+    model.save(&path).expect("save tiny model");
+    path
+}
+
+/// The test app with a model engine and the active loop, ticking fast.
+async fn with_loop(app: &mut TestApp, model_dir: &std::path::Path) -> ActiveLoop {
+    let path = tiny_model(model_dir);
+    let reference = ensure_reference_version(&app.store, &path.display().to_string())
+        .await
+        .unwrap();
+    let engine = EngineHandle::start(
+        EngineConfig {
+            model_path: path,
+            device: "cpu".into(),
+            checkpoint_dir: model_dir.join("checkpoints"),
+            queue_capacity: 8,
+            max_loaded_policies: 2,
+        },
+        reference.id,
+    )
+    .await
+    .expect("engine starts");
+    let config = LoopConfig {
+        tick: Duration::from_millis(100),
+        low_water: 4,
+        round_size: 4,
+    };
+    let active = ActiveLoop::start(app.store.clone(), Some(engine), config)
+        .await
+        .unwrap();
+    app.router = prefloop::http::app(
+        AppState::new(app.store.clone(), HttpConfig::default()).with_loop(active.clone()),
+    );
+    active
+}
+
+async fn wait_for(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+const LOOP_PROJECT: &str = r#"{"name": "loop", "strategy": "certainty", "label_budget": 6, "train_every": 4,
+  "epochs": 1, "batch_size": 2, "learning_rate": 0.001, "beta": 0.5,
+  "completions": {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0},
+  "oversample": {"prompts": 2, "pairs": 2}, "entropy_samples": 2, "seed": 3}"#;
+
+async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
+    let models = tempfile::tempdir().unwrap();
+    let mut app = TestApp::new(b).await;
+    let active = with_loop(&mut app, models.path()).await;
+    let project = app
+        .create_project(serde_json::from_str(LOOP_PROJECT).unwrap())
+        .await;
+    let prompts: String = [
+        "The film",
+        "A quiet story",
+        "This sequel",
+        "Her acting",
+        "The ending",
+        "My friends",
+    ]
+    .iter()
+    .map(|p| json!({"prompt": p}).to_string() + "\n")
+    .collect();
+    assert_eq!(
+        app.import(&project, "prompts", &prompts).await["inserted"],
+        6
+    );
+    active.wake();
+
+    let stats = format!("/api/v1/projects/{project}/stats");
+    let reference: String =
+        sqlx::query_scalar("SELECT id FROM model_versions WHERE project_id IS NULL")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    wait_for("generated pairs", 60, async || {
+        app.json("GET", &stats, &app.admin, None).await.1["pending_pairs"].as_i64() >= Some(4)
+    })
+    .await;
+    let (_, s) = app.json("GET", &stats, &app.admin, None).await;
+    assert_eq!(
+        s["model_version"],
+        reference.as_str(),
+        "the reference serves until a version is trained"
+    );
+
+    // The first lease is the best-scored pending pair.
+    let ann = app.annotator("ann").await;
+    let (status, lease) = app.next(&project, &ann).await;
+    assert_eq!(status, StatusCode::OK);
+    let best: f64 = sqlx::query_scalar(
+        "SELECT MAX(score) FROM pairs WHERE project_id = $1 AND status = 'pending'",
+    )
+    .bind(&project)
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    let leased: f64 = sqlx::query_scalar("SELECT score FROM pairs WHERE id = $1")
+        .bind(lease["pair_id"].as_str().unwrap())
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(leased, best, "pairs are leased in score order");
+    let row = sqlx::query(
+        "SELECT source, strategy, model_version_id, score_parts FROM pairs WHERE id = $1",
+    )
+    .bind(lease["pair_id"].as_str().unwrap())
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("source"), "generated");
+    assert_eq!(row.get::<String, _>("strategy"), "certainty");
+    assert_eq!(row.get::<String, _>("model_version_id"), reference);
+    let parts: Value = serde_json::from_str(&row.get::<String, _>("score_parts")).unwrap();
+    for key in ["reward_a", "reward_b", "certainty"] {
+        assert!(parts[key].is_number(), "score parts keep {key}: {parts}");
+    }
+    app.call(
+        "POST",
+        &format!(
+            "/api/v1/leases/{}/release",
+            lease["lease_id"].as_str().unwrap()
+        ),
+        Some(&ann),
+        None,
+        &[],
+    )
+    .await;
+
+    // The sentiment judge answers beside a person. A tiny random model writes byte noise with no
+    // sentiment, so the judge mostly sees ties; the person's decisive answers give DPO something to learn.
+    let (status, judge) = app
+        .json(
+            "POST",
+            &format!("/api/v1/projects/{project}/judges"),
+            &app.admin,
+            Some(json!({"kind": "sentiment", "rate_per_minute": 600})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{judge}");
+    wait_for("the judge's first answer", 60, async || {
+        app.json("GET", &stats, &app.admin, None).await.1["labels"].as_i64() >= Some(1)
+    })
+    .await;
+    let (status, _) = app
+        .json(
+            "DELETE",
+            &format!(
+                "/api/v1/projects/{project}/judges/{}",
+                judge["id"].as_str().unwrap()
+            ),
+            &app.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let mut answered = 0;
+    while app.json("GET", &stats, &app.admin, None).await.1["labels"].as_i64() < Some(6) {
+        match app.next(&project, &ann).await {
+            (StatusCode::OK, l) => {
+                let (status, _) = app
+                    .judge(
+                        l["lease_id"].as_str().unwrap(),
+                        &ann,
+                        if answered % 2 == 0 { "left" } else { "right" },
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::CREATED);
+                answered += 1;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    wait_for("a trained version", 180, async || {
+        let (_, s) = app.json("GET", &stats, &app.admin, None).await;
+        s["training"]["status"] == "succeeded" && s["model_version"] != reference.as_str()
+    })
+    .await;
+    let (_, s) = app.json("GET", &stats, &app.admin, None).await;
+    let version = s["model_version"].as_str().unwrap().to_string();
+    let run = &s["training"];
+    assert_eq!(run["model_version"], version.as_str());
+    assert!(run["step"].as_i64().unwrap() >= 1, "{run}");
+    assert!(run["metrics"]["loss"].is_number(), "{run}");
+    let (status, r) = app
+        .json(
+            "GET",
+            &format!("/api/v1/training-runs/{}", run["id"].as_str().unwrap()),
+            &app.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(r["status"], "succeeded");
+
+    assert_eq!(
+        app.next(&project, &ann).await.0,
+        StatusCode::NO_CONTENT,
+        "nothing is served past the budget"
+    );
+    wait_for("pending pairs re-scored by the new version", 60, async || {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND status = 'pending' AND model_version_id = $2")
+            .bind(&project)
+            .bind(&version)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+        n > 0
+    })
+    .await;
+
+    // Judgments are marked with who gave them and export as preferences.
+    let full = app.export(&project, "full").await;
+    assert_eq!(full.iter().filter(|r| r["choice"] != "skip").count(), 6);
+    assert!(full.iter().any(|r| r["annotator_kind"] == "ai"));
+    assert_eq!(
+        full.iter()
+            .filter(|r| r["annotator_kind"] == "human")
+            .count(),
+        answered
+    );
+    let (status, ai_only) = app
+        .call(
+            "GET",
+            &format!("/api/v1/projects/{project}/export?format=full&annotators=ai"),
+            Some(&app.admin),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        String::from_utf8(ai_only).unwrap().lines().count(),
+        6 - answered
+    );
+    let decisive = full
+        .iter()
+        .filter(|r| r["choice"] == "left" || r["choice"] == "right")
+        .count();
+    assert_eq!(app.export(&project, "trl").await.len(), decisive);
+
+    // Generation with the new version and the reference.
+    let (status, g) = app
+        .json(
+            "POST",
+            &format!("/api/v1/projects/{project}/generate"),
+            &app.admin,
+            Some(json!({"prompts": ["The film", "A story"], "max_new_tokens": 4})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{g}");
+    assert_eq!(g["completions"].as_array().unwrap().len(), 2);
+    assert_eq!(g["model_version"], version.as_str());
+    let (status, _) = app
+        .json(
+            "POST",
+            &format!("/api/v1/projects/{project}/generate"),
+            &app.admin,
+            Some(json!({"prompts": []})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+async fn restart_retries_an_interrupted_run(b: Backend) {
+    let models = tempfile::tempdir().unwrap();
+    let mut app = TestApp::new(b).await;
+    let project = app
+        .create_project(serde_json::from_str(LOOP_PROJECT).unwrap())
+        .await;
+    app.import(&project, "pairs", &(0..4).map(|i| json!({"prompt": format!("p{i}"), "completion_a": "a wonderful film", "completion_b": "a dull film"}).to_string() + "\n").collect::<String>()).await;
+    let ann = app.annotator("ann").await;
+    for _ in 0..3 {
+        let (_, l) = app.next(&project, &ann).await;
+        let choice = if l["left"] == "a wonderful film" {
+            "left"
+        } else {
+            "right"
+        };
+        app.judge(l["lease_id"].as_str().unwrap(), &ann, choice)
+            .await;
+    }
+    // A run the previous server was in the middle of when it was killed.
+    let dead = create_training_run(&app.store, &project, None)
+        .await
+        .unwrap();
+    record_run_progress(&app.store, &dead.id, 1, 10, &json!({"loss": 0.69}))
+        .await
+        .unwrap();
+
+    let _active = with_loop(&mut app, models.path()).await;
+    let dead = get_training_run(&app.store, &dead.id).await.unwrap();
+    assert_eq!(dead.status, RunStatus::Failed);
+    assert!(dead.error.unwrap().contains("interrupted"));
+    let stats = format!("/api/v1/projects/{project}/stats");
+    wait_for("the retried run", 120, async || {
+        app.json("GET", &stats, &app.admin, None).await.1["training"]["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(
+        app.export(&project, "trl").await.len(),
+        3,
+        "every judgment is still there"
+    );
+    let (status, _) = app.next(&project, &ann).await;
+    assert_eq!(status, StatusCode::OK, "serving continues");
+}
