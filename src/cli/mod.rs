@@ -2,6 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench_model;
+pub mod generate;
+
 /// Collect preference labels where they count, and DPO fine-tune a language model on them.
 #[derive(Debug, Parser)]
 #[command(name = "prefloop", version, about)]
@@ -11,7 +14,12 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Sample completions of a prompt from a model.
+    Generate(generate::Args),
+    /// Measure scoring, sampling and training-step speed of a model.
+    BenchModel(bench_model::Args),
+}
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info` for prefloop, `warn` elsewhere).
 pub fn init_tracing() {
@@ -24,5 +32,8 @@ pub fn init_tracing() {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::BenchModel(args) => bench_model::run(args),
+    }
 }
