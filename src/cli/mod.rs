@@ -3,8 +3,10 @@
 use clap::{Parser, Subcommand};
 
 pub mod acquire;
+pub mod bench_model;
 pub mod dpo;
 pub mod export;
+pub mod generate;
 pub mod import;
 pub mod project;
 pub mod serve;
@@ -34,6 +36,10 @@ pub enum Command {
     Dpo(dpo::DpoArgs),
     /// Generate candidate pairs for prompts, score them and print the M an acquisition strategy picks.
     Acquire(acquire::AcquireArgs),
+    /// Sample completions of a prompt from a model.
+    Generate(generate::Args),
+    /// Measure scoring, sampling and training-step speed of a model.
+    BenchModel(bench_model::Args),
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info` for prefloop, `warn` elsewhere).
@@ -63,5 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => block_on(export::run(args)),
         Command::Dpo(args) => dpo::run(args),
         Command::Acquire(args) => acquire::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::BenchModel(args) => bench_model::run(args),
     }
 }
