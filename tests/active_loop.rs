@@ -104,6 +104,8 @@ async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
         app.import(&project, "prompts", &prompts).await["inserted"],
         6
     );
+    let eval = "{\"prompt\": \"The best film\", \"split\": \"eval\"}\n{\"prompt\": \"The worst film\", \"split\": \"eval\"}\n";
+    assert_eq!(app.import(&project, "prompts", eval).await["inserted"], 2);
     active.wake();
 
     let stats = format!("/api/v1/projects/{project}/stats");
@@ -181,18 +183,6 @@ async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
         app.json("GET", &stats, &app.admin, None).await.1["labels"].as_i64() >= Some(1)
     })
     .await;
-    let (status, _) = app
-        .json(
-            "DELETE",
-            &format!(
-                "/api/v1/projects/{project}/judges/{}",
-                judge["id"].as_str().unwrap()
-            ),
-            &app.admin,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
     let mut answered = 0;
     while app.json("GET", &stats, &app.admin, None).await.1["labels"].as_i64() < Some(6) {
         match app.next(&project, &ann).await {
@@ -247,6 +237,39 @@ async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
         n > 0
     })
     .await;
+
+    // The new version was evaluated against the reference on the eval prompts, by the judge.
+    let (status, versions) = app
+        .json(
+            "GET",
+            &format!("/api/v1/projects/{project}/model-versions"),
+            &app.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let v = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == version.as_str())
+        .expect("listed");
+    let win = v["metrics"]["win_rate"].as_f64().expect("win rate stored");
+    assert!((0.0..=1.0).contains(&win), "{v}");
+    assert_eq!(v["metrics"]["eval_prompts"], 2);
+    assert_eq!(v["labels_seen"].as_i64().map(|n| n >= 4), Some(true), "{v}");
+    let (status, _) = app
+        .json(
+            "DELETE",
+            &format!(
+                "/api/v1/projects/{project}/judges/{}",
+                judge["id"].as_str().unwrap()
+            ),
+            &app.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 
     // Judgments are marked with who gave them and export as preferences.
     let full = app.export(&project, "full").await;

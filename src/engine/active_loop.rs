@@ -490,6 +490,9 @@ async fn run_training(
                 version_id,
                 path: done.path,
             };
+            if let Err(e) = evaluate_version(inner, engine, project, &policy).await {
+                tracing::warn!(project = %project.name, error = %e, "evaluating the new version failed");
+            }
             if let Err(e) = rescore_open_pairs(inner, engine, project, &policy).await {
                 tracing::warn!(project = %project.name, error = %e, "re-scoring after training failed");
             }
@@ -567,5 +570,42 @@ async fn rescore_open_pairs(
     )
     .await?;
     tracing::info!(project = %project.name, pairs = n, version = %policy.version_id, "re-scored pending pairs");
+    Ok(())
+}
+
+/// Most held-out prompts one evaluation uses.
+const MAX_EVAL_PROMPTS: i64 = 64;
+
+/// The win rate of a new version against the reference on the project's eval prompts, stored with the
+/// version; skipped when the project has no eval prompts or no judge.
+async fn evaluate_version(
+    inner: &Arc<Inner>,
+    engine: &EngineHandle,
+    project: &Project,
+    policy: &PolicyRef,
+) -> Result<(), StoreError> {
+    let prompts = queue::eval_prompts(&inner.store, &project.id, MAX_EVAL_PROMPTS).await?;
+    let judged = list_judges(&inner.store, &project.id)
+        .await?
+        .iter()
+        .any(|j| j.kind == "sentiment");
+    if prompts.is_empty() || !judged {
+        return Ok(());
+    }
+    let s = &project.settings;
+    let result = super::evaluate::win_rate(
+        engine,
+        policy,
+        &prompts,
+        s.completions.max_new_tokens as usize,
+        s.seed,
+        &inner.sentiment,
+    )
+    .await
+    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let mut metrics = serde_json::to_value(result).unwrap_or_default();
+    metrics["eval_prompts"] = prompts.len().into();
+    training::add_version_metrics(&inner.store, &policy.version_id, &metrics).await?;
+    tracing::info!(project = %project.name, version = %policy.version_id, win_rate = result.win_rate, "evaluated");
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! Requests and answers here are plain data: the HTTP layer uses this module without touching candle.
 
 pub mod active_loop;
+pub mod evaluate;
 mod training;
 mod worker;
 

@@ -18,7 +18,7 @@ use super::api;
         api::leases::release, api::leases::undo,
         api::export::export,
         api::users::create_user, api::users::list_users, api::users::revoke_user,
-        api::training::start_training, api::training::list_runs, api::training::get_run,
+        api::training::start_training, api::training::list_runs, api::training::list_versions, api::training::get_run,
         api::training::cancel_run, api::training::generate, api::training::attach_judge,
         api::training::list_judges, api::training::detach_judge,
     ),

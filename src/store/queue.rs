@@ -208,3 +208,15 @@ pub async fn count_labels(store: &Store, project_id: &str) -> Result<i64> {
     .await?;
     super::int(&row, "n")
 }
+
+/// The project's held-out prompts (split "eval"), oldest first, at most `limit`.
+pub async fn eval_prompts(store: &Store, project_id: &str, limit: i64) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT text FROM prompts WHERE project_id = $1 AND split = 'eval' ORDER BY created_at, id LIMIT $2",
+    )
+    .bind(project_id)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter().map(|r| Ok(r.try_get("text")?)).collect()
+}

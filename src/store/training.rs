@@ -307,3 +307,25 @@ pub async fn queued_training_runs(store: &Store, project_id: &str) -> Result<Vec
     .await?;
     rows.iter().map(run_from_row).collect()
 }
+
+/// Merges `extra` into a version's metrics (the evaluation arrives after the version is recorded).
+pub async fn add_version_metrics(
+    store: &Store,
+    id: &str,
+    extra: &serde_json::Value,
+) -> Result<ModelVersion> {
+    let mut version = get_model_version(store, id).await?;
+    if let (Some(m), Some(e)) = (version.metrics.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            m.insert(k.clone(), v.clone());
+        }
+    } else {
+        version.metrics = extra.clone();
+    }
+    sqlx::query("UPDATE model_versions SET metrics = $1 WHERE id = $2")
+        .bind(version.metrics.to_string())
+        .bind(id)
+        .execute(store.pool())
+        .await?;
+    Ok(version)
+}

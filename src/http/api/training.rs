@@ -15,12 +15,13 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 use crate::store::judges::{self, Judge};
 use crate::store::projects::get_project;
-use crate::store::training::{self, TrainingRun};
+use crate::store::training::{self, ModelVersion, TrainingRun};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/projects/{id}/train", post(start_training))
         .route("/api/v1/projects/{id}/training-runs", get(list_runs))
+        .route("/api/v1/projects/{id}/model-versions", get(list_versions))
         .route("/api/v1/training-runs/{id}", get(get_run))
         .route("/api/v1/training-runs/{id}/cancel", post(cancel_run))
         .route("/api/v1/projects/{id}/generate", post(generate))
@@ -90,6 +91,20 @@ pub async fn list_runs(
     let project = get_project(&state.store, &id).await?;
     Ok(Json(
         training::list_training_runs(&state.store, &project.id).await?,
+    ))
+}
+
+/// The versions trained for the project, oldest first, each with the labels it saw and its metrics
+/// (the training run's last step, and the win rate on eval prompts when the project has them and a judge).
+#[utoipa::path(get, path = "/api/v1/projects/{id}/model-versions", responses((status = 200, body = [ModelVersion])))]
+pub async fn list_versions(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<ModelVersion>>> {
+    let project = get_project(&state.store, &id).await?;
+    Ok(Json(
+        training::list_project_versions(&state.store, &project.id).await?,
     ))
 }
 
