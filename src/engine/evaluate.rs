@@ -41,7 +41,7 @@ pub async fn win_rate(
     };
     let ours = engine.generate(request(policy)).await?;
     let theirs = engine.generate(request(engine.reference())).await?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x00e7_a1u64);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xe7a1);
     let (mut wins, mut ties, mut losses, mut reward) = (0, 0, 0, 0.0);
     for (a, b) in ours.iter().zip(&theirs) {
         reward += judge.positivity(a);
