@@ -56,6 +56,7 @@ async fn with_loop(app: &mut TestApp, model_dir: &std::path::Path) -> ActiveLoop
         tick: Duration::from_millis(100),
         low_water: 4,
         round_size: 4,
+        wait_for_training: false,
     };
     let active = ActiveLoop::start(app.store.clone(), Some(engine), config)
         .await

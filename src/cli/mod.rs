@@ -9,7 +9,9 @@ pub mod export;
 pub mod generate;
 pub mod import;
 pub mod project;
+pub mod prompts;
 pub mod serve;
+pub mod simulate;
 pub mod user;
 
 /// Collect preference labels where they count, and DPO fine-tune a language model on them.
@@ -40,6 +42,10 @@ pub enum Command {
     Generate(generate::Args),
     /// Measure scoring, sampling and training-step speed of a model.
     BenchModel(bench_model::Args),
+    /// Cut movie reviews into prompts for the IMDB setting, as NDJSON.
+    Prompts(prompts::PromptsArgs),
+    /// Run the paper's experiment headless: strategies against each other, judged by an AI judge.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info` for prefloop, `warn` elsewhere).
@@ -71,5 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Acquire(args) => acquire::run(args),
         Command::Generate(args) => generate::run(args),
         Command::BenchModel(args) => bench_model::run(args),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Prompts(args) => prompts::run(args),
     }
 }

@@ -33,6 +33,10 @@ pub struct LoopConfig {
     pub low_water: usize,
     /// Pairs acquired per round.
     pub round_size: usize,
+    /// Acquire no new round while a training run is due or running, so every round is chosen by the
+    /// policy trained on all labels before it (the paper's protocol; `prefloop simulate` uses it). A live
+    /// server keeps acquiring with the current policy instead, so annotators never wait.
+    pub wait_for_training: bool,
 }
 
 impl Default for LoopConfig {
@@ -41,6 +45,7 @@ impl Default for LoopConfig {
             tick: Duration::from_secs(2),
             low_water: 4,
             round_size: 4,
+            wait_for_training: false,
         }
     }
 }
@@ -290,6 +295,9 @@ async fn fill_pool(
     if free >= inner.config.low_water {
         return Ok(());
     }
+    if inner.config.wait_for_training && training_pending(inner, project).await? {
+        return Ok(());
+    }
     let Some(policy) = current_policy(&inner.store, Some(engine), &project.id).await? else {
         return Ok(());
     };
@@ -340,6 +348,32 @@ async fn fill_pool(
     queue::insert_generated_pairs(&inner.store, &project.id, &generated).await?;
     tracing::info!(project = %project.name, pairs = generated.len(), version = %policy.version_id, "acquired pairs");
     Ok(())
+}
+
+/// Whether the project has a run going, queued, or due by its label count.
+async fn training_pending(inner: &Arc<Inner>, project: &Project) -> Result<bool, StoreError> {
+    if inner.training.lock().expect("lock").contains(&project.id)
+        || !training::queued_training_runs(&inner.store, &project.id)
+            .await?
+            .is_empty()
+    {
+        return Ok(true);
+    }
+    let every = project.settings.train_every as i64;
+    if every == 0 {
+        return Ok(false);
+    }
+    let labels = queue::count_labels(&inner.store, &project.id).await?;
+    let seen = training::latest_project_version(&inner.store, &project.id)
+        .await?
+        .map_or(0, |v| v.labels_seen);
+    let started = inner
+        .auto_started_at
+        .lock()
+        .expect("lock")
+        .get(&project.id)
+        .copied();
+    Ok(labels - seen.max(started.unwrap_or(0)) >= every)
 }
 
 async fn maybe_train(

@@ -1,0 +1,324 @@
+//! `prefloop simulate`: the paper's experiment, headless, through the server's own loop. For each strategy
+//! and seed a project is created in a fresh SQLite file, fed the prompts, judged by an AI judge, and
+//! retrained after every round; each version's win rate against the reference is collected into a CSV and
+//! a chart of win rate against labels per strategy.
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use crate::engine::active_loop::{ActiveLoop, LoopConfig};
+use crate::engine::{EngineConfig, EngineHandle};
+use crate::learn::data::read_prompts;
+use crate::store::Store;
+use crate::store::items::{ImportKind, import_ndjson};
+use crate::store::judges::create_judge;
+use crate::store::projects::{
+    CompletionSettings, Oversample, ProjectInput, Strategy, create_project,
+};
+use crate::store::training::{
+    RunStatus, ensure_reference_version, latest_training_run, list_project_versions,
+};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum JudgeArg {
+    Sentiment,
+    Http,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The starting (reference) model: a Hugging Face directory or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompts as NDJSON, {"prompt"} per line; the last --eval-prompts of them are held out.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    #[arg(long, value_enum, default_value = "sentiment")]
+    pub judge: JudgeArg,
+    /// Strategies to compare (repeat the flag or separate with commas).
+    #[arg(long, value_delimiter = ',', default_value = "random,hybrid")]
+    pub strategy: Vec<String>,
+    /// Labels per run.
+    #[arg(long, default_value_t = 64)]
+    pub labels: usize,
+    /// Labels acquired per round; the model is retrained after each round.
+    #[arg(long, default_value_t = 16)]
+    pub round: usize,
+    /// Seeds per strategy.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Where results.csv, win_rate.svg and the run's database go.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Held-out prompts for the win rate.
+    #[arg(long, default_value_t = 32)]
+    pub eval_prompts: usize,
+    #[arg(long, default_value_t = 2)]
+    pub epochs: u32,
+    #[arg(long, default_value_t = 5e-6)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 0.2)]
+    pub beta: f64,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: u32,
+    #[arg(long, default_value_t = 24)]
+    pub max_new_tokens: u32,
+    #[arg(long, default_value_t = 4)]
+    pub entropy_samples: u32,
+    /// Prompts entropy-scored per pair acquired (entropy, hybrid).
+    #[arg(long, default_value_t = 8)]
+    pub oversample_prompts: u32,
+    /// Candidate pairs certainty-scored per pair acquired (certainty, uncertainty, hybrid).
+    #[arg(long, default_value_t = 2)]
+    pub oversample_pairs: u32,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// One row of results.csv: a trained version of one run.
+#[derive(Debug, Clone)]
+struct Row {
+    strategy: String,
+    seed: u64,
+    labels: i64,
+    win_rate: f64,
+    reward: f64,
+}
+
+pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(simulate(args))
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    if let JudgeArg::Http = args.judge {
+        bail!("--judge http is not available in this build yet; use --judge sentiment");
+    }
+    let strategies: Vec<Strategy> = args
+        .strategy
+        .iter()
+        .map(|s| {
+            serde_json::from_value(json!(s.trim()))
+                .map_err(|_| anyhow::anyhow!("unknown strategy {s:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if args.round == 0 || args.labels < args.round {
+        bail!("--round must be at least 1 and at most --labels");
+    }
+    let file = std::fs::File::open(&args.prompts)
+        .with_context(|| format!("opening {}", args.prompts.display()))?;
+    let prompts = read_prompts(BufReader::new(file))
+        .with_context(|| format!("reading {}", args.prompts.display()))?;
+    if prompts.len() <= args.eval_prompts {
+        bail!(
+            "{} prompts leave none to train on after {} held out",
+            prompts.len(),
+            args.eval_prompts
+        );
+    }
+    let (train, eval) = prompts.split_at(prompts.len() - args.eval_prompts);
+
+    std::fs::create_dir_all(&args.out)?;
+    let db = args.out.join("simulate.db");
+    if db.exists() {
+        bail!("{} exists: remove it or choose another --out", db.display());
+    }
+    let store = Store::connect(&format!("sqlite://{}?mode=rwc", db.display())).await?;
+    let reference = ensure_reference_version(&store, &args.model.display().to_string()).await?;
+    eprintln!("loading {}", args.model.display());
+    let engine = EngineHandle::start(
+        EngineConfig {
+            model_path: args.model.clone(),
+            device: args.device.clone(),
+            checkpoint_dir: args.out.join("checkpoints"),
+            queue_capacity: 8,
+            max_loaded_policies: 2,
+        },
+        reference.id,
+    )
+    .await?;
+    let config = LoopConfig {
+        tick: Duration::from_millis(200),
+        low_water: 1,
+        round_size: args.round,
+        wait_for_training: true,
+    };
+    let _active = ActiveLoop::start(store.clone(), Some(engine), config).await?;
+
+    let ndjson = |ps: &[String], split: &str| -> String {
+        ps.iter()
+            .map(|p| json!({"prompt": p, "split": split}).to_string() + "\n")
+            .collect()
+    };
+    let (train_lines, eval_lines) = (ndjson(train, "train"), ndjson(eval, "eval"));
+    let rounds = args.labels / args.round;
+    let mut rows = Vec::new();
+    for &strategy in &strategies {
+        for seed in 0..args.seeds {
+            let started = Instant::now();
+            let project = create_project(&store, run_settings(&args, strategy, seed)).await?;
+            import_ndjson(
+                &store,
+                &project.id,
+                ImportKind::Prompts,
+                train_lines.as_bytes(),
+            )
+            .await?;
+            import_ndjson(
+                &store,
+                &project.id,
+                ImportKind::Prompts,
+                eval_lines.as_bytes(),
+            )
+            .await?;
+            create_judge(
+                &store,
+                &project.id,
+                "sentiment",
+                &json!({"rate_per_minute": 1.0e6}),
+            )
+            .await?;
+            let mut reported = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let versions = list_project_versions(&store, &project.id).await?;
+                let evaluated: Vec<_> = versions
+                    .iter()
+                    .filter(|v| v.metrics.get("win_rate").is_some())
+                    .collect();
+                for v in evaluated.iter().skip(reported) {
+                    eprintln!(
+                        "{} seed {seed}: {} labels, win rate {:.3} ({:.0} s)",
+                        strategy.as_str(),
+                        v.labels_seen,
+                        v.metrics["win_rate"].as_f64().unwrap_or(f64::NAN),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                reported = evaluated.len();
+                if evaluated.len() >= rounds {
+                    rows.extend(evaluated.iter().map(|v| Row {
+                        strategy: strategy.as_str().to_string(),
+                        seed,
+                        labels: v.labels_seen,
+                        win_rate: v.metrics["win_rate"].as_f64().unwrap_or(f64::NAN),
+                        reward: v.metrics["mean_reward"].as_f64().unwrap_or(f64::NAN),
+                    }));
+                    break;
+                }
+                if let Some(run) = latest_training_run(&store, &project.id).await?
+                    && run.status == RunStatus::Failed
+                {
+                    bail!(
+                        "{} seed {seed}: training failed: {}",
+                        strategy.as_str(),
+                        run.error.unwrap_or_default()
+                    );
+                }
+            }
+            write_csv(&args.out.join("results.csv"), &rows)?;
+        }
+    }
+    write_chart(&args.out.join("win_rate.svg"), &rows)?;
+    eprintln!(
+        "wrote {} and {}",
+        args.out.join("results.csv").display(),
+        args.out.join("win_rate.svg").display()
+    );
+    Ok(())
+}
+
+fn run_settings(args: &SimulateArgs, strategy: Strategy, seed: u64) -> ProjectInput {
+    ProjectInput {
+        name: Some(format!("simulate-{}-{seed}", strategy.as_str())),
+        label_budget: Some(Some(args.labels as i64)),
+        strategy: Some(strategy),
+        seed: Some(seed),
+        train_every: Some(args.round as u32),
+        beta: Some(args.beta),
+        learning_rate: Some(args.learning_rate),
+        epochs: Some(args.epochs),
+        batch_size: Some(args.batch_size),
+        completions: Some(CompletionSettings {
+            max_new_tokens: args.max_new_tokens,
+            temperature: 0.7,
+            top_p: 1.0,
+        }),
+        oversample: Some(Oversample {
+            prompts: args.oversample_prompts,
+            pairs: args.oversample_pairs,
+        }),
+        entropy_samples: Some(args.entropy_samples),
+        ..Default::default()
+    }
+}
+
+fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    let mut out = String::from("strategy,seed,labels,win_rate,reward\n");
+    for r in rows {
+        out.push_str(&format!(
+            "{},{},{},{:.4},{:.4}\n",
+            r.strategy, r.seed, r.labels, r.win_rate, r.reward
+        ));
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Mean win rate per strategy against labels, with every seed's point behind it.
+fn write_chart(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let mut by_strategy: BTreeMap<&str, BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
+    for r in rows {
+        by_strategy
+            .entry(&r.strategy)
+            .or_default()
+            .entry(r.labels)
+            .or_default()
+            .push(r.win_rate);
+    }
+    let max_labels = rows.iter().map(|r| r.labels).max().unwrap_or(1).max(1);
+    let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Win rate against the reference model", ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0i64..max_labels + max_labels / 10, 0f64..1f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("labels")
+        .y_desc("win rate")
+        .draw()?;
+    let colours = [BLUE, RED, GREEN, MAGENTA, CYAN];
+    for (i, (strategy, points)) in by_strategy.iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        let means: Vec<(i64, f64)> = points
+            .iter()
+            .map(|(l, v)| (*l, v.iter().sum::<f64>() / v.len() as f64))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(means.clone(), colour.stroke_width(2)))?
+            .label(*strategy)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
+        chart.draw_series(points.iter().flat_map(|(l, v)| {
+            v.iter()
+                .map(move |w| Circle::new((*l, *w), 3, colour.mix(0.35).filled()))
+        }))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
