@@ -200,7 +200,9 @@ pub struct StepMetrics {
     pub learning_rate: f64,
     /// Prompt + completion tokens through the policy in this step (both sides of every pair).
     pub tokens: usize,
+    /// Wall time of the whole step, and of the optimizer update alone.
     pub seconds: f64,
+    pub optimizer_seconds: f64,
 }
 
 /// Held-out metrics: the same quantities over the eval split, without a gradient.
@@ -434,7 +436,9 @@ pub fn train_dpo<M: DpoModel>(
                 opt.accumulate(&loss.backward()?)?;
                 rewards.add(&reward_sums(&out)?.0);
             }
+            let opt_started = Instant::now();
             let grad_norm = opt.step(cfg.max_grad_norm)?;
+            let optimizer_seconds = opt_started.elapsed().as_secs_f64();
             step += 1;
             let metrics = StepMetrics {
                 step,
@@ -446,6 +450,7 @@ pub fn train_dpo<M: DpoModel>(
                 learning_rate: opt.params().lr,
                 tokens,
                 seconds: started.elapsed().as_secs_f64(),
+                optimizer_seconds,
             };
             progress(&Progress::Step(metrics));
             steps.push(metrics);
