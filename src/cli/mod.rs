@@ -1,7 +1,9 @@
 //! The command line: one file per command. `run` hands each parsed command to its module.
 
 pub mod acquire;
+pub mod bench_model;
 pub mod dpo;
+pub mod generate;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +21,10 @@ pub enum Command {
     Dpo(dpo::DpoArgs),
     /// Generate candidate pairs for prompts, score them and print the M an acquisition strategy picks.
     Acquire(acquire::AcquireArgs),
+    /// Sample completions of a prompt from a model.
+    Generate(generate::Args),
+    /// Measure scoring, sampling and training-step speed of a model.
+    BenchModel(bench_model::Args),
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info` for prefloop, `warn` elsewhere).
@@ -35,5 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dpo(args) => dpo::run(args),
         Command::Acquire(args) => acquire::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::BenchModel(args) => bench_model::run(args),
     }
 }

@@ -1,1 +1,402 @@
 //! The language model, in candle only: loading, the differentiable forward, log-probs, sampling, saving.
+//!
+//! [`LanguageModel`] is one llama-family causal LM (llama, SmolLM2, TinyLlama, Mistral; Qwen2 with q/k/v biases)
+//! with its [`TextTokenizer`]. Its weights are candle [`Var`]s: the trainer differentiates through
+//! [`LanguageModel::forward`] or [`LanguageModel::sequence_logprobs`] and updates [`LanguageModel::vars`] in
+//! place; scoring and sampling read the same `Var`s through candle's fused kernels, so they always see the
+//! latest update.
+//!
+//! The API others build on:
+//! - `LanguageModel::load(path, &Device)`: a Hugging Face directory or a `.gguf` file, weights in f32.
+//! - `LanguageModel::random(config, tokenizer, &Device, seed)`, [`TextTokenizer::byte_level_for_tests`],
+//!   [`ModelConfig::tiny`]: tiny models with no download.
+//! - `forward(ids)` → logits (b, t, vocab), differentiable, no padding; `forward_padded(ids, valid)` with a
+//!   per-token validity mask (left or right padding both work: rope positions count real tokens only).
+//! - `sequence_logprobs(items, padding)` → [`SeqLogProbs`] {sum, tokens} tensors (b,), differentiable;
+//!   `score(items)` → `Vec<SeqLogProb>` {sum, mean, tokens}, no grad. Items are (prompt ids, completion ids);
+//!   only completion tokens count.
+//! - `sample(prompts, k, &SamplingParams)` → per prompt, k [`Sample`]s (text, ids, log-prob sum); batched
+//!   with a KV cache; `sample_rows` for explicit per-row seeds.
+//! - `vars()`, `named_vars()`, `snapshot()` → [`Weights`], `restore(&Weights)`, `deep_clone()`, `to_dtype()`.
+//! - `save(dir)`: HF directory written to a temporary name and renamed into place.
+
+mod config;
+mod error;
+mod llama;
+mod load;
+mod logprob;
+mod sample;
+mod tokenizer;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};
+pub use load::permute_qk_for_gguf;
+pub use logprob::{Padding, SeqLogProb, SeqLogProbs};
+pub use sample::{Sample, SampleRow, SamplingParams, row_seed};
+pub use tokenizer::{ChatMessage, ChatTemplate, TextTokenizer};
+
+use llama::{Block, Kernels, Llama};
+
+/// Parses `cpu`, `cuda` or `cuda:N`. CUDA needs the crate built with the `cuda` feature.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ if s == "cuda" || s.starts_with("cuda:") => {
+            let n = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| ModelError::Input(format!("bad device {s:?}: expected cuda:N")))?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(ModelError::Input(format!(
+                    "device {s:?}: this build has no CUDA support (rebuild with --features cuda)"
+                )));
+            }
+            Ok(Device::new_cuda(n)?)
+        }
+        _ => Err(ModelError::Input(format!(
+            "unknown device {s:?}: use cpu, cuda or cuda:N"
+        ))),
+    }
+}
+
+/// A copy of every weight, detached from the model (what `snapshot` returns and `restore` puts back).
+#[derive(Debug, Clone)]
+pub struct Weights {
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// A llama-family causal language model with its tokenizer.
+#[derive(Debug, Clone)]
+pub struct LanguageModel {
+    config: ModelConfig,
+    tokenizer: TextTokenizer,
+    device: Device,
+    dtype: DType,
+    /// Every trainable weight, HF names, in `ModelConfig::expected_tensors` order.
+    params: Vec<(String, Var)>,
+    net: Llama,
+}
+
+impl LanguageModel {
+    /// Loads a Hugging Face directory (config.json, model.safetensors or shards + index, tokenizer.json) or a
+    /// `.gguf` file. Weights are converted (bf16/f16) or dequantised (GGUF) to f32.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let path = path.as_ref();
+        let loaded = if path.is_dir() {
+            load::load_hf_dir(path, device, DType::F32)?
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            load::load_gguf(path, device, DType::F32)?
+        } else if !path.exists() {
+            return Err(ModelError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ));
+        } else {
+            return Err(ModelError::Corrupt {
+                path: path.to_path_buf(),
+                format: "model",
+                reason: "expected a Hugging Face model directory or a .gguf file".into(),
+            });
+        };
+        Self::from_tensors(loaded.config, loaded.tokenizer, loaded.tensors, device)
+    }
+
+    /// Builds a model from tensors in HF names (all of `config.expected_tensors()`, already checked).
+    pub fn from_tensors(
+        config: ModelConfig,
+        tokenizer: TextTokenizer,
+        tensors: Vec<(String, Tensor)>,
+        device: &Device,
+    ) -> Result<Self> {
+        let dtype = tensors.first().map_or(DType::F32, |(_, t)| t.dtype());
+        let params: Vec<(String, Var)> = tensors
+            .into_iter()
+            .map(|(n, t)| Ok((n, Var::from_tensor(&t.to_device(device)?.contiguous()?)?)))
+            .collect::<Result<_>>()?;
+        let by_name: HashMap<&str, &Var> = params.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let get = |n: &str| -> Result<Var> {
+            by_name
+                .get(n)
+                .map(|v| (*v).clone())
+                .ok_or_else(|| ModelError::Input(format!("tensor {n} not given")))
+        };
+        let opt = |n: String| by_name.get(n.as_str()).map(|v| (*v).clone());
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            blocks.push(Block {
+                ln1: get(&format!("{p}.input_layernorm.weight"))?,
+                q: get(&format!("{p}.self_attn.q_proj.weight"))?,
+                k: get(&format!("{p}.self_attn.k_proj.weight"))?,
+                v: get(&format!("{p}.self_attn.v_proj.weight"))?,
+                q_bias: opt(format!("{p}.self_attn.q_proj.bias")),
+                k_bias: opt(format!("{p}.self_attn.k_proj.bias")),
+                v_bias: opt(format!("{p}.self_attn.v_proj.bias")),
+                o: get(&format!("{p}.self_attn.o_proj.weight"))?,
+                ln2: get(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate: get(&format!("{p}.mlp.gate_proj.weight"))?,
+                up: get(&format!("{p}.mlp.up_proj.weight"))?,
+                down: get(&format!("{p}.mlp.down_proj.weight"))?,
+            });
+        }
+        let (cos, sin) = Llama::rope_tables(&config, dtype, device)?;
+        let net = Llama {
+            embed: get("model.embed_tokens.weight")?,
+            blocks,
+            norm: get("model.norm.weight")?,
+            lm_head: if config.tie_word_embeddings {
+                None
+            } else {
+                Some(get("lm_head.weight")?)
+            },
+            cos,
+            sin,
+        };
+        Ok(LanguageModel {
+            config,
+            tokenizer,
+            device: device.clone(),
+            dtype,
+            params,
+            net,
+        })
+    }
+
+    /// A randomly initialised model (f32), repeatable for a seed on any device: linear weights uniform with
+    /// variance 1/fan_in, embeddings uniform in ±1, norm weights 1 ± 0.1 (not exactly 1, so tests see them act).
+    pub fn random(
+        config: ModelConfig,
+        tokenizer: TextTokenizer,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        config.validate(Path::new("<random config>"))?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(ModelError::Input(format!(
+                "tokenizer has {} ids, the config only {}",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )));
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut tensors = Vec::new();
+        for (name, shape) in config.expected_tensors() {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if shape.len() == 1 && name.ends_with("norm.weight") {
+                (0..n).map(|_| 1.0 + rng.random_range(-0.1..0.1)).collect()
+            } else if name.ends_with("bias") {
+                (0..n).map(|_| rng.random_range(-0.1..0.1)).collect()
+            } else if name == "model.embed_tokens.weight" {
+                (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+            } else {
+                let a = (3.0 / shape[1] as f32).sqrt();
+                (0..n).map(|_| rng.random_range(-a..a)).collect()
+            };
+            tensors.push((name, Tensor::from_vec(data, shape, device)?));
+        }
+        Self::from_tensors(config, tokenizer, tensors, device)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Replaces the tokenizer (e.g. to change the end-of-sequence id); the vocabulary must fit the model.
+    pub fn set_tokenizer(&mut self, tokenizer: TextTokenizer) -> Result<()> {
+        if tokenizer.vocab_size() > self.config.vocab_size {
+            return Err(ModelError::Input(
+                "tokenizer vocabulary larger than the model's".into(),
+            ));
+        }
+        self.tokenizer = tokenizer;
+        Ok(())
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Every trainable weight, in a fixed order (tied embeddings appear once).
+    pub fn vars(&self) -> Vec<Var> {
+        self.params.iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Every trainable weight with its HF name.
+    pub fn named_vars(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// A detached copy of every weight.
+    pub fn snapshot(&self) -> Result<Weights> {
+        let tensors = self
+            .params
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().copy()?)))
+            .collect::<Result<_>>()?;
+        Ok(Weights { tensors })
+    }
+
+    /// Writes `w` back into this model's weights (in place: every holder of `vars()` sees it).
+    pub fn restore(&self, w: &Weights) -> Result<()> {
+        if w.tensors.len() != self.params.len() {
+            return Err(ModelError::Input(
+                "snapshot is of another model shape".into(),
+            ));
+        }
+        for ((n, v), (wn, t)) in self.params.iter().zip(&w.tensors) {
+            if n != wn || v.dims() != t.dims() {
+                return Err(ModelError::Input(format!(
+                    "snapshot tensor {wn} does not match {n}"
+                )));
+            }
+        }
+        for ((_, v), (_, t)) in self.params.iter().zip(&w.tensors) {
+            v.set(&t.to_dtype(self.dtype)?.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
+    /// An independent copy: new `Var`s, so training one never moves the other (e.g. policy and reference).
+    pub fn deep_clone(&self) -> Result<Self> {
+        self.to_dtype(self.dtype)
+    }
+
+    /// An independent copy with weights in `dtype` (F64 for gradient checks).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let tensors = self
+            .params
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().to_dtype(dtype)?.copy()?)))
+            .collect::<Result<_>>()?;
+        Self::from_tensors(
+            self.config.clone(),
+            self.tokenizer.clone(),
+            tensors,
+            &self.device,
+        )
+    }
+
+    /// Logits (b, t, vocab) for `ids` (b, t) u32 with no padding. Differentiable in every weight.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.forward_padded(ids, &vec![vec![true; t]; b])
+    }
+
+    /// Logits (b, t, vocab); `valid[r][j]` false marks padding. Padding may sit left or right (or anywhere):
+    /// real tokens never attend to it and rope positions count real tokens only, so a row's real logits equal
+    /// the unpadded row's. Logits at padding positions are meaningless. Differentiable.
+    pub fn forward_padded(&self, ids: &Tensor, valid: &[Vec<bool>]) -> Result<Tensor> {
+        self.logits_with(ids, valid, Kernels::Differentiable)
+    }
+
+    /// The same logits through the fused no-grad kernels (what scoring and sampling use).
+    pub fn forward_inference(&self, ids: &Tensor, valid: &[Vec<bool>]) -> Result<Tensor> {
+        self.logits_with(ids, valid, Kernels::Fused)
+    }
+
+    fn logits_with(&self, ids: &Tensor, valid: &[Vec<bool>], k: Kernels) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.check_valid(valid, b, t)?;
+        let h = self.net.hidden(&self.config, ids, valid, None, k)?;
+        let logits = self
+            .net
+            .logits_2d(&h.reshape((b * t, self.config.hidden_size))?, k)?;
+        Ok(logits.reshape((b, t, self.config.vocab_size))?)
+    }
+
+    fn check_valid(&self, valid: &[Vec<bool>], b: usize, t: usize) -> Result<()> {
+        if valid.len() != b || valid.iter().any(|r| r.len() != t) {
+            return Err(ModelError::Input(format!("validity mask is not {b} × {t}")));
+        }
+        Ok(())
+    }
+
+    /// Saves as a Hugging Face directory (model.safetensors in this model's dtype, config.json,
+    /// tokenizer.json, tokenizer_config.json). Everything is written under a temporary name beside `dir` and
+    /// renamed into place; an existing `dir` is replaced only after the new one is complete.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let name = dir
+            .file_name()
+            .ok_or_else(|| ModelError::Input(format!("cannot save to {}", dir.display())))?
+            .to_string_lossy()
+            .to_string();
+        let stamp = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let tmp = parent.join(format!(".{name}.tmp-{stamp}"));
+        std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+        let result = self.write_files(&tmp).and_then(|()| {
+            if dir.exists() {
+                let old = parent.join(format!(".{name}.old-{stamp}"));
+                std::fs::rename(dir, &old).map_err(|e| ModelError::io(dir, e))?;
+                std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))?;
+                let _ = std::fs::remove_dir_all(&old);
+            } else {
+                std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))?;
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    fn write_files(&self, dir: &Path) -> Result<()> {
+        let tensors: HashMap<String, Tensor> = self
+            .params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
+            .collect();
+        let st = dir.join("model.safetensors");
+        candle_core::safetensors::save(&tensors, &st).map_err(|e| ModelError::Corrupt {
+            path: st.clone(),
+            format: "safetensors",
+            reason: format!("write failed: {e}"),
+        })?;
+        let cfg = dir.join("config.json");
+        let text = serde_json::to_vec_pretty(&self.config.to_hf_json()).expect("json serialises");
+        std::fs::write(&cfg, text).map_err(|e| ModelError::io(&cfg, e))?;
+        self.tokenizer.save(dir)?;
+        for f in [
+            "model.safetensors",
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            let p = dir.join(f);
+            std::fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| ModelError::io(&p, e))?;
+        }
+        Ok(())
+    }
+}

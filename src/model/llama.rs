@@ -1,0 +1,282 @@
+//! The llama forward pass, written once with two kernels per step:
+//! - `Kernels::Differentiable`: only ops whose backward candle implements (explicit rms norm, rotate-half rope,
+//!   max-subtracted softmax). candle's fused `rms_norm`, `rope` and `softmax_last_dim` record NO backward: a
+//!   training forward that used them would train a few weights and silently leave the rest (REFERENCE.md).
+//! - `Kernels::Fused`: candle's fused CPU kernels over detached weights, for scoring and sampling, where no
+//!   gradient is needed. Tests pin both to the same logits.
+//!
+//! Shapes: b batch, t new tokens, s keys (cached + new), h hidden, nh heads, nkv kv heads, hd head dim.
+
+use candle_core::{D, DType, Device, Tensor, Var};
+
+use super::config::ModelConfig;
+use super::error::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    Differentiable,
+    Fused,
+}
+
+/// One decoder block's weights (HF layout: linear weights are (out, in)).
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    pub ln1: Var,
+    pub q: Var,
+    pub k: Var,
+    pub v: Var,
+    pub q_bias: Option<Var>,
+    pub k_bias: Option<Var>,
+    pub v_bias: Option<Var>,
+    pub o: Var,
+    pub ln2: Var,
+    pub gate: Var,
+    pub up: Var,
+    pub down: Var,
+}
+
+/// The weights of the whole network; `lm_head` is None when tied to `embed`.
+#[derive(Debug, Clone)]
+pub(crate) struct Llama {
+    pub embed: Var,
+    pub blocks: Vec<Block>,
+    pub norm: Var,
+    pub lm_head: Option<Var>,
+    /// cos and sin of position × inverse frequency, (max_positions, hd/2), model dtype.
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+/// Per-layer keys and values of earlier tokens, (b, nkv, s, hd), and which key slots are real tokens
+/// (false = padding).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KvCache {
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
+    pub valid: Vec<Vec<bool>>,
+}
+
+impl KvCache {
+    /// Keeps only the batch rows in `rows` (finished sequences leave the batch).
+    pub fn retain_rows(&mut self, rows: &[usize], device: &Device) -> Result<()> {
+        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), device)?;
+        for kv in self.layers.iter_mut().flatten() {
+            *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?);
+        }
+        self.valid = rows.iter().map(|&r| self.valid[r].clone()).collect();
+        Ok(())
+    }
+}
+
+fn take(v: &Var, k: Kernels) -> Tensor {
+    match k {
+        Kernels::Differentiable => v.as_tensor().clone(),
+        Kernels::Fused => v.as_detached_tensor(),
+    }
+}
+
+/// x (b, t, in) · wᵀ (in, out) [+ bias].
+fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let (b, t, i) = x.dims3()?;
+    let out = w.dim(0)?;
+    let y = x
+        .reshape((b * t, i))?
+        .matmul(&w.t()?)?
+        .reshape((b, t, out))?;
+    match bias {
+        Some(bias) => y.broadcast_add(bias),
+        None => Ok(y),
+    }
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> candle_core::Result<Tensor> {
+    match k {
+        Kernels::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32),
+        Kernels::Differentiable => {
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+        }
+    }
+}
+
+/// Rotate-half (HF/NeoX order) rope. x (b, heads, t, hd); cos, sin (b, t, hd/2).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, k: Kernels) -> candle_core::Result<Tensor> {
+    match k {
+        Kernels::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin),
+        Kernels::Differentiable => {
+            let hd = x.dim(D::Minus1)?;
+            let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+            let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+            let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+            let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+            let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?
+        }
+    }
+}
+
+fn softmax(x: &Tensor, k: Kernels) -> candle_core::Result<Tensor> {
+    match k {
+        Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
+        Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
+    }
+}
+
+/// Additive attention mask (b, 1, 1, t, s): 0 where query i may see key j, −inf elsewhere. The t queries are
+/// the last t key slots. A query sees earlier-or-equal real keys, and always itself, so a padding row never has
+/// an all −inf row (which would make NaNs that 0·NaN spreads into real rows).
+pub(crate) fn attention_mask(
+    valid: &[Vec<bool>],
+    t: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let b = valid.len();
+    let s = valid.first().map_or(0, Vec::len);
+    let mut m = vec![0f32; b * t * s];
+    for (r, row) in valid.iter().enumerate() {
+        for i in 0..t {
+            let q = s - t + i;
+            for (j, &ok) in row.iter().enumerate() {
+                if j > q || (!ok && j != q) {
+                    m[(r * t + i) * s + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, 1, t, s), device)?.to_dtype(dtype)?)
+}
+
+/// Rope positions of the last t key slots: each real token's index among its row's real tokens (padding: 0).
+pub(crate) fn positions(valid: &[Vec<bool>], t: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(valid.len() * t);
+    for row in valid {
+        let s = row.len();
+        let mut seen = row[..s - t].iter().filter(|&&v| v).count() as u32;
+        for &v in &row[s - t..] {
+            out.push(if v { seen } else { 0 });
+            if v {
+                seen += 1;
+            }
+        }
+    }
+    out
+}
+
+impl Llama {
+    pub fn rope_tables(
+        cfg: &ModelConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let hd = cfg.head_dim();
+        let n = cfg.max_position_embeddings;
+        let inv: Vec<f64> = (0..hd / 2)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64))
+            .collect();
+        let mut cos = Vec::with_capacity(n * hd / 2);
+        let mut sin = Vec::with_capacity(n * hd / 2);
+        for p in 0..n {
+            for f in &inv {
+                let a = p as f64 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (n, hd / 2), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, hd / 2), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// Final-norm hidden states (b, t, h) for `ids` (b, t) u32 appended after whatever `cache` holds;
+    /// `valid` says which of the b × (cached + t) key slots are real tokens. Without a cache, valid covers t.
+    pub fn hidden(
+        &self,
+        cfg: &ModelConfig,
+        ids: &Tensor,
+        valid: &[Vec<bool>],
+        mut cache: Option<&mut KvCache>,
+        k: Kernels,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let dev = ids.device();
+        let (h, nh, nkv, hd) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+        );
+        let rep = nh / nkv;
+        let dtype = self.cos.dtype();
+        let pos = positions(valid, t);
+        if let Some(&p) = pos.iter().max()
+            && p as usize >= cfg.max_position_embeddings
+        {
+            return Err(super::ModelError::Input(format!(
+                "sequence of {} tokens is longer than the model's {} positions",
+                p + 1,
+                cfg.max_position_embeddings
+            )));
+        }
+        let pos = Tensor::from_vec(pos, b * t, dev)?;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, t, hd / 2))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, t, hd / 2))?;
+        let mask = attention_mask(valid, t, dtype, dev)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+
+        let embed = take(&self.embed, k);
+        let mut x = embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, h))?;
+        if let Some(c) = cache.as_deref_mut()
+            && c.layers.len() != self.blocks.len()
+        {
+            c.layers = vec![None; self.blocks.len()];
+        }
+        for (li, blk) in self.blocks.iter().enumerate() {
+            let xn = rms_norm(&x, &take(&blk.ln1, k), cfg.rms_norm_eps, k)?;
+            let bias = |v: &Option<Var>| v.as_ref().map(|v| take(v, k));
+            let q = linear(&xn, &take(&blk.q, k), bias(&blk.q_bias).as_ref())?;
+            let kk = linear(&xn, &take(&blk.k, k), bias(&blk.k_bias).as_ref())?;
+            let v = linear(&xn, &take(&blk.v, k), bias(&blk.v_bias).as_ref())?;
+            let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let kk = kk.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = rope(&q, &cos, &sin, k)?;
+            let mut kk = rope(&kk, &cos, &sin, k)?;
+            let mut v = v;
+            if let Some(c) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = &c.layers[li] {
+                    kk = Tensor::cat(&[pk, &kk], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                c.layers[li] = Some((kk.clone(), v.clone()));
+            }
+            let s = kk.dim(2)?;
+            // Grouped-query attention without copying k/v: the rep query heads sharing a kv head are stacked
+            // along the query axis, (b, nkv, rep·t, hd).
+            let qg = q.reshape((b, nkv, rep * t, hd))?;
+            let att = (qg.matmul(&kk.t()?)? * scale)?;
+            let att = att.reshape((b, nkv, rep, t, s))?.broadcast_add(&mask)?;
+            let att = softmax(&att, k)?.reshape((b, nkv, rep * t, s))?;
+            let y = att.matmul(&v)?.reshape((b, nh, t, hd))?;
+            let y = y.transpose(1, 2)?.reshape((b, t, h))?;
+            x = (x + linear(&y, &take(&blk.o, k), None)?)?;
+
+            let xn = rms_norm(&x, &take(&blk.ln2, k), cfg.rms_norm_eps, k)?;
+            let g = linear(&xn, &take(&blk.gate, k), None)?.silu()?;
+            let u = linear(&xn, &take(&blk.up, k), None)?;
+            x = (x + linear(&(g * u)?, &take(&blk.down, k), None)?)?;
+        }
+        Ok(rms_norm(&x, &take(&self.norm, k), cfg.rms_norm_eps, k)?)
+    }
+
+    /// The output head's weight (vocab, h): `lm_head`, or the embedding when tied.
+    pub fn head(&self, k: Kernels) -> Tensor {
+        take(self.lm_head.as_ref().unwrap_or(&self.embed), k)
+    }
+
+    /// Logits (n, vocab) of hidden states (n, h).
+    pub fn logits_2d(&self, hidden: &Tensor, k: Kernels) -> Result<Tensor> {
+        Ok(hidden.matmul(&self.head(k).t()?)?)
+    }
+}
