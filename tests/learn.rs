@@ -316,6 +316,63 @@ fn a_cancelled_run_leaves_the_current_model_untouched() {
 }
 
 #[test]
+fn gradient_accumulation_equals_the_larger_batch_and_the_cache_is_reused() {
+    let reference = tiny_model(31);
+    let pairs = toy_pairs(16, 10);
+    let mut cache = ReferenceCache::new();
+    let big = DpoConfig {
+        batch_size: 8,
+        grad_accum_steps: 1,
+        ..config(Schedule::Reset, 2)
+    };
+    let small = DpoConfig {
+        batch_size: 4,
+        grad_accum_steps: 2,
+        ..big.clone()
+    };
+    let a = run(&reference, &reference, &mut cache, &pairs, &[], &big, None);
+    assert_eq!(cache.len(), 16);
+    // A cache rebuilt from its entries covers the data: `continue` must not load the reference at all.
+    let mut stored = ReferenceCache::from_entries(
+        cache.lengths(),
+        cache.entries().map(|(p, e)| (p.clone(), *e)),
+    );
+    let cancel = AtomicBool::new(false);
+    let cont = DpoConfig {
+        schedule: Schedule::Continue,
+        ..small.clone()
+    };
+    let b = train_dpo(
+        &reference,
+        &mut || -> Result<LanguageModel, BoxError> {
+            panic!("reference loaded despite a full cache")
+        },
+        &mut stored,
+        &pairs,
+        &[],
+        &cont,
+        RunControl {
+            progress: &mut |_| {},
+            cancel: &cancel,
+        },
+    )
+    .unwrap();
+    assert_eq!(a.steps.len(), 4);
+    assert_eq!(b.steps.len(), 4);
+    for (x, y) in a.steps.iter().zip(&b.steps) {
+        assert!((x.loss - y.loss).abs() < 1e-4, "{} vs {}", x.loss, y.loss);
+        assert_eq!(x.tokens, y.tokens);
+    }
+    let (fa, fb) = (
+        fingerprint(&a.outcome.unwrap().model),
+        fingerprint(&b.model),
+    );
+    for (x, y) in fa.iter().zip(&fb) {
+        assert!((x - y).abs() < 1e-3 * x.abs().max(1.0), "{x} vs {y}");
+    }
+}
+
+#[test]
 fn a_checkpoint_loads_back_and_scores_identically() {
     let reference = tiny_model(17);
     let trained = from_ref_model(&reference, &toy_pairs(16, 5), &config(Schedule::Reset, 1));

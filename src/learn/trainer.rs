@@ -269,6 +269,27 @@ impl ReferenceCache {
         self.entries.get(pair)
     }
 
+    /// The (max prompt tokens, max completion tokens) the entries were computed with.
+    pub fn lengths(&self) -> (usize, usize) {
+        self.lengths
+    }
+
+    /// Every entry, for storing the cache beside the labels so a restart need not rescore.
+    pub fn entries(&self) -> impl Iterator<Item = (&PreferencePair, &ReferenceLogProbs)> {
+        self.entries.iter()
+    }
+
+    /// Rebuilds a stored cache. The entries must have been computed with `lengths` by the same reference model.
+    pub fn from_entries(
+        lengths: (usize, usize),
+        entries: impl IntoIterator<Item = (PreferencePair, ReferenceLogProbs)>,
+    ) -> Self {
+        ReferenceCache {
+            lengths,
+            entries: entries.into_iter().collect(),
+        }
+    }
+
     /// The pairs of `pairs` the cache lacks for these truncation lengths.
     pub fn missing<'a>(
         &self,
