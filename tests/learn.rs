@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prefloop::learn::acquisition::Strategy;
-use prefloop::learn::candidates::{AcquireConfig, acquire_pairs};
+use prefloop::learn::candidates::{AcquireConfig, acquire_pairs, score_pairs};
 use prefloop::learn::dpo::{LossConfig, LossKind};
 use prefloop::learn::optim::AdamWParams;
 use prefloop::learn::trainer::{

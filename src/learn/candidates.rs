@@ -106,6 +106,42 @@ pub fn prompt_entropies(
     ))
 }
 
+/// Implicit rewards and certainty of existing pairs (imported ones, or pending ones after a new model
+/// version), each item (prompt, completion a, completion b) as text. `reference` `None` means the policy is the
+/// reference. Entropy is left `None`: it needs sampling, see [`prompt_entropies`].
+pub fn score_pairs(
+    policy: &LanguageModel,
+    reference: Option<&LanguageModel>,
+    items: &[(String, String, String)],
+    beta: f64,
+) -> Result<Vec<PairScores>, ModelError> {
+    let tok = policy.tokenizer();
+    let mut seqs = Vec::with_capacity(2 * items.len());
+    for (prompt, a, b) in items {
+        let mut p = tok.encode(prompt)?;
+        if p.is_empty() {
+            p.push(tok.eos_id());
+        }
+        seqs.push((p.clone(), tok.encode(a)?));
+        seqs.push((p, tok.encode(b)?));
+    }
+    let lp: Vec<f64> = policy.score(&seqs)?.iter().map(|s| s.sum).collect();
+    let rf: Vec<f64> = match reference {
+        Some(r) => r.score(&seqs)?.iter().map(|s| s.sum).collect(),
+        None => lp.clone(),
+    };
+    Ok((0..items.len())
+        .map(|i| {
+            PairScores::from_logprobs(
+                beta,
+                None,
+                (lp[2 * i], lp[2 * i + 1]),
+                (rf[2 * i], rf[2 * i + 1]),
+            )
+        })
+        .collect())
+}
+
 /// One acquisition round: the `m` best pairs for `prompts` under `cfg.strategy`, best first. `reference` is
 /// πref for the implicit rewards; `None` means the policy is the reference (round 1: every reward is 0 and the
 /// order is the seed's). Pairs whose two completions are identical are dropped (nothing to compare), so fewer
