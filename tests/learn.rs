@@ -446,6 +446,32 @@ fn an_acquisition_round_scores_and_orders_pairs() {
     );
     assert!(got[0].scores.certainty > 0.0);
 
+    // Re-scoring the pairs from their text gives the rewards the round recorded for each of them (up to f32
+    // rounding from a different batch composition).
+    let items: Vec<_> = got
+        .iter()
+        .map(|p| {
+            (
+                p.prompt.clone(),
+                p.completion_a.clone(),
+                p.completion_b.clone(),
+            )
+        })
+        .collect();
+    let rescored = score_pairs(&policy, Some(&reference), &items, cfg.beta).unwrap();
+    for (p, s) in got.iter().zip(&rescored) {
+        assert!(
+            (p.scores.reward_a - s.reward_a).abs() < 1e-5,
+            "{p:?} vs {s:?}"
+        );
+        assert!(
+            (p.scores.reward_b - s.reward_b).abs() < 1e-5,
+            "{p:?} vs {s:?}"
+        );
+    }
+    let zero = score_pairs(&policy, None, &items, 0.2).unwrap();
+    assert!(zero.iter().all(|s| s.certainty == 0.0));
+
     // Round 1 (policy is the reference): every reward is 0, the order comes from the seed.
     let hybrid = AcquireConfig {
         strategy: Strategy::Hybrid,

@@ -4,7 +4,7 @@
 //!
 //! Per round, as in the paper: entropy-score prompts with N samples at temperature 1 (only for strategies that
 //! need it), keep hybrid's top fraction, sample two completions per remaining prompt (T 0.7 by default), score
-//! both under the policy (free: the sampler returns Σ log πθ) and the reference, order, keep M.
+//! both under the policy and the reference, order, keep M.
 
 use serde::{Deserialize, Serialize};
 
@@ -194,37 +194,26 @@ pub fn acquire_pairs(
     let kept_ids: Vec<Vec<u32>> = kept.iter().map(|&i| ids[i].clone()).collect();
     let pairs = policy.sample(&kept_ids, 2, &params)?;
 
-    // Reference log-probs of both completions, scored in one batch.
-    let reference_lp: Option<Vec<f64>> = match reference {
-        Some(r) => {
-            let items: Vec<(Vec<u32>, Vec<u32>)> = kept_ids
-                .iter()
-                .zip(&pairs)
-                .flat_map(|(p, s)| s.iter().map(move |s| (p.clone(), s.token_ids.clone())))
-                .collect();
-            Some(r.score(&items)?.into_iter().map(|s| s.sum).collect())
-        }
-        None => None,
-    };
-
-    let mut candidates = Vec::new();
-    let mut sources = Vec::new();
-    for (j, (&i, samples)) in kept.iter().zip(&pairs).enumerate() {
+    // Rewards from the completions' TEXT, as the trainer and later re-scoring see them (the sampler's own ids
+    // may end in an EOS the text leaves out). Identical completions make no comparison and are dropped.
+    let mut items = Vec::new();
+    let mut prompt_of = Vec::new();
+    for (&i, samples) in kept.iter().zip(&pairs) {
         let (a, b) = (&samples[0], &samples[1]);
-        if a.token_ids == b.token_ids {
-            continue;
+        if a.text != b.text {
+            items.push((prompts[i].clone(), a.text.clone(), b.text.clone()));
+            prompt_of.push(i);
         }
-        let policy_lp = (a.logprob, b.logprob);
-        let ref_lp = match &reference_lp {
-            Some(r) => (r[2 * j], r[2 * j + 1]),
-            None => policy_lp,
-        };
-        candidates.push(Candidate {
-            prompt: i,
-            scores: PairScores::from_logprobs(cfg.beta, entropies[i], policy_lp, ref_lp),
-        });
-        sources.push((i, a.text.clone(), b.text.clone()));
     }
+    let scores = score_pairs(policy, reference, &items, cfg.beta)?;
+    let candidates: Vec<Candidate> = scores
+        .into_iter()
+        .zip(&prompt_of)
+        .map(|(mut scores, &i)| {
+            scores.entropy = entropies[i];
+            Candidate { prompt: i, scores }
+        })
+        .collect();
 
     // Hybrid's prompt filter already ran: order what is left by certainty.
     let keep_all = 1.0;
@@ -233,12 +222,12 @@ pub fn acquire_pairs(
         .into_iter()
         .enumerate()
         .map(|(rank, c)| {
-            let (i, a, b) = sources[c].clone();
+            let (prompt, a, b) = items[c].clone();
             AcquiredPair {
-                prompt: prompts[i].clone(),
+                prompt,
                 completion_a: a,
                 completion_b: b,
-                prompt_index: i,
+                prompt_index: prompt_of[c],
                 scores: candidates[c].scores,
                 strategy: cfg.strategy,
                 model_version: model_version.to_string(),
