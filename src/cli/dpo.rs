@@ -28,10 +28,13 @@ pub struct DpoArgs {
     /// Where the trained model is written (a Hugging Face directory, replaced atomically).
     #[arg(long)]
     out: PathBuf,
+    /// dpo (sigmoid) or ipo.
     #[arg(long, default_value = "dpo")]
     loss: LossKind,
+    /// β: how strongly the policy is held near the reference (the paper: 0.2).
     #[arg(long, default_value_t = 0.2)]
     beta: f64,
+    /// AdamW learning rate (the paper: 1e-6, constant).
     #[arg(long, default_value_t = 1e-6)]
     lr: f64,
     #[arg(long, default_value_t = 0.0)]
@@ -44,17 +47,22 @@ pub struct DpoArgs {
     /// Forward passes per optimizer step (effective batch = batch size × this).
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
+    /// ε, the assumed share of flipped labels (conservative DPO; dpo loss only).
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
+    /// reset: start from the reference weights; continue: keep training --model.
     #[arg(long, default_value = "reset")]
     schedule: Schedule,
+    /// Seeds the eval split and the batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Share of the pairs held out for evaluation (0 = none).
     #[arg(long, default_value_t = 0.1)]
     eval_fraction: f64,
+    /// Longer prompts keep their last tokens.
     #[arg(long, default_value_t = 128)]
     max_prompt_tokens: usize,
+    /// Longer completions keep their first tokens.
     #[arg(long, default_value_t = 128)]
     max_completion_tokens: usize,
     /// Gradient clipping by global norm (0 = off).
