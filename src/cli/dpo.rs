@@ -6,13 +6,13 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 
-use crate::learn::data::read_preferences;
+use crate::learn::data::read_preferences_chat;
 use crate::learn::dpo::{LossConfig, LossKind};
 use crate::learn::optim::AdamWParams;
 use crate::learn::trainer::{
     DpoConfig, Progress, ReferenceCache, RunControl, Schedule, describe, split_eval, train_dpo,
 };
-use crate::model::{LanguageModel, parse_device};
+use crate::model::{ChatMessage, LanguageModel, parse_device};
 
 #[derive(Debug, clap::Args)]
 pub struct DpoArgs {
@@ -73,9 +73,14 @@ pub struct DpoArgs {
 }
 
 pub fn run(args: DpoArgs) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let model = LanguageModel::load(&args.model, &device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    // Conversational lines are rendered with the model's own chat template.
     let file = std::fs::File::open(&args.data)
         .with_context(|| format!("opening {}", args.data.display()))?;
-    let pairs = read_preferences(BufReader::new(file))
+    let render = |m: &[ChatMessage], g: bool| model.tokenizer().apply_chat_template(m, g);
+    let pairs = read_preferences_chat(BufReader::new(file), &render)
         .with_context(|| format!("reading {}", args.data.display()))?;
     let (train, eval) = split_eval(&pairs, args.eval_fraction, args.seed);
     let cfg = DpoConfig {
@@ -100,9 +105,6 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
         eval_every: 0,
     };
     cfg.validate()?;
-    let device = parse_device(&args.device)?;
-    let model = LanguageModel::load(&args.model, &device)
-        .with_context(|| format!("loading {}", args.model.display()))?;
     eprintln!(
         "{} training pairs, {} held out; {}",
         train.len(),

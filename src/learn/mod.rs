@@ -20,7 +20,7 @@ pub use acquisition::{
     entropy_by_prompt, implicit_reward, order_candidates, predictive_entropy, select_candidates,
     top_by_entropy,
 };
-pub use data::{DataError, PreferencePair, read_preferences, read_prompts};
+pub use data::{DataError, PreferencePair, read_preferences, read_preferences_chat, read_prompts};
 pub use dpo::{LossConfig, LossKind, RewardStats};
 pub use optim::{AdamW, AdamWParams};
 pub use trainer::{
