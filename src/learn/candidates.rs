@@ -28,7 +28,9 @@ pub struct AcquireConfig {
     pub temperature: f64,
     pub top_p: f64,
     pub max_new_tokens: usize,
-    pub oversample: Oversample,
+    /// Hybrid keeps this share of the prompts by entropy (at least `m` of them); see
+    /// [`Oversample::keep_fraction`] for the server's over-sampling factors.
+    pub keep_fraction: f64,
     pub seed: u64,
 }
 
@@ -42,7 +44,7 @@ impl Default for AcquireConfig {
             temperature: 0.7,
             top_p: 1.0,
             max_new_tokens: 24,
-            oversample: Oversample::default(),
+            keep_fraction: Oversample::default().keep_fraction(),
             seed: 0,
         }
     }
@@ -145,7 +147,8 @@ pub fn score_pairs(
 /// One acquisition round: the `m` best pairs for `prompts` under `cfg.strategy`, best first. `reference` is
 /// πref for the implicit rewards; `None` means the policy is the reference (round 1: every reward is 0 and the
 /// order is the seed's). Pairs whose two completions are identical are dropped (nothing to compare), so fewer
-/// than `m` can come back.
+/// than `m` can come back. Hybrid samples pairs only for its kept prompts: the top `keep_fraction` by entropy,
+/// and never fewer than `m`.
 pub fn acquire_pairs(
     policy: &LanguageModel,
     reference: Option<&LanguageModel>,
@@ -173,7 +176,7 @@ pub fn acquire_pairs(
     };
     // Hybrid generates pairs only for the prompts it keeps; the others for every prompt.
     let kept: Vec<usize> = if cfg.strategy == Strategy::Hybrid {
-        let frac = cfg.oversample.keep_fraction();
+        let frac = cfg.keep_fraction.clamp(0.0, 1.0);
         let keep = ((prompts.len() as f64 * frac).ceil() as usize)
             .max(m)
             .min(prompts.len());
