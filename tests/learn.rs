@@ -294,6 +294,32 @@ fn a_cancelled_run_leaves_the_current_model_untouched() {
             "{schedule}: served model moved"
         );
     }
+    // A cancel that arrives while reference log-probs are computed stops there; what was scored stays cached.
+    let mut cache = ReferenceCache::new();
+    let cancel = AtomicBool::new(false);
+    let mut batches = 0;
+    let mut progress = |p: &Progress| {
+        if let Progress::Reference { .. } = p {
+            batches += 1;
+            cancel.store(true, Ordering::Relaxed);
+        }
+    };
+    let r = train_dpo(
+        &current,
+        &mut || -> Result<LanguageModel, BoxError> { Ok(reference.deep_clone()?) },
+        &mut cache,
+        &pairs,
+        &[],
+        &config(Schedule::Continue, 1),
+        RunControl {
+            progress: &mut progress,
+            cancel: &cancel,
+        },
+    );
+    assert!(matches!(r, Err(TrainError::CancelledReference)));
+    assert_eq!((batches, cache.len()), (1, 8));
+    assert_eq!(fingerprint(&current), before);
+
     // A run that fails on bad settings reports its cause and also leaves it alone.
     let bad = DpoConfig {
         optimizer: AdamWParams {

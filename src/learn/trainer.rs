@@ -170,6 +170,8 @@ pub enum TrainError {
     },
     #[error("cancelled before step {step} of {total_steps}")]
     Cancelled { step: usize, total_steps: usize },
+    #[error("cancelled while computing reference log-probs")]
+    CancelledReference,
     #[error("loss is not finite at step {step} (try a lower learning rate)")]
     NonFinite { step: usize },
 }
@@ -307,12 +309,13 @@ impl ReferenceCache {
     }
 
     /// Scores the missing pairs with `reference` (which must BE the reference model) and stores them.
+    /// `cancel` is checked between batches; what was scored before a cancel stays cached.
     pub fn fill<M: DpoModel>(
         &mut self,
         reference: &M,
         pairs: &[PreferencePair],
         cfg: &DpoConfig,
-        progress: &mut dyn FnMut(&Progress),
+        control: &mut RunControl<'_>,
     ) -> Result<(), TrainError> {
         let lengths = (cfg.max_prompt_tokens, cfg.max_completion_tokens);
         if lengths != self.lengths {
@@ -323,6 +326,9 @@ impl ReferenceCache {
         let started = Instant::now();
         let mut tokens = 0;
         for (i, chunk) in missing.chunks(cfg.batch_size.max(1)).enumerate() {
+            if control.cancel.load(Ordering::Relaxed) {
+                return Err(TrainError::CancelledReference);
+            }
             let tok = tokenize_pairs(reference, chunk, cfg)?;
             tokens += tok.iter().map(|t| t.len()).sum::<usize>();
             let scores = reference
@@ -336,7 +342,7 @@ impl ReferenceCache {
                 };
                 self.entries.insert(pair.clone(), entry);
             }
-            progress(&Progress::Reference {
+            (control.progress)(&Progress::Reference {
                 done: ((i + 1) * cfg.batch_size).min(missing.len()),
                 total: missing.len(),
                 tokens,
@@ -392,19 +398,19 @@ pub fn train_dpo<M: DpoModel>(
     if train.is_empty() {
         return Err(TrainError::NoData);
     }
-    let RunControl { progress, cancel } = control;
+    let mut control = control;
     let all: Vec<PreferencePair> = train.iter().chain(eval).cloned().collect();
     let policy = match cfg.schedule {
         Schedule::Reset => {
             let policy = load_reference().map_err(model_err("loading the reference model"))?;
-            cache.fill(&policy, &all, cfg, &mut *progress)?;
+            cache.fill(&policy, &all, cfg, &mut control)?;
             policy
         }
         Schedule::Continue => {
             if !cache.missing(&all, cfg).is_empty() {
                 let reference =
                     load_reference().map_err(model_err("loading the reference model"))?;
-                cache.fill(&reference, &all, cfg, &mut *progress)?;
+                cache.fill(&reference, &all, cfg, &mut control)?;
             }
             current
                 .deep_clone()
@@ -424,7 +430,7 @@ pub fn train_dpo<M: DpoModel>(
             cfg.seed.wrapping_add(epoch as u64),
         ));
         for step_pairs in order.chunks(pairs_per_step) {
-            if cancel.load(Ordering::Relaxed) {
+            if control.cancel.load(Ordering::Relaxed) {
                 return Err(TrainError::Cancelled {
                     step: step + 1,
                     total_steps,
@@ -473,12 +479,12 @@ pub fn train_dpo<M: DpoModel>(
                 seconds: started.elapsed().as_secs_f64(),
                 optimizer_seconds,
             };
-            progress(&Progress::Step(metrics));
+            (control.progress)(&Progress::Step(metrics));
             steps.push(metrics);
             let due = cfg.eval_every > 0 && step % cfg.eval_every == 0;
             if !eval.is_empty() && (due || step == total_steps) {
                 let m = evaluate(&policy, eval, cache, cfg, step)?;
-                progress(&Progress::Eval(m));
+                (control.progress)(&Progress::Eval(m));
                 last_eval = Some(m);
             }
         }
