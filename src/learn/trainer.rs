@@ -440,6 +440,10 @@ pub fn train_dpo<M: DpoModel>(
             let mut loss_sum = 0.0;
             let mut rewards = RewardStats::default();
             let mut tokens = 0;
+            // One backward per step (no accumulation) goes straight to the optimizer, saving a copy of the
+            // gradients; otherwise they are summed in the optimizer's accumulator first.
+            let single = step_pairs.len() <= cfg.batch_size;
+            let mut direct_grads = None;
             for micro in step_pairs.chunks(cfg.batch_size) {
                 let pairs: Vec<PreferencePair> = micro.iter().map(|&i| train[i].clone()).collect();
                 let tok = tokenize_pairs(&policy, &pairs, cfg)?;
@@ -460,11 +464,19 @@ pub fn train_dpo<M: DpoModel>(
                     return Err(TrainError::NonFinite { step: step + 1 });
                 }
                 loss_sum += value;
-                opt.accumulate(&loss.backward()?)?;
+                let grads = loss.backward()?;
+                if single {
+                    direct_grads = Some(grads);
+                } else {
+                    opt.accumulate(&grads)?;
+                }
                 rewards.add(&reward_sums(&out)?.0);
             }
             let opt_started = Instant::now();
-            let grad_norm = opt.step(cfg.max_grad_norm)?;
+            let grad_norm = match direct_grads.take() {
+                Some(grads) => opt.step_grads(&grads, cfg.max_grad_norm)?,
+                None => opt.step(cfg.max_grad_norm)?,
+            };
             let optimizer_seconds = opt_started.elapsed().as_secs_f64();
             step += 1;
             let metrics = StepMetrics {
