@@ -8,11 +8,10 @@ use prefloop::learn::acquisition::Strategy;
 use prefloop::learn::candidates::{AcquireConfig, acquire_pairs, score_pairs};
 use prefloop::learn::dpo::{LossConfig, LossKind};
 use prefloop::learn::optim::AdamWParams;
-use prefloop::learn::trainer::{
-    BoxError, DpoConfig, Progress, ReferenceCache, RunControl, Schedule, StepMetrics, TrainError,
-    TrainOutcome, train_dpo,
+use prefloop::learn::{
+    BoxError, DpoConfig, PreferencePair, Progress, ReferenceCache, RunControl, Schedule,
+    StepMetrics, TrainError, TrainOutcome, split_eval, train_dpo,
 };
-use prefloop::learn::{PreferencePair, split_eval};
 use prefloop::model::{LanguageModel, ModelConfig, SamplingParams, TextTokenizer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -9,8 +9,9 @@ use anyhow::Context;
 use crate::learn::data::read_preferences_chat;
 use crate::learn::dpo::{LossConfig, LossKind};
 use crate::learn::optim::AdamWParams;
+use crate::learn::reference::ReferenceCache;
 use crate::learn::trainer::{
-    DpoConfig, Progress, ReferenceCache, RunControl, Schedule, describe, split_eval, train_dpo,
+    DpoConfig, Progress, RunControl, Schedule, describe, split_eval, train_dpo,
 };
 use crate::model::{ChatMessage, LanguageModel, parse_device};
 
@@ -113,7 +114,7 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
     );
 
     let reference_path = args.reference.clone();
-    let mut load_reference = || -> Result<LanguageModel, crate::learn::trainer::BoxError> {
+    let mut load_reference = || -> Result<LanguageModel, crate::learn::BoxError> {
         match &reference_path {
             Some(p) => Ok(LanguageModel::load(p, &device)?),
             None => Ok(model.deep_clone()?),
