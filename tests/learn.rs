@@ -5,14 +5,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prefloop::learn::acquisition::Strategy;
-use prefloop::learn::candidates::{AcquireConfig, acquire_pairs};
+use prefloop::learn::candidates::{AcquireConfig, acquire_pairs, score_pairs};
 use prefloop::learn::dpo::{LossConfig, LossKind};
 use prefloop::learn::optim::AdamWParams;
-use prefloop::learn::trainer::{
-    BoxError, DpoConfig, Progress, ReferenceCache, RunControl, Schedule, StepMetrics, TrainError,
-    TrainOutcome, train_dpo,
+use prefloop::learn::{
+    BoxError, DpoConfig, PreferencePair, Progress, ReferenceCache, RunControl, Schedule,
+    StepMetrics, TrainError, TrainOutcome, split_eval, train_dpo,
 };
-use prefloop::learn::{PreferencePair, split_eval};
 use prefloop::model::{LanguageModel, ModelConfig, SamplingParams, TextTokenizer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -294,6 +293,32 @@ fn a_cancelled_run_leaves_the_current_model_untouched() {
             "{schedule}: served model moved"
         );
     }
+    // A cancel that arrives while reference log-probs are computed stops there; what was scored stays cached.
+    let mut cache = ReferenceCache::new();
+    let cancel = AtomicBool::new(false);
+    let mut batches = 0;
+    let mut progress = |p: &Progress| {
+        if let Progress::Reference { .. } = p {
+            batches += 1;
+            cancel.store(true, Ordering::Relaxed);
+        }
+    };
+    let r = train_dpo(
+        &current,
+        &mut || -> Result<LanguageModel, BoxError> { Ok(reference.deep_clone()?) },
+        &mut cache,
+        &pairs,
+        &[],
+        &config(Schedule::Continue, 1),
+        RunControl {
+            progress: &mut progress,
+            cancel: &cancel,
+        },
+    );
+    assert!(matches!(r, Err(TrainError::CancelledReference)));
+    assert_eq!((batches, cache.len()), (1, 8));
+    assert_eq!(fingerprint(&current), before);
+
     // A run that fails on bad settings reports its cause and also leaves it alone.
     let bad = DpoConfig {
         optimizer: AdamWParams {
@@ -313,6 +338,63 @@ fn a_cancelled_run_leaves_the_current_model_untouched() {
     );
     assert!(matches!(r.outcome, Err(TrainError::Config(_))));
     assert_eq!(fingerprint(&current), before);
+}
+
+#[test]
+fn gradient_accumulation_equals_the_larger_batch_and_the_cache_is_reused() {
+    let reference = tiny_model(31);
+    let pairs = toy_pairs(16, 10);
+    let mut cache = ReferenceCache::new();
+    let big = DpoConfig {
+        batch_size: 8,
+        grad_accum_steps: 1,
+        ..config(Schedule::Reset, 2)
+    };
+    let small = DpoConfig {
+        batch_size: 4,
+        grad_accum_steps: 2,
+        ..big.clone()
+    };
+    let a = run(&reference, &reference, &mut cache, &pairs, &[], &big, None);
+    assert_eq!(cache.len(), 16);
+    // A cache rebuilt from its entries covers the data: `continue` must not load the reference at all.
+    let mut stored = ReferenceCache::from_entries(
+        cache.lengths(),
+        cache.entries().map(|(p, e)| (p.clone(), *e)),
+    );
+    let cancel = AtomicBool::new(false);
+    let cont = DpoConfig {
+        schedule: Schedule::Continue,
+        ..small.clone()
+    };
+    let b = train_dpo(
+        &reference,
+        &mut || -> Result<LanguageModel, BoxError> {
+            panic!("reference loaded despite a full cache")
+        },
+        &mut stored,
+        &pairs,
+        &[],
+        &cont,
+        RunControl {
+            progress: &mut |_| {},
+            cancel: &cancel,
+        },
+    )
+    .unwrap();
+    assert_eq!(a.steps.len(), 4);
+    assert_eq!(b.steps.len(), 4);
+    for (x, y) in a.steps.iter().zip(&b.steps) {
+        assert!((x.loss - y.loss).abs() < 1e-4, "{} vs {}", x.loss, y.loss);
+        assert_eq!(x.tokens, y.tokens);
+    }
+    let (fa, fb) = (
+        fingerprint(&a.outcome.unwrap().model),
+        fingerprint(&b.model),
+    );
+    for (x, y) in fa.iter().zip(&fb) {
+        assert!((x - y).abs() < 1e-3 * x.abs().max(1.0), "{x} vs {y}");
+    }
 }
 
 #[test]
@@ -388,6 +470,32 @@ fn an_acquisition_round_scores_and_orders_pairs() {
             .all(|w| w[0].scores.certainty >= w[1].scores.certainty)
     );
     assert!(got[0].scores.certainty > 0.0);
+
+    // Re-scoring the pairs from their text gives the rewards the round recorded for each of them (up to f32
+    // rounding from a different batch composition).
+    let items: Vec<_> = got
+        .iter()
+        .map(|p| {
+            (
+                p.prompt.clone(),
+                p.completion_a.clone(),
+                p.completion_b.clone(),
+            )
+        })
+        .collect();
+    let rescored = score_pairs(&policy, Some(&reference), &items, cfg.beta).unwrap();
+    for (p, s) in got.iter().zip(&rescored) {
+        assert!(
+            (p.scores.reward_a - s.reward_a).abs() < 1e-5,
+            "{p:?} vs {s:?}"
+        );
+        assert!(
+            (p.scores.reward_b - s.reward_b).abs() < 1e-5,
+            "{p:?} vs {s:?}"
+        );
+    }
+    let zero = score_pairs(&policy, None, &items, 0.2).unwrap();
+    assert!(zero.iter().all(|s| s.certainty == 0.0));
 
     // Round 1 (policy is the reference): every reward is 0, the order comes from the seed.
     let hybrid = AcquireConfig {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::json;
 
-use crate::learn::acquisition::{Oversample, Strategy};
+use crate::learn::acquisition::Strategy;
 use crate::learn::candidates::{AcquireConfig, acquire_pairs};
 use crate::learn::data::read_prompts;
 use crate::model::{LanguageModel, parse_device};
@@ -66,11 +66,6 @@ pub fn run(args: AcquireArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    // keep_fraction = pairs / prompts; express it as the server's over-sampling factors.
-    let oversample = Oversample {
-        prompts: 1_000_000,
-        pairs: (1_000_000.0 * args.keep_fraction).round() as usize,
-    };
     let cfg = AcquireConfig {
         strategy: args.strategy,
         beta: args.beta,
@@ -79,7 +74,7 @@ pub fn run(args: AcquireArgs) -> anyhow::Result<()> {
         temperature: args.temperature,
         top_p: 1.0,
         max_new_tokens: args.max_new_tokens,
-        oversample,
+        keep_fraction: args.keep_fraction,
         seed: args.seed,
     };
     let version = args.model.display().to_string();

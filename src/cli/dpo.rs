@@ -6,13 +6,14 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 
-use crate::learn::data::read_preferences;
+use crate::learn::data::read_preferences_chat;
 use crate::learn::dpo::{LossConfig, LossKind};
 use crate::learn::optim::AdamWParams;
+use crate::learn::reference::ReferenceCache;
 use crate::learn::trainer::{
-    DpoConfig, Progress, ReferenceCache, RunControl, Schedule, describe, split_eval, train_dpo,
+    DpoConfig, Progress, RunControl, Schedule, describe, split_eval, train_dpo,
 };
-use crate::model::{LanguageModel, parse_device};
+use crate::model::{ChatMessage, LanguageModel, parse_device};
 
 #[derive(Debug, clap::Args)]
 pub struct DpoArgs {
@@ -28,10 +29,13 @@ pub struct DpoArgs {
     /// Where the trained model is written (a Hugging Face directory, replaced atomically).
     #[arg(long)]
     out: PathBuf,
+    /// dpo (sigmoid) or ipo.
     #[arg(long, default_value = "dpo")]
     loss: LossKind,
+    /// β: how strongly the policy is held near the reference (the paper: 0.2).
     #[arg(long, default_value_t = 0.2)]
     beta: f64,
+    /// AdamW learning rate (the paper: 1e-6, constant).
     #[arg(long, default_value_t = 1e-6)]
     lr: f64,
     #[arg(long, default_value_t = 0.0)]
@@ -44,17 +48,22 @@ pub struct DpoArgs {
     /// Forward passes per optimizer step (effective batch = batch size × this).
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
+    /// ε, the assumed share of flipped labels (conservative DPO; dpo loss only).
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
+    /// reset: start from the reference weights; continue: keep training --model.
     #[arg(long, default_value = "reset")]
     schedule: Schedule,
+    /// Seeds the eval split and the batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Share of the pairs held out for evaluation (0 = none).
     #[arg(long, default_value_t = 0.1)]
     eval_fraction: f64,
+    /// Longer prompts keep their last tokens.
     #[arg(long, default_value_t = 128)]
     max_prompt_tokens: usize,
+    /// Longer completions keep their first tokens.
     #[arg(long, default_value_t = 128)]
     max_completion_tokens: usize,
     /// Gradient clipping by global norm (0 = off).
@@ -65,9 +74,14 @@ pub struct DpoArgs {
 }
 
 pub fn run(args: DpoArgs) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let model = LanguageModel::load(&args.model, &device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    // Conversational lines are rendered with the model's own chat template.
     let file = std::fs::File::open(&args.data)
         .with_context(|| format!("opening {}", args.data.display()))?;
-    let pairs = read_preferences(BufReader::new(file))
+    let render = |m: &[ChatMessage], g: bool| model.tokenizer().apply_chat_template(m, g);
+    let pairs = read_preferences_chat(BufReader::new(file), &render)
         .with_context(|| format!("reading {}", args.data.display()))?;
     let (train, eval) = split_eval(&pairs, args.eval_fraction, args.seed);
     let cfg = DpoConfig {
@@ -92,9 +106,6 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
         eval_every: 0,
     };
     cfg.validate()?;
-    let device = parse_device(&args.device)?;
-    let model = LanguageModel::load(&args.model, &device)
-        .with_context(|| format!("loading {}", args.model.display()))?;
     eprintln!(
         "{} training pairs, {} held out; {}",
         train.len(),
@@ -103,7 +114,7 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
     );
 
     let reference_path = args.reference.clone();
-    let mut load_reference = || -> Result<LanguageModel, crate::learn::trainer::BoxError> {
+    let mut load_reference = || -> Result<LanguageModel, crate::learn::BoxError> {
         match &reference_path {
             Some(p) => Ok(LanguageModel::load(p, &device)?),
             None => Ok(model.deep_clone()?),

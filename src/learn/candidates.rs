@@ -4,7 +4,7 @@
 //!
 //! Per round, as in the paper: entropy-score prompts with N samples at temperature 1 (only for strategies that
 //! need it), keep hybrid's top fraction, sample two completions per remaining prompt (T 0.7 by default), score
-//! both under the policy (free: the sampler returns Σ log πθ) and the reference, order, keep M.
+//! both under the policy and the reference, order, keep M.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +28,9 @@ pub struct AcquireConfig {
     pub temperature: f64,
     pub top_p: f64,
     pub max_new_tokens: usize,
-    pub oversample: Oversample,
+    /// Hybrid keeps this share of the prompts by entropy (at least `m` of them); see
+    /// [`Oversample::keep_fraction`] for the server's over-sampling factors.
+    pub keep_fraction: f64,
     pub seed: u64,
 }
 
@@ -42,7 +44,7 @@ impl Default for AcquireConfig {
             temperature: 0.7,
             top_p: 1.0,
             max_new_tokens: 24,
-            oversample: Oversample::default(),
+            keep_fraction: Oversample::default().keep_fraction(),
             seed: 0,
         }
     }
@@ -106,10 +108,47 @@ pub fn prompt_entropies(
     ))
 }
 
+/// Implicit rewards and certainty of existing pairs (imported ones, or pending ones after a new model
+/// version), each item (prompt, completion a, completion b) as text. `reference` `None` means the policy is the
+/// reference. Entropy is left `None`: it needs sampling, see [`prompt_entropies`].
+pub fn score_pairs(
+    policy: &LanguageModel,
+    reference: Option<&LanguageModel>,
+    items: &[(String, String, String)],
+    beta: f64,
+) -> Result<Vec<PairScores>, ModelError> {
+    let tok = policy.tokenizer();
+    let mut seqs = Vec::with_capacity(2 * items.len());
+    for (prompt, a, b) in items {
+        let mut p = tok.encode(prompt)?;
+        if p.is_empty() {
+            p.push(tok.eos_id());
+        }
+        seqs.push((p.clone(), tok.encode(a)?));
+        seqs.push((p, tok.encode(b)?));
+    }
+    let lp: Vec<f64> = policy.score(&seqs)?.iter().map(|s| s.sum).collect();
+    let rf: Vec<f64> = match reference {
+        Some(r) => r.score(&seqs)?.iter().map(|s| s.sum).collect(),
+        None => lp.clone(),
+    };
+    Ok((0..items.len())
+        .map(|i| {
+            PairScores::from_logprobs(
+                beta,
+                None,
+                (lp[2 * i], lp[2 * i + 1]),
+                (rf[2 * i], rf[2 * i + 1]),
+            )
+        })
+        .collect())
+}
+
 /// One acquisition round: the `m` best pairs for `prompts` under `cfg.strategy`, best first. `reference` is
 /// πref for the implicit rewards; `None` means the policy is the reference (round 1: every reward is 0 and the
 /// order is the seed's). Pairs whose two completions are identical are dropped (nothing to compare), so fewer
-/// than `m` can come back.
+/// than `m` can come back. Hybrid samples pairs only for its kept prompts: the top `keep_fraction` by entropy,
+/// and never fewer than `m`.
 pub fn acquire_pairs(
     policy: &LanguageModel,
     reference: Option<&LanguageModel>,
@@ -137,7 +176,7 @@ pub fn acquire_pairs(
     };
     // Hybrid generates pairs only for the prompts it keeps; the others for every prompt.
     let kept: Vec<usize> = if cfg.strategy == Strategy::Hybrid {
-        let frac = cfg.oversample.keep_fraction();
+        let frac = cfg.keep_fraction.clamp(0.0, 1.0);
         let keep = ((prompts.len() as f64 * frac).ceil() as usize)
             .max(m)
             .min(prompts.len());
@@ -158,37 +197,26 @@ pub fn acquire_pairs(
     let kept_ids: Vec<Vec<u32>> = kept.iter().map(|&i| ids[i].clone()).collect();
     let pairs = policy.sample(&kept_ids, 2, &params)?;
 
-    // Reference log-probs of both completions, scored in one batch.
-    let reference_lp: Option<Vec<f64>> = match reference {
-        Some(r) => {
-            let items: Vec<(Vec<u32>, Vec<u32>)> = kept_ids
-                .iter()
-                .zip(&pairs)
-                .flat_map(|(p, s)| s.iter().map(move |s| (p.clone(), s.token_ids.clone())))
-                .collect();
-            Some(r.score(&items)?.into_iter().map(|s| s.sum).collect())
-        }
-        None => None,
-    };
-
-    let mut candidates = Vec::new();
-    let mut sources = Vec::new();
-    for (j, (&i, samples)) in kept.iter().zip(&pairs).enumerate() {
+    // Rewards from the completions' TEXT, as the trainer and later re-scoring see them (the sampler's own ids
+    // may end in an EOS the text leaves out). Identical completions make no comparison and are dropped.
+    let mut items = Vec::new();
+    let mut prompt_of = Vec::new();
+    for (&i, samples) in kept.iter().zip(&pairs) {
         let (a, b) = (&samples[0], &samples[1]);
-        if a.token_ids == b.token_ids {
-            continue;
+        if a.text != b.text {
+            items.push((prompts[i].clone(), a.text.clone(), b.text.clone()));
+            prompt_of.push(i);
         }
-        let policy_lp = (a.logprob, b.logprob);
-        let ref_lp = match &reference_lp {
-            Some(r) => (r[2 * j], r[2 * j + 1]),
-            None => policy_lp,
-        };
-        candidates.push(Candidate {
-            prompt: i,
-            scores: PairScores::from_logprobs(cfg.beta, entropies[i], policy_lp, ref_lp),
-        });
-        sources.push((i, a.text.clone(), b.text.clone()));
     }
+    let scores = score_pairs(policy, reference, &items, cfg.beta)?;
+    let candidates: Vec<Candidate> = scores
+        .into_iter()
+        .zip(&prompt_of)
+        .map(|(mut scores, &i)| {
+            scores.entropy = entropies[i];
+            Candidate { prompt: i, scores }
+        })
+        .collect();
 
     // Hybrid's prompt filter already ran: order what is left by certainty.
     let keep_all = 1.0;
@@ -197,12 +225,12 @@ pub fn acquire_pairs(
         .into_iter()
         .enumerate()
         .map(|(rank, c)| {
-            let (i, a, b) = sources[c].clone();
+            let (prompt, a, b) = items[c].clone();
             AcquiredPair {
-                prompt: prompts[i].clone(),
+                prompt,
                 completion_a: a,
                 completion_b: b,
-                prompt_index: i,
+                prompt_index: prompt_of[c],
                 scores: candidates[c].scores,
                 strategy: cfg.strategy,
                 model_version: model_version.to_string(),

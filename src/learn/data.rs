@@ -1,12 +1,19 @@
 //! Reading preference data in TRL's DPO format and prompts as NDJSON, with every bad line reported by number.
 //!
 //! TRL: one JSON object per line, {"prompt": str, "chosen": str, "rejected": str}; extra fields are ignored
-//! (TRL datasets often carry ids and scores). The conversational variant (lists of {"role","content"}) needs the
-//! model's chat template and is reported as unsupported rather than guessed at.
+//! (TRL datasets often carry ids and scores). The conversational variant (each field a list of
+//! {"role","content"} messages) is rendered with the model's chat template, as TRL does: the prompt with the
+//! generation prompt appended, each completion as what the template adds after it.
 
 use std::io::BufRead;
 
 use serde::{Deserialize, Serialize};
+
+use crate::model::ChatMessage;
+
+/// Renders chat messages in the model's format: `(messages, add_generation_prompt) -> text`
+/// (e.g. `|m, g| tokenizer.apply_chat_template(m, g)`).
+pub type ChatRenderer<'a> = &'a dyn Fn(&[ChatMessage], bool) -> String;
 
 /// One labelled comparison: `chosen` was preferred over `rejected` as a continuation of `prompt`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -53,8 +60,17 @@ fn format_lines(bad: &[LineError], total: usize) -> String {
 }
 
 /// Reads TRL-format preference pairs. Blank lines are skipped; any bad line fails the whole read, listing them.
+/// Conversational lines are bad lines here: they need [`read_preferences_chat`].
 pub fn read_preferences(reader: impl BufRead) -> Result<Vec<PreferencePair>, DataError> {
-    read_ndjson(reader, parse_preference)
+    read_ndjson(reader, |v| parse_preference(v, None))
+}
+
+/// Like [`read_preferences`], also taking conversational lines, rendered with `chat`.
+pub fn read_preferences_chat(
+    reader: impl BufRead,
+    chat: ChatRenderer<'_>,
+) -> Result<Vec<PreferencePair>, DataError> {
+    read_ndjson(reader, |v| parse_preference(v, Some(chat)))
 }
 
 /// Reads prompts given as NDJSON, {"prompt": str} per line (extra fields ignored).
@@ -108,18 +124,25 @@ fn read_ndjson<T>(
     Ok(out)
 }
 
-fn parse_preference(v: serde_json::Value) -> Result<PreferencePair, String> {
+fn parse_preference(
+    v: serde_json::Value,
+    chat: Option<ChatRenderer<'_>>,
+) -> Result<PreferencePair, String> {
     if !v.is_object() {
         return Err("expected a JSON object {\"prompt\", \"chosen\", \"rejected\"}".into());
     }
-    if v.get("prompt").is_some_and(|p| p.is_array())
-        || v.get("chosen").is_some_and(|p| p.is_array())
+    if ["prompt", "chosen", "rejected"]
+        .iter()
+        .any(|f| v.get(*f).is_some_and(|x| x.is_array()))
     {
-        return Err(
-            "conversational format (lists of messages) is not supported yet; \
-                    give prompt, chosen and rejected as strings"
-                .into(),
-        );
+        let Some(chat) = chat else {
+            return Err(
+                "conversational format (lists of messages) needs a chat template here; \
+                        give prompt, chosen and rejected as strings"
+                    .into(),
+            );
+        };
+        return parse_conversation(&v, chat);
     }
     let pair = PreferencePair {
         prompt: string_field(&v, "prompt")?,
@@ -130,6 +153,57 @@ fn parse_preference(v: serde_json::Value) -> Result<PreferencePair, String> {
         return Err("chosen and rejected are identical".into());
     }
     Ok(pair)
+}
+
+/// TRL's conversational pair: prompt messages, and the assistant turn(s) of each side.
+fn parse_conversation(
+    v: &serde_json::Value,
+    chat: ChatRenderer<'_>,
+) -> Result<PreferencePair, String> {
+    let prompt = messages(v, "prompt")?;
+    let prompt_text = chat(&prompt, true);
+    let completion = |name: &str| -> Result<String, String> {
+        let side = messages(v, name)?;
+        if side.is_empty() {
+            return Err(format!("field {name:?} has no messages"));
+        }
+        let all: Vec<ChatMessage> = prompt.iter().cloned().chain(side).collect();
+        let full = chat(&all, false);
+        full.strip_prefix(&prompt_text)
+            .map(str::to_string)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| format!("field {name:?}: the chat template does not extend the prompt"))
+    };
+    let pair = PreferencePair {
+        prompt: prompt_text.clone(),
+        chosen: completion("chosen")?,
+        rejected: completion("rejected")?,
+    };
+    if pair.chosen == pair.rejected {
+        return Err("chosen and rejected are identical".into());
+    }
+    Ok(pair)
+}
+
+fn messages(v: &serde_json::Value, name: &str) -> Result<Vec<ChatMessage>, String> {
+    let Some(list) = v.get(name).and_then(|x| x.as_array()) else {
+        return Err(format!("field {name:?} must be a list of messages"));
+    };
+    list.iter()
+        .map(|m| {
+            let role = m.get("role").and_then(|r| r.as_str());
+            let content = m.get("content").and_then(|c| c.as_str());
+            match (role, content) {
+                (Some(role), Some(content)) => Ok(ChatMessage {
+                    role: role.to_string(),
+                    content: content.to_string(),
+                }),
+                _ => Err(format!(
+                    "field {name:?}: each message needs string \"role\" and \"content\""
+                )),
+            }
+        })
+        .collect()
 }
 
 fn string_field(v: &serde_json::Value, name: &str) -> Result<String, String> {
@@ -189,6 +263,34 @@ mod tests {
             read_preferences("\n\n".as_bytes()),
             Err(DataError::Empty)
         ));
+    }
+
+    #[test]
+    fn renders_conversational_lines_with_the_chat_template() {
+        let tok = crate::model::TextTokenizer::byte_level_for_tests(); // ChatML
+        let render = |m: &[ChatMessage], g: bool| tok.apply_chat_template(m, g);
+        let input = [
+            r#"{"prompt":[{"role":"user","content":"Hi?"}],"chosen":[{"role":"assistant","content":"Hello!"}],"rejected":[{"role":"assistant","content":"Go away."}]}"#,
+            r#"{"prompt":"plain","chosen":"a","rejected":"b"}"#,
+            r#"{"prompt":[{"role":"user"}],"chosen":[],"rejected":[]}"#,
+        ]
+        .join("\n");
+        let DataError::BadLines { bad, .. } =
+            read_preferences_chat(input.as_bytes(), &render).unwrap_err()
+        else {
+            panic!("expected a bad line")
+        };
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].line, 3);
+        let good = input.lines().take(2).collect::<Vec<_>>().join("\n");
+        let pairs = read_preferences_chat(good.as_bytes(), &render).unwrap();
+        assert_eq!(
+            pairs[0].prompt,
+            "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(pairs[0].chosen, "Hello!<|im_end|>\n");
+        assert_eq!(pairs[0].rejected, "Go away.<|im_end|>\n");
+        assert_eq!(pairs[1].prompt, "plain");
     }
 
     #[test]

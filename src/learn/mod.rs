@@ -4,7 +4,9 @@
 //!   order candidate pairs; the server calls these directly.
 //! - [`dpo`]: the `dpo` (sigmoid, with label smoothing) and `ipo` losses on candle tensors.
 //! - [`optim`]: a fused, in-place AdamW.
-//! - [`trainer`]: the DPO loop with cached reference log-probs, metrics, progress and cancellation.
+//! - [`trainer`]: the DPO loop: settings, metrics, progress and cancellation.
+//! - [`reference`]: reference log-probs, computed once per pair and cached.
+//! - [`policy`]: what the trainer needs from a model ([`DpoModel`], implemented by `LanguageModel`).
 //! - [`candidates`]: one acquisition round with a live model (sample, score, order), for the CLI and server.
 //! - [`data`]: TRL-format preference files and prompt files, bad lines reported by number.
 
@@ -13,6 +15,8 @@ pub mod candidates;
 pub mod data;
 pub mod dpo;
 pub mod optim;
+pub mod policy;
+pub mod reference;
 pub mod trainer;
 
 pub use acquisition::{
@@ -20,10 +24,12 @@ pub use acquisition::{
     entropy_by_prompt, implicit_reward, order_candidates, predictive_entropy, select_candidates,
     top_by_entropy,
 };
-pub use data::{DataError, PreferencePair, read_preferences, read_prompts};
+pub use data::{DataError, PreferencePair, read_preferences, read_preferences_chat, read_prompts};
 pub use dpo::{LossConfig, LossKind, RewardStats};
 pub use optim::{AdamW, AdamWParams};
+pub use policy::{BoxError, DpoModel};
+pub use reference::{ReferenceCache, ReferenceLogProbs};
 pub use trainer::{
-    DpoConfig, DpoModel, EvalMetrics, Progress, ReferenceCache, RunControl, Schedule, StepMetrics,
-    TrainError, TrainOutcome, split_eval, train_dpo,
+    DpoConfig, EvalMetrics, Progress, RunControl, Schedule, StepMetrics, TrainError, TrainOutcome,
+    split_eval, train_dpo,
 };

@@ -39,11 +39,14 @@ impl Default for AdamWParams {
 }
 
 enum State {
-    /// CPU: moments and accumulated gradient as host vectors, in the weight's contiguous order.
+    /// CPU: moments and the gradient accumulator as host vectors, in the weight's contiguous order. The
+    /// accumulator is allocated on first use (never, when every step is a single backward pass); `touched`
+    /// says whether it holds a gradient since the last step.
     Host {
         m: Vec<f32>,
         v: Vec<f32>,
         g: Vec<f32>,
+        touched: bool,
     },
     /// Other devices: the same state as tensors.
     Device {
@@ -80,7 +83,8 @@ impl AdamW {
                     State::Host {
                         m: vec![0.0; n],
                         v: vec![0.0; n],
-                        g: vec![0.0; n],
+                        g: Vec::new(),
+                        touched: false,
                     }
                 } else {
                     State::Device {
@@ -121,12 +125,18 @@ impl AdamW {
                 continue;
             };
             match &mut slot.state {
-                State::Host { g, .. } => {
+                State::Host { g, touched, m, .. } => {
                     let grad = grad.to_dtype(DType::F32)?.contiguous()?;
                     let (storage, layout) = grad.storage_and_layout();
-                    let src = cpu_f32(&storage, layout, g.len())?;
-                    for (acc, x) in g.iter_mut().zip(src) {
-                        *acc += *x;
+                    let src = cpu_f32(&storage, layout, m.len())?;
+                    if g.is_empty() {
+                        g.resize(m.len(), 0.0);
+                    }
+                    if *touched {
+                        g.iter_mut().zip(src).for_each(|(acc, x)| *acc += *x);
+                    } else {
+                        g.copy_from_slice(src);
+                        *touched = true;
                     }
                 }
                 State::Device { g, .. } => {
@@ -147,17 +157,11 @@ impl AdamW {
         let mut sq = 0f64;
         for slot in &self.slots {
             match &slot.state {
-                State::Host { g, .. } => {
-                    sq += g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
-                }
-                State::Device { g: Some(g), .. } => {
-                    sq += g
-                        .sqr()?
-                        .sum_all()?
-                        .to_dtype(DType::F64)?
-                        .to_scalar::<f64>()?
-                }
-                State::Device { g: None, .. } => {}
+                State::Host {
+                    g, touched: true, ..
+                } => sq += sum_sq(g),
+                State::Device { g: Some(g), .. } => sq += tensor_sum_sq(g)?,
+                _ => {}
             }
         }
         Ok(sq.sqrt())
@@ -165,20 +169,96 @@ impl AdamW {
 
     /// One update from the accumulated gradient, clipped first to global norm `max_grad_norm` if given
     /// (PyTorch's rule: scale by max_norm / (norm + 1e-6) when that is below 1). Returns the norm before
-    /// clipping, and clears the accumulator. A step with nothing accumulated is an error: it would still decay
-    /// the weights and advance the bias correction.
+    /// clipping, and clears the accumulator. Variables that got no gradient are left alone, as
+    /// `candle_nn::AdamW` does. A step with nothing accumulated is an error.
     pub fn step(&mut self, max_grad_norm: Option<f64>) -> Result<f64> {
         if self.accumulated == 0 {
             bail!("AdamW::step with no accumulated gradient");
         }
         let norm = self.grad_norm()?;
+        let c = self.next_coefficients(norm, max_grad_norm);
+        let p = self.params;
+        for slot in &mut self.slots {
+            let var = &slot.var;
+            match &mut slot.state {
+                State::Host { m, v, g, touched } => {
+                    if !*touched {
+                        continue;
+                    }
+                    *touched = false;
+                    update_host(var, m, v, g, c)?;
+                }
+                State::Device { m, v, g } => {
+                    let Some(grad) = g.take() else { continue };
+                    update_device(var, m, v, &grad, c, &p)?;
+                }
+            }
+        }
+        self.accumulated = 0;
+        Ok(norm)
+    }
+
+    /// One update straight from a backward pass's gradients, without copying them into the accumulator (the
+    /// common case: no gradient accumulation). If micro-batches were accumulated, these are added first.
+    pub fn step_grads(&mut self, grads: &GradStore, max_grad_norm: Option<f64>) -> Result<f64> {
+        if self.accumulated > 0 {
+            self.accumulate(grads)?;
+            return self.step(max_grad_norm);
+        }
+        let tensors: Vec<Option<Tensor>> = self
+            .slots
+            .iter()
+            .map(|s| {
+                grads
+                    .get(s.var.as_tensor())
+                    .map(|g| g.to_dtype(DType::F32)?.contiguous())
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        let mut sq = 0f64;
+        for (slot, t) in self.slots.iter().zip(&tensors) {
+            let Some(t) = t else { continue };
+            sq += match slot.state {
+                State::Host { .. } => {
+                    let (storage, layout) = t.storage_and_layout();
+                    sum_sq(cpu_f32(&storage, layout, slot.var.elem_count())?)
+                }
+                State::Device { .. } => tensor_sum_sq(t)?,
+            };
+        }
+        let norm = sq.sqrt();
+        let c = self.next_coefficients(norm, max_grad_norm);
+        let p = self.params;
+        for (slot, t) in self.slots.iter_mut().zip(&tensors) {
+            let Some(t) = t else { continue };
+            let var = &slot.var;
+            match &mut slot.state {
+                State::Host { m, v, .. } => {
+                    let (storage, layout) = t.storage_and_layout();
+                    let g = cpu_f32(&storage, layout, var.elem_count())?;
+                    update_host(var, m, v, g, c)?;
+                }
+                State::Device { m, v, .. } => update_device(var, m, v, t, c, &p)?,
+            }
+        }
+        Ok(norm)
+    }
+
+    /// Backward and step in one call, for training without accumulation.
+    pub fn backward_step(&mut self, loss: &Tensor, max_grad_norm: Option<f64>) -> Result<f64> {
+        let grads = loss.backward()?;
+        self.step_grads(&grads, max_grad_norm)
+    }
+
+    /// Advances the step counter and returns this step's coefficients, with the clipping factor for `norm`.
+    fn next_coefficients(&mut self, norm: f64, max_grad_norm: Option<f64>) -> Coefficients {
         let clip = match max_grad_norm {
             Some(max) if norm > max => max / (norm + 1e-6),
             _ => 1.0,
         };
         self.step_t += 1;
         let p = self.params;
-        let c = Coefficients {
+        Coefficients {
             lr: p.lr as f32,
             decay: (1.0 - p.lr * p.weight_decay) as f32,
             beta1: p.beta1 as f32,
@@ -187,43 +267,7 @@ impl AdamW {
             scale_v: (1.0 / (1.0 - p.beta2.powi(self.step_t))) as f32,
             eps: p.eps as f32,
             clip: clip as f32,
-        };
-        for slot in &mut self.slots {
-            match &mut slot.state {
-                State::Host { m, v, g } => {
-                    let op = FusedStep {
-                        c,
-                        m: RefCell::new(m),
-                        v: RefCell::new(v),
-                        g,
-                    };
-                    slot.var.as_tensor().inplace_op1(&op)?;
-                    g.iter_mut().for_each(|x| *x = 0.0);
-                }
-                State::Device { m, v, g } => {
-                    let Some(grad) = g.take() else { continue };
-                    let grad = (grad * c.clip as f64)?;
-                    let next_m = ((&*m * p.beta1)? + (&grad * (1.0 - p.beta1))?)?;
-                    let next_v = ((&*v * p.beta2)? + (grad.sqr()? * (1.0 - p.beta2))?)?;
-                    let m_hat = (&next_m * c.scale_m as f64)?;
-                    let v_hat = (&next_v * c.scale_v as f64)?;
-                    let theta = (slot.var.as_tensor() * c.decay as f64)?;
-                    let upd = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
-                    slot.var.set(&(theta - (upd * p.lr)?)?)?;
-                    *m = next_m;
-                    *v = next_v;
-                }
-            }
         }
-        self.accumulated = 0;
-        Ok(norm)
-    }
-
-    /// Backward, accumulate and step in one call, for training without accumulation.
-    pub fn backward_step(&mut self, loss: &Tensor, max_grad_norm: Option<f64>) -> Result<f64> {
-        let grads = loss.backward()?;
-        self.accumulate(&grads)?;
-        self.step(max_grad_norm)
     }
 }
 
@@ -237,6 +281,53 @@ struct Coefficients {
     scale_v: f32,
     eps: f32,
     clip: f32,
+}
+
+/// The fused in-place update of one CPU weight from its gradient `g`.
+fn update_host(
+    var: &Var,
+    m: &mut Vec<f32>,
+    v: &mut Vec<f32>,
+    g: &[f32],
+    c: Coefficients,
+) -> Result<()> {
+    let op = FusedStep {
+        c,
+        m: RefCell::new(m),
+        v: RefCell::new(v),
+        g,
+    };
+    var.as_tensor().inplace_op1(&op)
+}
+
+/// The same update as tensor ops, for weights off the CPU.
+fn update_device(
+    var: &Var,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    grad: &Tensor,
+    c: Coefficients,
+    p: &AdamWParams,
+) -> Result<()> {
+    let grad = (grad * c.clip as f64)?;
+    let next_m = ((&*m * p.beta1)? + (&grad * (1.0 - p.beta1))?)?;
+    let next_v = ((&*v * p.beta2)? + (grad.sqr()? * (1.0 - p.beta2))?)?;
+    let m_hat = (&next_m * c.scale_m as f64)?;
+    let v_hat = (&next_v * c.scale_v as f64)?;
+    let theta = (var.as_tensor() * c.decay as f64)?;
+    let upd = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
+    var.set(&(theta - (upd * p.lr)?)?)?;
+    *m = next_m;
+    *v = next_v;
+    Ok(())
+}
+
+fn sum_sq(g: &[f32]) -> f64 {
+    g.iter().map(|&x| (x as f64) * (x as f64)).sum()
+}
+
+fn tensor_sum_sq(g: &Tensor) -> Result<f64> {
+    g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
 }
 
 /// The in-place update of one weight. `InplaceOp1` takes `&self`, hence the `RefCell`s around the moments.
@@ -397,6 +488,35 @@ mod tests {
     }
 
     #[test]
+    fn variables_without_a_gradient_are_left_alone() {
+        let dev = Device::Cpu;
+        let used = Var::new(&[1f32, 2.0], &dev).unwrap();
+        let unused = Var::new(&[3f32, 4.0], &dev).unwrap();
+        let params = AdamWParams {
+            lr: 0.1,
+            weight_decay: 0.5,
+            ..Default::default()
+        };
+        let mut direct = AdamW::new(vec![used.clone(), unused.clone()], params).unwrap();
+        direct
+            .backward_step(&used.as_tensor().sqr().unwrap().sum_all().unwrap(), None)
+            .unwrap();
+        let mut acc = AdamW::new(vec![used.clone(), unused.clone()], params).unwrap();
+        let g = used
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        acc.accumulate(&g).unwrap();
+        acc.step(None).unwrap();
+        assert_eq!(unused.to_vec1::<f32>().unwrap(), [3.0, 4.0]);
+        assert_ne!(used.to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+    }
+
+    #[test]
     fn accumulation_equals_one_big_batch_and_clipping_caps_the_norm() {
         let dev = Device::Cpu;
         let x = Tensor::new(&[[1f32, 2.0], [3.0, -1.0], [0.5, 0.5], [-2.0, 1.0]], &dev).unwrap();
@@ -451,6 +571,30 @@ mod tests {
             split.to_vec1::<f32>().unwrap()
         );
         assert!(b.step(None).is_err(), "a step with nothing accumulated");
+
+        // Straight from the backward pass: the same update as through the accumulator.
+        let direct = Var::from_tensor(&w0).unwrap();
+        let mut d = AdamW::new(
+            vec![direct.clone()],
+            AdamWParams {
+                lr: 0.1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let l = (loss(&direct, &x.narrow(0, 0, 2).unwrap())
+            + loss(&direct, &x.narrow(0, 2, 2).unwrap()))
+        .unwrap();
+        let nd = d.step_grads(&l.backward().unwrap(), None).unwrap();
+        assert!((nd - nb).abs() < 1e-5);
+        assert_eq!(
+            direct.to_vec1::<f32>().unwrap(),
+            split.to_vec1::<f32>().unwrap()
+        );
+        let State::Host { g, .. } = &d.slots[0].state else {
+            unreachable!()
+        };
+        assert!(g.is_empty(), "no accumulator allocated on the direct path");
 
         // Clipping: with the gradient scaled down to norm 1e-3 Adam's first step is unchanged (it is scale
         // invariant up to eps), so check the clipped gradient itself through the second moment instead:

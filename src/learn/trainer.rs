@@ -5,13 +5,12 @@
 //! log-probs come from a [`ReferenceCache`]; the reference model is only loaded when the cache misses pairs, and
 //! dropped again before training starts.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -22,29 +21,8 @@ use super::dpo::{
     LossConfig, LossKind, PairLogProbs, RewardStats, SeqLogProbs, preference_loss, reward_sums,
 };
 use super::optim::{AdamW, AdamWParams};
-use crate::model::LanguageModel;
-
-/// Errors of the model behind the trainer, kept with their cause.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// What the trainer needs from a language model; [`LanguageModel`] implements it (below). A trait keeps the
-/// loop readable on its own and lets the server hand in whatever owns the weights.
-pub trait DpoModel: Sized {
-    /// Token ids of `text`, no special tokens added.
-    fn encode(&self, text: &str) -> Result<Vec<u32>, BoxError>;
-    /// Differentiable log-probs of each completion given its prompt: per-sequence sum over completion tokens
-    /// only (prompt and padding masked) and the number of those tokens, both (b,) f32.
-    fn completion_logprobs(&self, batch: &[(&[u32], &[u32])]) -> Result<SeqLogProbs, BoxError>;
-    /// The same without building a graph: (sum, tokens) per sequence.
-    fn score_completions(&self, batch: &[(&[u32], &[u32])]) -> Result<Vec<(f64, usize)>, BoxError>;
-    /// The context given to an empty prompt: the first completion token needs something to be predicted from.
-    fn empty_prompt_token(&self) -> u32;
-    /// Every trainable weight.
-    fn trainable_vars(&self) -> Vec<Var>;
-    fn device(&self) -> &Device;
-    /// An independent copy: training it must not change `self`.
-    fn deep_clone(&self) -> Result<Self, BoxError>;
-}
+use super::policy::{BoxError, DpoModel, sequences, tokenize_pairs};
+use super::reference::ReferenceCache;
 
 /// Where training starts each round (the paper's two schedules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -170,6 +148,8 @@ pub enum TrainError {
     },
     #[error("cancelled before step {step} of {total_steps}")]
     Cancelled { step: usize, total_steps: usize },
+    #[error("cancelled while computing reference log-probs")]
+    CancelledReference,
     #[error("loss is not finite at step {step} (try a lower learning rate)")]
     NonFinite { step: usize },
 }
@@ -183,7 +163,7 @@ impl From<candle_core::Error> for TrainError {
     }
 }
 
-fn model_err(context: &'static str) -> impl FnOnce(BoxError) -> TrainError {
+pub(super) fn model_err(context: &'static str) -> impl FnOnce(BoxError) -> TrainError {
     move |source| TrainError::Model { context, source }
 }
 
@@ -200,7 +180,9 @@ pub struct StepMetrics {
     pub learning_rate: f64,
     /// Prompt + completion tokens through the policy in this step (both sides of every pair).
     pub tokens: usize,
+    /// Wall time of the whole step, and of the optimizer update alone.
     pub seconds: f64,
+    pub optimizer_seconds: f64,
 }
 
 /// Held-out metrics: the same quantities over the eval split, without a gradient.
@@ -234,94 +216,6 @@ pub struct TrainOutcome<M> {
     pub model: M,
     pub steps: Vec<StepMetrics>,
     pub eval: Option<EvalMetrics>,
-}
-
-/// Completion log-probs (sum, tokens) of one pair under the reference model.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ReferenceLogProbs {
-    pub chosen: (f64, usize),
-    pub rejected: (f64, usize),
-}
-
-/// Reference log-probs per pair, computed once: they never change for a pair and a given truncation.
-#[derive(Debug, Clone, Default)]
-pub struct ReferenceCache {
-    lengths: (usize, usize),
-    entries: HashMap<PreferencePair, ReferenceLogProbs>,
-}
-
-impl ReferenceCache {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn get(&self, pair: &PreferencePair) -> Option<&ReferenceLogProbs> {
-        self.entries.get(pair)
-    }
-
-    /// The pairs of `pairs` the cache lacks for these truncation lengths.
-    pub fn missing<'a>(
-        &self,
-        pairs: &'a [PreferencePair],
-        cfg: &DpoConfig,
-    ) -> Vec<&'a PreferencePair> {
-        let lengths = (cfg.max_prompt_tokens, cfg.max_completion_tokens);
-        if lengths != self.lengths {
-            return pairs.iter().collect();
-        }
-        pairs
-            .iter()
-            .filter(|p| !self.entries.contains_key(*p))
-            .collect()
-    }
-
-    /// Scores the missing pairs with `reference` (which must BE the reference model) and stores them.
-    pub fn fill<M: DpoModel>(
-        &mut self,
-        reference: &M,
-        pairs: &[PreferencePair],
-        cfg: &DpoConfig,
-        progress: &mut dyn FnMut(&Progress),
-    ) -> Result<(), TrainError> {
-        let lengths = (cfg.max_prompt_tokens, cfg.max_completion_tokens);
-        if lengths != self.lengths {
-            self.entries.clear();
-            self.lengths = lengths;
-        }
-        let missing: Vec<PreferencePair> = self.missing(pairs, cfg).into_iter().cloned().collect();
-        let started = Instant::now();
-        let mut tokens = 0;
-        for (i, chunk) in missing.chunks(cfg.batch_size.max(1)).enumerate() {
-            let tok = tokenize_pairs(reference, chunk, cfg)?;
-            tokens += tok.iter().map(|t| t.len()).sum::<usize>();
-            let scores = reference
-                .score_completions(&sequences(&tok))
-                .map_err(model_err("scoring with the reference model"))?;
-            let b = chunk.len();
-            for (j, pair) in chunk.iter().enumerate() {
-                let entry = ReferenceLogProbs {
-                    chosen: scores[j],
-                    rejected: scores[b + j],
-                };
-                self.entries.insert(pair.clone(), entry);
-            }
-            progress(&Progress::Reference {
-                done: ((i + 1) * cfg.batch_size).min(missing.len()),
-                total: missing.len(),
-                tokens,
-                seconds: started.elapsed().as_secs_f64(),
-            });
-        }
-        Ok(())
-    }
 }
 
 /// Splits off `fraction` of the pairs (at least one when the fraction is > 0 and there are two or more pairs)
@@ -369,19 +263,19 @@ pub fn train_dpo<M: DpoModel>(
     if train.is_empty() {
         return Err(TrainError::NoData);
     }
-    let RunControl { progress, cancel } = control;
+    let mut control = control;
     let all: Vec<PreferencePair> = train.iter().chain(eval).cloned().collect();
     let policy = match cfg.schedule {
         Schedule::Reset => {
             let policy = load_reference().map_err(model_err("loading the reference model"))?;
-            cache.fill(&policy, &all, cfg, &mut *progress)?;
+            cache.fill(&policy, &all, cfg, &mut control)?;
             policy
         }
         Schedule::Continue => {
             if !cache.missing(&all, cfg).is_empty() {
                 let reference =
                     load_reference().map_err(model_err("loading the reference model"))?;
-                cache.fill(&reference, &all, cfg, &mut *progress)?;
+                cache.fill(&reference, &all, cfg, &mut control)?;
             }
             current
                 .deep_clone()
@@ -401,7 +295,7 @@ pub fn train_dpo<M: DpoModel>(
             cfg.seed.wrapping_add(epoch as u64),
         ));
         for step_pairs in order.chunks(pairs_per_step) {
-            if cancel.load(Ordering::Relaxed) {
+            if control.cancel.load(Ordering::Relaxed) {
                 return Err(TrainError::Cancelled {
                     step: step + 1,
                     total_steps,
@@ -411,6 +305,10 @@ pub fn train_dpo<M: DpoModel>(
             let mut loss_sum = 0.0;
             let mut rewards = RewardStats::default();
             let mut tokens = 0;
+            // One backward per step (no accumulation) goes straight to the optimizer, saving a copy of the
+            // gradients; otherwise they are summed in the optimizer's accumulator first.
+            let single = step_pairs.len() <= cfg.batch_size;
+            let mut direct_grads = None;
             for micro in step_pairs.chunks(cfg.batch_size) {
                 let pairs: Vec<PreferencePair> = micro.iter().map(|&i| train[i].clone()).collect();
                 let tok = tokenize_pairs(&policy, &pairs, cfg)?;
@@ -431,10 +329,20 @@ pub fn train_dpo<M: DpoModel>(
                     return Err(TrainError::NonFinite { step: step + 1 });
                 }
                 loss_sum += value;
-                opt.accumulate(&loss.backward()?)?;
+                let grads = loss.backward()?;
+                if single {
+                    direct_grads = Some(grads);
+                } else {
+                    opt.accumulate(&grads)?;
+                }
                 rewards.add(&reward_sums(&out)?.0);
             }
-            let grad_norm = opt.step(cfg.max_grad_norm)?;
+            let opt_started = Instant::now();
+            let grad_norm = match direct_grads.take() {
+                Some(grads) => opt.step_grads(&grads, cfg.max_grad_norm)?,
+                None => opt.step(cfg.max_grad_norm)?,
+            };
+            let optimizer_seconds = opt_started.elapsed().as_secs_f64();
             step += 1;
             let metrics = StepMetrics {
                 step,
@@ -446,13 +354,14 @@ pub fn train_dpo<M: DpoModel>(
                 learning_rate: opt.params().lr,
                 tokens,
                 seconds: started.elapsed().as_secs_f64(),
+                optimizer_seconds,
             };
-            progress(&Progress::Step(metrics));
+            (control.progress)(&Progress::Step(metrics));
             steps.push(metrics);
             let due = cfg.eval_every > 0 && step % cfg.eval_every == 0;
             if !eval.is_empty() && (due || step == total_steps) {
                 let m = evaluate(&policy, eval, cache, cfg, step)?;
-                progress(&Progress::Eval(m));
+                (control.progress)(&Progress::Eval(m));
                 last_eval = Some(m);
             }
         }
@@ -498,59 +407,6 @@ pub fn evaluate<M: DpoModel>(
     })
 }
 
-/// Token ids per pair: (prompt, chosen, rejected), truncated to the configured lengths.
-struct TokenizedPair {
-    prompt: Vec<u32>,
-    chosen: Vec<u32>,
-    rejected: Vec<u32>,
-}
-
-impl TokenizedPair {
-    fn len(&self) -> usize {
-        2 * self.prompt.len() + self.chosen.len() + self.rejected.len()
-    }
-}
-
-fn tokenize_pairs<M: DpoModel>(
-    model: &M,
-    pairs: &[PreferencePair],
-    cfg: &DpoConfig,
-) -> Result<Vec<TokenizedPair>, TrainError> {
-    let enc = |s: &str| model.encode(s).map_err(model_err("tokenizing a pair"));
-    pairs
-        .iter()
-        .map(|p| {
-            let mut prompt = enc(&p.prompt)?;
-            if prompt.len() > cfg.max_prompt_tokens {
-                prompt.drain(..prompt.len() - cfg.max_prompt_tokens);
-            }
-            if prompt.is_empty() {
-                prompt.push(model.empty_prompt_token());
-            }
-            let mut chosen = enc(&p.chosen)?;
-            chosen.truncate(cfg.max_completion_tokens);
-            let mut rejected = enc(&p.rejected)?;
-            rejected.truncate(cfg.max_completion_tokens);
-            Ok(TokenizedPair {
-                prompt,
-                chosen,
-                rejected,
-            })
-        })
-        .collect()
-}
-
-/// All chosen sequences, then all rejected ones: 2b sequences for b pairs.
-fn sequences(tok: &[TokenizedPair]) -> Vec<(&[u32], &[u32])> {
-    let chosen = tok
-        .iter()
-        .map(|t| (t.prompt.as_slice(), t.chosen.as_slice()));
-    let rejected = tok
-        .iter()
-        .map(|t| (t.prompt.as_slice(), t.rejected.as_slice()));
-    chosen.chain(rejected).collect()
-}
-
 /// Splits the policy's 2b log-probs into chosen/rejected halves and adds the cached reference ones.
 fn pair_logprobs(
     lp: SeqLogProbs,
@@ -589,48 +445,6 @@ fn pair_logprobs(
             tokens: t(rr.1)?,
         },
     })
-}
-
-impl DpoModel for LanguageModel {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, BoxError> {
-        Ok(self.tokenizer().encode(text)?)
-    }
-
-    fn completion_logprobs(&self, batch: &[(&[u32], &[u32])]) -> Result<SeqLogProbs, BoxError> {
-        Ok(self.sequence_logprobs(&owned(batch), crate::model::Padding::Right)?)
-    }
-
-    fn score_completions(&self, batch: &[(&[u32], &[u32])]) -> Result<Vec<(f64, usize)>, BoxError> {
-        Ok(self
-            .score(&owned(batch))?
-            .into_iter()
-            .map(|s| (s.sum, s.tokens))
-            .collect())
-    }
-
-    fn empty_prompt_token(&self) -> u32 {
-        self.tokenizer().eos_id()
-    }
-
-    fn trainable_vars(&self) -> Vec<Var> {
-        self.vars()
-    }
-
-    fn device(&self) -> &Device {
-        LanguageModel::device(self)
-    }
-
-    fn deep_clone(&self) -> Result<Self, BoxError> {
-        Ok(LanguageModel::deep_clone(self)?)
-    }
-}
-
-/// The model engine scores owned (prompt, completion) id pairs.
-fn owned(batch: &[(&[u32], &[u32])]) -> Vec<(Vec<u32>, Vec<u32>)> {
-    batch
-        .iter()
-        .map(|(p, c)| (p.to_vec(), c.to_vec()))
-        .collect()
 }
 
 /// The loss kind's name and the beta, for logs.

@@ -1,0 +1,126 @@
+//! What the trainer needs from a language model, and the model-facing glue: tokenizing pairs with the
+//! configured truncation and laying them out as (prompt, completion) sequences.
+
+use candle_core::{Device, Var};
+
+use super::data::PreferencePair;
+use super::dpo::SeqLogProbs;
+use super::trainer::{DpoConfig, TrainError, model_err};
+use crate::model::LanguageModel;
+
+/// Errors of the model behind the trainer, kept with their cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What the trainer needs from a language model; [`LanguageModel`] implements it (below). A trait keeps the
+/// loop readable on its own and lets the server hand in whatever owns the weights.
+pub trait DpoModel: Sized {
+    /// Token ids of `text`, no special tokens added.
+    fn encode(&self, text: &str) -> Result<Vec<u32>, BoxError>;
+    /// Differentiable log-probs of each completion given its prompt: per-sequence sum over completion tokens
+    /// only (prompt and padding masked) and the number of those tokens, both (b,) f32.
+    fn completion_logprobs(&self, batch: &[(&[u32], &[u32])]) -> Result<SeqLogProbs, BoxError>;
+    /// The same without building a graph: (sum, tokens) per sequence.
+    fn score_completions(&self, batch: &[(&[u32], &[u32])]) -> Result<Vec<(f64, usize)>, BoxError>;
+    /// The context given to an empty prompt: the first completion token needs something to be predicted from.
+    fn empty_prompt_token(&self) -> u32;
+    /// Every trainable weight.
+    fn trainable_vars(&self) -> Vec<Var>;
+    fn device(&self) -> &Device;
+    /// An independent copy: training it must not change `self`.
+    fn deep_clone(&self) -> Result<Self, BoxError>;
+}
+
+impl DpoModel for LanguageModel {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, BoxError> {
+        Ok(self.tokenizer().encode(text)?)
+    }
+
+    fn completion_logprobs(&self, batch: &[(&[u32], &[u32])]) -> Result<SeqLogProbs, BoxError> {
+        Ok(self.sequence_logprobs(&owned(batch), crate::model::Padding::Right)?)
+    }
+
+    fn score_completions(&self, batch: &[(&[u32], &[u32])]) -> Result<Vec<(f64, usize)>, BoxError> {
+        Ok(self
+            .score(&owned(batch))?
+            .into_iter()
+            .map(|s| (s.sum, s.tokens))
+            .collect())
+    }
+
+    fn empty_prompt_token(&self) -> u32 {
+        self.tokenizer().eos_id()
+    }
+
+    fn trainable_vars(&self) -> Vec<Var> {
+        self.vars()
+    }
+
+    fn device(&self) -> &Device {
+        LanguageModel::device(self)
+    }
+
+    fn deep_clone(&self) -> Result<Self, BoxError> {
+        Ok(LanguageModel::deep_clone(self)?)
+    }
+}
+
+/// The model engine scores owned (prompt, completion) id pairs.
+fn owned(batch: &[(&[u32], &[u32])]) -> Vec<(Vec<u32>, Vec<u32>)> {
+    batch
+        .iter()
+        .map(|(p, c)| (p.to_vec(), c.to_vec()))
+        .collect()
+}
+
+/// Token ids per pair: (prompt, chosen, rejected), truncated to the configured lengths.
+pub(super) struct TokenizedPair {
+    pub prompt: Vec<u32>,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+}
+
+impl TokenizedPair {
+    pub fn len(&self) -> usize {
+        2 * self.prompt.len() + self.chosen.len() + self.rejected.len()
+    }
+}
+
+pub(super) fn tokenize_pairs<M: DpoModel>(
+    model: &M,
+    pairs: &[PreferencePair],
+    cfg: &DpoConfig,
+) -> Result<Vec<TokenizedPair>, TrainError> {
+    let enc = |s: &str| model.encode(s).map_err(model_err("tokenizing a pair"));
+    pairs
+        .iter()
+        .map(|p| {
+            let mut prompt = enc(&p.prompt)?;
+            if prompt.len() > cfg.max_prompt_tokens {
+                prompt.drain(..prompt.len() - cfg.max_prompt_tokens);
+            }
+            if prompt.is_empty() {
+                prompt.push(model.empty_prompt_token());
+            }
+            let mut chosen = enc(&p.chosen)?;
+            chosen.truncate(cfg.max_completion_tokens);
+            let mut rejected = enc(&p.rejected)?;
+            rejected.truncate(cfg.max_completion_tokens);
+            Ok(TokenizedPair {
+                prompt,
+                chosen,
+                rejected,
+            })
+        })
+        .collect()
+}
+
+/// All chosen sequences, then all rejected ones: 2b sequences for b pairs.
+pub(super) fn sequences(tok: &[TokenizedPair]) -> Vec<(&[u32], &[u32])> {
+    let chosen = tok
+        .iter()
+        .map(|t| (t.prompt.as_slice(), t.chosen.as_slice()));
+    let rejected = tok
+        .iter()
+        .map(|t| (t.prompt.as_slice(), t.rejected.as_slice()));
+    chosen.chain(rejected).collect()
+}
