@@ -10,11 +10,10 @@ use tokio::sync::mpsc;
 
 use super::worker::Job;
 use super::{EngineError, EngineHandle, PolicyRef};
-use crate::learn::trainer::{
-    DpoConfig, Progress, ReferenceCache, RunControl, Schedule as LearnSchedule, TrainError,
-    train_dpo,
+use crate::learn::{
+    AdamWParams, DpoConfig, LossConfig, LossKind, PreferencePair, Progress, ReferenceCache,
+    RunControl, Schedule as LearnSchedule, TrainError, train_dpo,
 };
-use crate::learn::{AdamWParams, LossConfig, LossKind, PreferencePair};
 use crate::store::projects::{LoopSettings, Loss, Schedule};
 use crate::store::queue::Preference;
 

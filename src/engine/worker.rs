@@ -9,7 +9,7 @@ use super::{
     RescoreRequest, ScoredPair,
 };
 use crate::learn::acquisition::{Oversample, PairScores, Strategy as LearnStrategy};
-use crate::learn::candidates::{AcquireConfig, acquire_pairs, prompt_entropies};
+use crate::learn::candidates::{AcquireConfig, acquire_pairs, prompt_entropies, score_pairs};
 use crate::model::{LanguageModel, SamplingParams, parse_device};
 use crate::store::projects::{LoopSettings, Strategy};
 
@@ -156,10 +156,11 @@ fn acquire_config(settings: &LoopSettings, strategy: Strategy, seed: u64) -> Acq
         temperature: c.temperature,
         top_p: c.top_p,
         max_new_tokens: c.max_new_tokens as usize,
-        oversample: Oversample {
+        keep_fraction: Oversample {
             prompts: settings.oversample.prompts as usize,
             pairs: settings.oversample.pairs as usize,
-        },
+        }
+        .keep_fraction(),
         seed,
     }
 }
@@ -211,34 +212,24 @@ fn encode_prompt(model: &LanguageModel, text: &str) -> Result<Vec<u32>, EngineEr
 
 fn rescore(models: &mut Models, req: RescoreRequest) -> Result<Vec<PairScore>, EngineError> {
     let cfg = acquire_config(&req.settings, req.strategy, req.settings.seed);
+    let is_reference = models.is_reference(&req.policy);
     let reference = models.reference.clone();
     let policy = models.get(&req.policy)?;
-    let mut items = Vec::with_capacity(req.pairs.len() * 2);
-    let mut prompt_ids = Vec::with_capacity(req.pairs.len());
-    for (prompt, a, b) in &req.pairs {
-        let p = encode_prompt(policy, prompt)?;
-        let tok = policy.tokenizer();
-        items.push((p.clone(), tok.encode(a).map_err(model_error)?));
-        items.push((p.clone(), tok.encode(b).map_err(model_error)?));
-        prompt_ids.push(p);
+    let reference = (!is_reference).then_some(&reference);
+    let mut scores =
+        score_pairs(policy, reference, &req.pairs, req.settings.beta).map_err(model_error)?;
+    if cfg.strategy.needs_entropy() {
+        let prompt_ids: Vec<Vec<u32>> = req
+            .pairs
+            .iter()
+            .map(|(p, _, _)| encode_prompt(policy, p))
+            .collect::<Result<_, _>>()?;
+        let entropies = prompt_entropies(policy, &prompt_ids, &cfg).map_err(model_error)?;
+        for (s, e) in scores.iter_mut().zip(entropies) {
+            s.entropy = e;
+        }
     }
-    let lp_policy = policy.score(&items).map_err(model_error)?;
-    let lp_reference = reference.score(&items).map_err(model_error)?;
-    let entropies = if cfg.strategy.needs_entropy() {
-        prompt_entropies(policy, &prompt_ids, &cfg).map_err(model_error)?
-    } else {
-        vec![None; prompt_ids.len()]
-    };
-    Ok((0..req.pairs.len())
-        .map(|i| {
-            pair_score(&PairScores::from_logprobs(
-                req.settings.beta,
-                entropies[i],
-                (lp_policy[2 * i].sum, lp_policy[2 * i + 1].sum),
-                (lp_reference[2 * i].sum, lp_reference[2 * i + 1].sum),
-            ))
-        })
-        .collect())
+    Ok(scores.iter().map(pair_score).collect())
 }
 
 fn generate(models: &mut Models, req: GenerateRequest) -> Result<Vec<String>, EngineError> {
