@@ -16,9 +16,10 @@ use tokio::sync::{Notify, mpsc};
 use super::{
     AcquireRequest, EngineError, EngineHandle, PairScore, PolicyRef, RescoreRequest, TrainRequest,
 };
+use crate::judge::http::{HttpJudge, HttpJudgeSettings};
 use crate::judge::sentiment::SentimentJudge;
 use crate::store::judges::{Judge, list_judges};
-use crate::store::leases::{JudgmentInput, lease_next_pair, record_judgment};
+use crate::store::leases::{JudgmentInput, lease_next_pair, record_judgment, release_lease};
 use crate::store::projects::{Project, Strategy, list_projects};
 use crate::store::queue::{self, GeneratedPair};
 use crate::store::training::{self, RunStatus, TrainingRun};
@@ -71,6 +72,22 @@ struct Inner {
     /// Per judge: answers it may still give, and when that was last topped up.
     judge_credit: Mutex<HashMap<String, (f64, Instant)>>,
     sentiment: SentimentJudge,
+    /// HTTP judges by judge id, each with its own connection pool.
+    http_judges: Mutex<HashMap<String, Arc<HttpJudge>>>,
+}
+
+impl Inner {
+    fn http_judge(&self, judge: &Judge) -> Result<Arc<HttpJudge>, StoreError> {
+        let mut judges = self.http_judges.lock().expect("lock");
+        if let Some(j) = judges.get(&judge.id) {
+            return Ok(j.clone());
+        }
+        let settings: HttpJudgeSettings = serde_json::from_value(judge.settings["http"].clone())
+            .map_err(|e| StoreError::Invalid(format!("judge {}: bad settings: {e}", judge.id)))?;
+        let j = Arc::new(HttpJudge::new(settings));
+        judges.insert(judge.id.clone(), j.clone());
+        Ok(j)
+    }
 }
 
 /// The order pairs are served in, highest first; `None` lets the seeded tie key decide (random).
@@ -123,6 +140,7 @@ impl ActiveLoop {
             auto_started_at: Mutex::default(),
             judge_credit: Mutex::default(),
             sentiment: SentimentJudge::default(),
+            http_judges: Mutex::default(),
         });
         let task = inner.clone();
         tokio::spawn(async move {
@@ -271,6 +289,27 @@ async fn answer_one(
     };
     let verdict = match judge.kind.as_str() {
         "sentiment" => inner.sentiment.judge(&lease.left, &lease.right),
+        "http" => {
+            let http = inner.http_judge(judge)?;
+            let shown_a_first = rand::random::<bool>();
+            match http
+                .judge(
+                    &project.guidelines,
+                    &lease.prompt,
+                    &lease.left,
+                    &lease.right,
+                    shown_a_first,
+                )
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    // Give the pair back at once rather than let it wait for the lease to run out.
+                    release_lease(&inner.store, &lease.lease_id, &user).await?;
+                    return Err(StoreError::Invalid(e.to_string()));
+                }
+            }
+        }
         other => return Err(StoreError::Invalid(format!("unknown judge kind {other:?}"))),
     };
     let input = JudgmentInput {

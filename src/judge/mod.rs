@@ -1,6 +1,7 @@
 //! AI judges: annotators that answer by themselves. Each judge reads a prompt and the two completions as
 //! shown (left, right) and picks one, the way a person at the workbench would.
 
+pub mod http;
 pub mod sentiment;
 
 use crate::store::leases::Choice;

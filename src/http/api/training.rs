@@ -13,6 +13,7 @@ use crate::http::AppState;
 use crate::http::auth::Admin;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
+use crate::judge::http::HttpJudgeSettings;
 use crate::store::judges::{self, Judge};
 use crate::store::projects::get_project;
 use crate::store::training::{self, ModelVersion, TrainingRun};
@@ -207,15 +208,21 @@ pub async fn generate(
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct JudgeInput {
-    /// "sentiment": prefers the more positive completion (VADER).
+    /// "sentiment": prefers the more positive completion (VADER, built in). "http": an
+    /// OpenAI-compatible chat-completions endpoint; then also "url", "model", and optionally
+    /// "api_key_env" (the NAME of the server's environment variable holding the key),
+    /// "prompt_template", "max_retries", "timeout_seconds".
     pub kind: String,
     /// Answers per minute (default 60).
     pub rate_per_minute: Option<f64>,
+    /// The kind's own settings.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Attach an AI judge that answers this project's pairs by itself.
+/// Attach an AI judge that answers this project's pairs by itself; its judgments are marked as an AI's.
 #[utoipa::path(post, path = "/api/v1/projects/{id}/judges", request_body = JudgeInput,
     responses((status = 201, body = Judge), (status = 404), (status = 422)))]
 pub async fn attach_judge(
@@ -225,25 +232,36 @@ pub async fn attach_judge(
     ApiJson(input): ApiJson<JudgeInput>,
 ) -> ApiResult<(StatusCode, Json<Judge>)> {
     let project = get_project(&state.store, &id).await?;
-    if input.kind != "sentiment" {
-        return Err(ApiError::Unprocessable(format!(
-            "judge kind {:?} is not available: this build has the \"sentiment\" judge",
-            input.kind
-        )));
-    }
     let rate = input.rate_per_minute.unwrap_or(60.0);
     if !(rate > 0.0 && rate <= 6000.0) {
         return Err(ApiError::Unprocessable(
             "rate_per_minute must be in (0, 6000]".into(),
         ));
     }
-    let judge = judges::create_judge(
-        &state.store,
-        &project.id,
-        &input.kind,
-        &serde_json::json!({"rate_per_minute": rate}),
-    )
-    .await?;
+    let settings = match input.kind.as_str() {
+        "sentiment" => {
+            if let Some(field) = input.settings.keys().next() {
+                return Err(ApiError::Unprocessable(format!(
+                    "unknown field `{field}` for a sentiment judge"
+                )));
+            }
+            serde_json::json!({"rate_per_minute": rate})
+        }
+        "http" => {
+            let http: HttpJudgeSettings =
+                serde_json::from_value(serde_json::Value::Object(input.settings))
+                    .map_err(|e| ApiError::Unprocessable(format!("http judge: {e}")))?;
+            http.validate()
+                .map_err(|e| ApiError::Unprocessable(format!("http judge: {e}")))?;
+            serde_json::json!({"rate_per_minute": rate, "http": http})
+        }
+        other => {
+            return Err(ApiError::Unprocessable(format!(
+                "unknown judge kind {other:?}: use \"sentiment\" or \"http\""
+            )));
+        }
+    };
+    let judge = judges::create_judge(&state.store, &project.id, &input.kind, &settings).await?;
     if let Some(l) = &state.active {
         l.wake();
     }
