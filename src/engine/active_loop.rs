@@ -672,6 +672,7 @@ async fn evaluate_version(
         &prompts,
         s.completions.max_new_tokens as usize,
         s.seed,
+        s.chat_template,
         &inner.sentiment,
     )
     .await

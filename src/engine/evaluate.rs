@@ -29,6 +29,7 @@ pub async fn win_rate(
     prompts: &[String],
     max_new_tokens: usize,
     seed: u64,
+    chat_template: bool,
     judge: &SentimentJudge,
 ) -> Result<WinRate, EngineError> {
     let request = |p: &PolicyRef| GenerateRequest {
@@ -38,6 +39,7 @@ pub async fn win_rate(
         top_p: 1.0,
         max_new_tokens,
         seed,
+        chat_template,
     };
     let ours = engine.generate(request(policy)).await?;
     let theirs = engine.generate(request(engine.reference())).await?;

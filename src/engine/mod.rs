@@ -103,6 +103,8 @@ pub struct GenerateRequest {
     pub top_p: f64,
     pub max_new_tokens: usize,
     pub seed: u64,
+    /// Wrap each prompt in the model's chat template first.
+    pub chat_template: bool,
 }
 
 /// A cheap, cloneable way to the model thread.

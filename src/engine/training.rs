@@ -92,10 +92,15 @@ pub(super) async fn run(
     let dir: PathBuf = handle.checkpoint_dir.join(&req.version_id);
     let cfg = dpo_config(&req.settings);
     let (train, eval): (Vec<_>, Vec<_>) = req.preferences.iter().partition(|p| !p.eval);
+    let chat = req.settings.chat_template;
     let to_pairs = |v: Vec<&Preference>| -> Vec<PreferencePair> {
         v.into_iter()
             .map(|p| PreferencePair {
-                prompt: p.prompt.clone(),
+                prompt: if chat {
+                    current.tokenizer().chat_prompt(&p.prompt)
+                } else {
+                    p.prompt.clone()
+                },
                 chosen: p.chosen.clone(),
                 rejected: p.rejected.clone(),
             })

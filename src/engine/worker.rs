@@ -180,10 +180,11 @@ fn acquire(models: &mut Models, req: AcquireRequest) -> Result<Vec<ScoredPair>, 
     let reference = models.reference.clone();
     let policy = models.get(&req.policy)?;
     let reference = (!is_reference).then_some(&reference);
+    let prompts = as_prompts(policy, &req.prompts, req.settings.chat_template);
     let pairs = acquire_pairs(
         policy,
         reference,
-        &req.prompts,
+        &prompts,
         req.m,
         &cfg,
         &req.policy.version_id,
@@ -201,6 +202,18 @@ fn acquire(models: &mut Models, req: AcquireRequest) -> Result<Vec<ScoredPair>, 
         .collect())
 }
 
+/// The prompts as the model sees them: in its chat template (one user turn) when the project asks.
+fn as_prompts(model: &LanguageModel, prompts: &[String], chat_template: bool) -> Vec<String> {
+    if chat_template {
+        prompts
+            .iter()
+            .map(|p| model.tokenizer().chat_prompt(p))
+            .collect()
+    } else {
+        prompts.to_vec()
+    }
+}
+
 fn encode_prompt(model: &LanguageModel, text: &str) -> Result<Vec<u32>, EngineError> {
     let tok = model.tokenizer();
     let mut ids = tok.encode(text).map_err(model_error)?;
@@ -216,11 +229,19 @@ fn rescore(models: &mut Models, req: RescoreRequest) -> Result<Vec<PairScore>, E
     let reference = models.reference.clone();
     let policy = models.get(&req.policy)?;
     let reference = (!is_reference).then_some(&reference);
+    let pairs: Vec<(String, String, String)> = if req.settings.chat_template {
+        let tok = policy.tokenizer();
+        req.pairs
+            .iter()
+            .map(|(p, a, b)| (tok.chat_prompt(p), a.clone(), b.clone()))
+            .collect()
+    } else {
+        req.pairs.clone()
+    };
     let mut scores =
-        score_pairs(policy, reference, &req.pairs, req.settings.beta).map_err(model_error)?;
+        score_pairs(policy, reference, &pairs, req.settings.beta).map_err(model_error)?;
     if cfg.strategy.needs_entropy() {
-        let prompt_ids: Vec<Vec<u32>> = req
-            .pairs
+        let prompt_ids: Vec<Vec<u32>> = pairs
             .iter()
             .map(|(p, _, _)| encode_prompt(policy, p))
             .collect::<Result<_, _>>()?;
@@ -234,8 +255,7 @@ fn rescore(models: &mut Models, req: RescoreRequest) -> Result<Vec<PairScore>, E
 
 fn generate(models: &mut Models, req: GenerateRequest) -> Result<Vec<String>, EngineError> {
     let policy = models.get(&req.policy)?;
-    let ids: Vec<Vec<u32>> = req
-        .prompts
+    let ids: Vec<Vec<u32>> = as_prompts(policy, &req.prompts, req.chat_template)
         .iter()
         .map(|p| encode_prompt(policy, p))
         .collect::<Result<_, _>>()?;

@@ -107,6 +107,9 @@ pub struct LoopSettings {
     pub completions: CompletionSettings,
     pub oversample: Oversample,
     pub entropy_samples: u32,
+    /// Wrap each prompt in the model's chat template (as one user turn) before generating, scoring
+    /// and training: for instruction-tuned models.
+    pub chat_template: bool,
 }
 
 impl Default for LoopSettings {
@@ -124,6 +127,7 @@ impl Default for LoopSettings {
             completions: CompletionSettings::default(),
             oversample: Oversample::default(),
             entropy_samples: 4,
+            chat_template: false,
         }
     }
 }
@@ -166,6 +170,7 @@ pub struct ProjectInput {
     pub completions: Option<CompletionSettings>,
     pub oversample: Option<Oversample>,
     pub entropy_samples: Option<u32>,
+    pub chat_template: Option<bool>,
 }
 
 /// Tells "absent" (keep) from an explicit `null` (clear) for PATCH.
@@ -209,7 +214,8 @@ impl ProjectInput {
             batch_size,
             completions,
             oversample,
-            entropy_samples
+            entropy_samples,
+            chat_template
         );
         p.validate()
     }

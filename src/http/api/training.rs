@@ -199,6 +199,7 @@ pub async fn generate(
             top_p: 1.0,
             max_new_tokens,
             seed: input.seed.unwrap_or(project.settings.seed),
+            chat_template: project.settings.chat_template,
         })
         .await?;
     Ok(Json(Generated {
