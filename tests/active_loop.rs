@@ -20,7 +20,8 @@ use sqlx::Row;
 
 db_tests!(
     loop_generates_scores_serves_trains_and_rescores,
-    restart_retries_an_interrupted_run
+    restart_retries_an_interrupted_run,
+    a_full_model_queue_answers_429,
 );
 
 /// A tiny random llama with a byte-level tokenizer, saved as a Hugging Face directory.
@@ -36,6 +37,14 @@ fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// The test app with a model engine and the active loop, ticking fast.
 async fn with_loop(app: &mut TestApp, model_dir: &std::path::Path) -> ActiveLoop {
+    with_queue(app, model_dir, 8).await
+}
+
+async fn with_queue(
+    app: &mut TestApp,
+    model_dir: &std::path::Path,
+    queue_capacity: usize,
+) -> ActiveLoop {
     let path = tiny_model(model_dir);
     let reference = ensure_reference_version(&app.store, &path.display().to_string())
         .await
@@ -45,7 +54,7 @@ async fn with_loop(app: &mut TestApp, model_dir: &std::path::Path) -> ActiveLoop
             model_path: path,
             device: "cpu".into(),
             checkpoint_dir: model_dir.join("checkpoints"),
-            queue_capacity: 8,
+            queue_capacity,
             max_loaded_policies: 2,
         },
         reference.id,
@@ -367,4 +376,42 @@ async fn restart_retries_an_interrupted_run(b: Backend) {
     );
     let (status, _) = app.next(&project, &ann).await;
     assert_eq!(status, StatusCode::OK, "serving continues");
+}
+
+async fn a_full_model_queue_answers_429(b: Backend) {
+    let models = tempfile::tempdir().unwrap();
+    let mut app = TestApp::new(b).await;
+    with_queue(&mut app, models.path(), 1).await;
+    let project = app
+        .create_project(json!({"name": "q", "train_every": 0}))
+        .await;
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let (app, project) = (app.clone(), project.clone());
+        tasks.push(tokio::spawn(async move {
+            let prompts = vec![format!("prompt {i}"); 16];
+            let body = json!({"prompts": prompts, "max_new_tokens": 256, "temperature": 1.0});
+            app.json(
+                "POST",
+                &format!("/api/v1/projects/{project}/generate"),
+                &app.admin,
+                Some(body),
+            )
+            .await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(body["error_type"], "too_many_requests");
+        }
+        statuses.push(status);
+    }
+    assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "a full queue turns callers away: {statuses:?}"
+    );
 }
