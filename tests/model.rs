@@ -870,3 +870,10 @@ fn demo_smollm2_loads_matches_quantized_llama_and_generates_english() {
     assert_eq!(a, b);
     assert!(a.text.contains("Paris"), "{:?}", a.text);
 }
+
+#[test]
+fn model_can_move_to_the_engine_thread() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<LanguageModel>();
+    assert_send_sync::<TextTokenizer>();
+}

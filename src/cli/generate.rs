@@ -34,6 +34,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::model::init_cpu_threads();
     let device = parse_device(&args.device)?;
     let model = LanguageModel::load(&args.model, &device)
         .with_context(|| format!("loading {}", args.model.display()))?;
