@@ -4,10 +4,14 @@
 //! Portable column types only (docs/ARCHITECTURE.md): UUID text ids, Unix-millisecond BIGINT times,
 //! JSON as text. Functions take `&Store` or a transaction and return domain types, never rows.
 
+pub mod dashboard;
 pub mod export;
+pub mod flags;
 pub mod items;
 pub mod leases;
+pub mod members;
 pub mod projects;
+pub mod sessions;
 pub mod stats;
 pub mod users;
 

@@ -70,9 +70,10 @@ pub async fn update_project(
 #[utoipa::path(get, path = "/api/v1/projects/{id}/stats", responses((status = 200, body = ProjectStats), (status = 404)))]
 pub async fn get_stats(
     State(state): State<AppState>,
-    _: AuthUser,
+    AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ProjectStats>> {
     let project = projects::get_project(&state.store, &id).await?;
+    crate::store::members::ensure_access(&state.store, &project.id, &user).await?;
     Ok(Json(project_stats(&state.store, &project).await?))
 }
