@@ -317,6 +317,7 @@ async fn annotator_answers_with_the_keyboard(backend: Backend) {
         "return document.getElementById('answered').textContent === '5'",
     )
     .await;
+    pair = b.shown_pair_after(&pair).await;
 
     // The database holds exactly these answers, plus the undone skip kept as superseded.
     let rows = judgments_of(&b.app, &ann.id).await;
@@ -517,6 +518,25 @@ async fn admin_imports_and_reads_the_dashboard(backend: Backend) {
                 .await;
         }
     }
+    // Spread the answers over the last hours with varied answer times, as a real day would have them,
+    // so the charts in the screenshot have a shape (the counts asserted below do not depend on it).
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM judgments WHERE project_id = $1 ORDER BY id")
+            .bind(&project)
+            .fetch_all(b.app.store.pool())
+            .await
+            .unwrap();
+    let now = prefloop::store::now_ms();
+    for (i, id) in ids.iter().enumerate() {
+        sqlx::query("UPDATE judgments SET created_at = $1, seconds = $2 WHERE id = $3")
+            .bind(now - (ids.len() - i) as i64 * 1_500_000)
+            .bind(4.0 + ((i * 7) % 11) as f64 * 2.5)
+            .bind(id)
+            .execute(b.app.store.pool())
+            .await
+            .unwrap();
+    }
+    b.client.set_window_size(1280, 1500).await.unwrap();
     b.goto(&format!("/admin/projects/{project}")).await;
     assert_eq!(b.text("#stat-labels").await, "10");
     let rows = b.text("#annotators tbody").await;

@@ -122,7 +122,8 @@ pub fn seconds_histogram(seconds: &[f64]) -> String {
         let i = ((s / width) as usize).min(bins - 1);
         counts[i] += 1;
     }
-    let y_max = nice_max(*counts.iter().max().unwrap_or(&1) as f64);
+    // At least 4 so that the five grid lines fall on whole counts.
+    let y_max = nice_max((*counts.iter().max().unwrap_or(&1)).max(4) as f64);
     frame(&mut svg, y_max, "seconds per label");
     let bw = (W - PAD_L - PAD_R) / bins as f64;
     for (i, c) in counts.iter().enumerate() {
