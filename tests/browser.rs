@@ -654,4 +654,19 @@ async fn script_in_a_completion_is_shown_as_text(backend: Backend) {
             .as_bool()
             .unwrap()
     );
+
+    // Answering the only pair leaves a clear screen; undo brings the pair back.
+    b.press('1').await;
+    b.wait_for(
+        "the done screen",
+        "return !document.getElementById('done').hidden",
+    )
+    .await;
+    assert_eq!(b.text("#done-title").await, "Nothing left to label");
+    b.press('u').await;
+    b.wait_for(
+        "the pair again",
+        "return !document.getElementById('work').hidden",
+    )
+    .await;
 }

@@ -21,6 +21,49 @@ db_tests!(
     release_by_beacon_with_csrf_in_the_query,
 );
 
+/// `prefloop user add NAME --role R --link` prints the token, then a link that signs that user in.
+#[tokio::test]
+async fn cli_user_add_prints_a_sign_in_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prefloop"))
+        .args(["user", "add", "ada", "--role", "annotator", "--link"])
+        .args(["--public-url", "https://labels.example.org/"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("pfl_"));
+    let code = lines[1]
+        .strip_prefix("https://labels.example.org/login/link/")
+        .expect("a link under the public URL");
+    let store = prefloop::store::Store::open_data_dir(dir.path())
+        .await
+        .unwrap();
+    let router = prefloop::http::app(prefloop::http::AppState::new(
+        store,
+        prefloop::http::HttpConfig::default(),
+    ));
+    let resp = router
+        .oneshot(
+            Request::get(format!("/login/link/{code}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(resp.headers().contains_key(header::SET_COOKIE));
+}
+
 struct Resp {
     status: StatusCode,
     headers: axum::http::HeaderMap,
