@@ -610,6 +610,7 @@ async fn admin_imports_and_reads_the_dashboard(backend: Backend) {
         link.starts_with(&format!("{}/login/link/", b.base)),
         "{link}"
     );
+    b.screenshot("admin", backend).await;
     b.goto("/admin").await;
     assert!(
         b.js("return document.querySelector('#new-link')")
@@ -617,6 +618,33 @@ async fn admin_imports_and_reads_the_dashboard(backend: Backend) {
             .is_null(),
         "shown once"
     );
+
+    // Revoke carol from the people table.
+    b.js("window.confirm = () => true; return null").await;
+    let carol: String = sqlx::query_scalar("SELECT id FROM users WHERE name = 'carol'")
+        .fetch_one(b.app.store.pool())
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Css(&format!(
+            "form[action='/admin/users/{carol}/revoke'] button"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_for(
+        "the revoked row",
+        "return document.querySelector('tr.revoked') !== null",
+    )
+    .await;
+    let revoked: Option<i64> = sqlx::query_scalar("SELECT revoked_at FROM users WHERE id = $1")
+        .bind(&carol)
+        .fetch_one(b.app.store.pool())
+        .await
+        .unwrap();
+    assert!(revoked.is_some());
 }
 
 async fn script_in_a_completion_is_shown_as_text(backend: Backend) {
