@@ -151,7 +151,13 @@
   function heartbeat() {
     for (const lease of queue) {
       call(`/api/v1/leases/${lease.lease_id}/heartbeat`).catch((e) => {
-        if (e.status === 409) queue = queue.filter((l) => l !== lease);
+        if (e.status !== 409) return;
+        // The lease ran out while the page slept and the pair went to someone else: move on.
+        const wasShown = queue[0] === lease;
+        queue = queue.filter((l) => l !== lease);
+        if (wasShown) say("That pair's lease ran out and went to someone else; here is another.", true);
+        render();
+        prefetch();
       });
     }
   }

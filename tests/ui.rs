@@ -141,6 +141,18 @@ async fn sign_in_sets_a_strict_http_only_cookie(b: Backend) {
     .await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
     assert!(bad.headers.get(header::SET_COOKIE).is_none());
+    // A sign-in form posted from another site is refused, even with a good token.
+    let forged = send(
+        &app,
+        Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", "cross-site")
+            .body(Body::from(format!("token={}", app.admin)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(forged.headers.get(header::SET_COOKIE).is_none());
     // Pages without a session send the browser to sign in.
     let r = get(&app, "/", "").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);

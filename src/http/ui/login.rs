@@ -76,6 +76,17 @@ async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> PageResult {
+    // No session exists yet to carry a CSRF token; refuse what the browser says came from another site,
+    // so no page elsewhere can sign a visitor in as someone else.
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "cross-site");
+    if cross_site {
+        return Err(super::PageError::Forbidden(
+            "Sign in from this site's own sign-in page.".into(),
+        ));
+    }
     match find_user_by_token(&state.store, form.token.trim()).await? {
         Some(user) => start_session(&state, &headers, &user).await,
         None => {
