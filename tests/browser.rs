@@ -651,7 +651,10 @@ async fn script_in_a_completion_is_shown_as_text(backend: Backend) {
     let Some(b) = start(backend).await else {
         return;
     };
-    let project = b.app.create_project(json!({"name": "xss"})).await;
+    let project = b
+        .app
+        .create_project(json!({"name": "xss", "lease_seconds": 15}))
+        .await;
     let payload = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">";
     b.app
         .import(
@@ -697,4 +700,40 @@ async fn script_in_a_completion_is_shown_as_text(backend: Backend) {
         "return !document.getElementById('work').hidden",
     )
     .await;
+
+    // On a phone the two completions stack.
+    b.client.set_window_size(420, 900).await.unwrap();
+    let stacked = b
+        .js("const s = document.querySelectorAll('.side'); return s[1].getBoundingClientRect().top >= s[0].getBoundingClientRect().bottom")
+        .await;
+    assert_eq!(stacked, json!(true));
+
+    // While the page is open its lease is kept alive (15 s leases, a heartbeat every 5 s) ...
+    let expiry = || async {
+        sqlx::query_scalar::<_, i64>("SELECT expires_at FROM leases WHERE status = 'active'")
+            .fetch_one(b.app.store.pool())
+            .await
+            .unwrap()
+    };
+    let before = expiry().await;
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    assert!(expiry().await > before, "the heartbeat extends the lease");
+    // ... and given back when the page closes.
+    b.goto("/").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM leases ORDER BY created_at DESC LIMIT 1")
+                .fetch_one(b.app.store.pool())
+                .await
+                .unwrap();
+        if status == "released" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease was not released: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
