@@ -282,6 +282,7 @@ async fn import_over_the_limit_is_413_and_stores_nothing(b: Backend) {
         b,
         HttpConfig {
             max_import_bytes: 4096,
+            ..HttpConfig::default()
         },
     )
     .await;

@@ -28,6 +28,12 @@ pub struct ServeArgs {
     /// Requests that may wait for the model before callers get 429.
     #[arg(long, env = "PREFLOOP_MODEL_QUEUE", default_value_t = 32)]
     pub model_queue: usize,
+    /// Mark the session cookie Secure (serve behind HTTPS).
+    #[arg(long, env = "PREFLOOP_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+    /// Public base URL, used in sign-in links.
+    #[arg(long, env = "PREFLOOP_PUBLIC_URL", default_value = crate::http::DEFAULT_PUBLIC_URL)]
+    pub public_url: String,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -55,6 +61,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let config = HttpConfig {
         max_import_bytes: args.max_import_mib << 20,
+        secure_cookies: args.secure_cookies,
+        public_url: args.public_url,
     };
     crate::http::serve(listener, AppState::new(store, config).with_loop(active)).await?;
     Ok(())

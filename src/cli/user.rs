@@ -1,4 +1,5 @@
-//! `prefloop user add NAME --role R`: prints the new token alone on stdout.
+//! `prefloop user add NAME --role R`: prints the new token alone on stdout; with `--link`, a one-time
+//! sign-in link for the browser on the next line.
 
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -18,6 +19,12 @@ pub enum UserCommand {
         name: String,
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// Also print a one-time sign-in link (valid 7 days) on a second line.
+        #[arg(long)]
+        link: bool,
+        /// Base URL of the server, for the link.
+        #[arg(long, env = "PREFLOOP_PUBLIC_URL", default_value = crate::http::DEFAULT_PUBLIC_URL)]
+        public_url: String,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -51,11 +58,21 @@ impl From<RoleArg> for Role {
 
 pub async fn run(args: UserArgs) -> anyhow::Result<()> {
     match args.command {
-        UserCommand::Add { name, role, db } => {
+        UserCommand::Add {
+            name,
+            role,
+            link,
+            public_url,
+            db,
+        } => {
             let store = db.open().await?;
-            let (_, token) =
+            let (user, token) =
                 users::create_user(&store, &name, role.into(), UserKind::Human).await?;
             println!("{token}");
+            if link {
+                let code = crate::store::sessions::create_login_link(&store, &user.id).await?;
+                println!("{}", crate::store::sessions::login_url(&public_url, &code));
+            }
         }
         UserCommand::List { db } => {
             let store = db.open().await?;

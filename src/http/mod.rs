@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,12 +24,20 @@ use crate::store::Store;
 pub struct HttpConfig {
     /// Largest accepted import body, in bytes; larger is a 413 and nothing is stored.
     pub max_import_bytes: usize,
+    /// Mark the session cookie `Secure` (set behind HTTPS; `X-Forwarded-Proto: https` does it per request).
+    pub secure_cookies: bool,
+    /// Base of the sign-in links shown to admins, e.g. https://labels.example.org.
+    pub public_url: String,
 }
+
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:3000";
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_import_bytes: 64 << 20,
+            secure_cookies: false,
+            public_url: DEFAULT_PUBLIC_URL.to_string(),
         }
     }
 }
@@ -67,6 +76,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/api/openapi.json", get(openapi::document))
         .merge(api::router(&state))
+        .merge(ui::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::count_requests,

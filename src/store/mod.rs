@@ -4,12 +4,16 @@
 //! Portable column types only (docs/ARCHITECTURE.md): UUID text ids, Unix-millisecond BIGINT times,
 //! JSON as text. Functions take `&Store` or a transaction and return domain types, never rows.
 
+pub mod dashboard;
 pub mod export;
+pub mod flags;
 pub mod items;
 pub mod judges;
 pub mod leases;
+pub mod members;
 pub mod projects;
 pub mod queue;
+pub mod sessions;
 pub mod stats;
 pub mod training;
 pub mod users;

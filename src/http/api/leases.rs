@@ -13,6 +13,7 @@ use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, OptionalJson};
 use crate::store::leases::{self, Judgment, JudgmentInput, LeasedPair, Undo};
+use crate::store::members::ensure_access;
 use crate::store::projects::get_project;
 
 pub fn router() -> Router<AppState> {
@@ -43,6 +44,7 @@ pub async fn next_pair(
     OptionalJson(req): OptionalJson<NextRequest>,
 ) -> ApiResult<Response> {
     let project = get_project(&state.store, &id).await?;
+    ensure_access(&state.store, &project.id, &user).await?;
     match leases::lease_next_pair(&state.store, &project, &user, &req.exclude).await? {
         Some(leased) => Ok(Json(leased).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -131,6 +133,7 @@ pub async fn undo(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Undo>> {
     let project = get_project(&state.store, &id).await?;
+    ensure_access(&state.store, &project.id, &user).await?;
     Ok(Json(
         leases::undo_last_judgment(&state.store, &project, &user).await?,
     ))

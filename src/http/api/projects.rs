@@ -86,10 +86,11 @@ pub struct StatsResponse {
 #[utoipa::path(get, path = "/api/v1/projects/{id}/stats", responses((status = 200, body = StatsResponse), (status = 404)))]
 pub async fn get_stats(
     State(state): State<AppState>,
-    _: AuthUser,
+    AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<StatsResponse>> {
     let project = projects::get_project(&state.store, &id).await?;
+    crate::store::members::ensure_access(&state.store, &project.id, &user).await?;
     let engine = state.active.as_ref().and_then(|l| l.engine());
     let model_version = current_policy(&state.store, engine, &project.id)
         .await?

@@ -1,0 +1,494 @@
+//! The admin dashboard: projects (create, settings, import, export, members, flags, numbers and charts)
+//! and people (add, sign-in links, revoke). Every form posts the session's CSRF token.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use super::{AdminPage, Nav, PageError, PageResult, charts, page, when};
+use crate::http::AppState;
+use crate::store::dashboard::project_overview;
+use crate::store::flags::list_flags;
+use crate::store::leases::project_stats;
+use crate::store::members::{add_member, list_members, remove_member};
+use crate::store::projects::{
+    Loss, Project, ProjectInput, Schedule, Strategy, create_project, get_project, list_projects,
+    update_project,
+};
+use crate::store::sessions::{create_login_link, login_url};
+use crate::store::users::{self, Role, User, UserKind};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin", get(admin_home))
+        .route("/admin/projects", post(new_project))
+        .route("/admin/projects/{id}", get(dashboard))
+        .route("/admin/projects/{id}/settings", post(save_settings))
+        .route("/admin/projects/{id}/members", post(change_members))
+        .route("/admin/users", post(new_user))
+        .route("/admin/users/{id}/link", post(new_link))
+        .route("/admin/users/{id}/revoke", post(revoke))
+}
+
+struct ProjectRow {
+    id: String,
+    name: String,
+    labels: i64,
+    budget: String,
+    pending: i64,
+    annotators: i64,
+    strategy: &'static str,
+}
+
+struct UserRow {
+    id: String,
+    name: String,
+    role: &'static str,
+    kind: &'static str,
+    created: String,
+    revoked: bool,
+}
+
+/// A sign-in link just made: shown once, on the page that answers the form.
+struct NewLink {
+    name: String,
+    url: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin.html")]
+struct AdminHome {
+    nav: Nav,
+    projects: Vec<ProjectRow>,
+    users: Vec<UserRow>,
+    new_link: Option<NewLink>,
+}
+
+async fn render_home(
+    state: &AppState,
+    session: &crate::store::sessions::Session,
+    new_link: Option<NewLink>,
+) -> PageResult {
+    let mut projects = Vec::new();
+    for p in list_projects(&state.store).await? {
+        let s = project_stats(&state.store, &p).await?;
+        projects.push(ProjectRow {
+            budget: p
+                .label_budget
+                .map_or_else(|| "no limit".into(), |b| b.to_string()),
+            labels: s.labels,
+            pending: s.pending_pairs,
+            annotators: s.annotators,
+            strategy: p.strategy.as_str(),
+            id: p.id,
+            name: p.name,
+        });
+    }
+    let users = users::list_users(&state.store)
+        .await?
+        .into_iter()
+        .map(|u| UserRow {
+            role: u.role.as_str(),
+            kind: u.kind.as_str(),
+            created: when(u.created_at),
+            revoked: u.revoked,
+            id: u.id,
+            name: u.name,
+        })
+        .collect();
+    page(AdminHome {
+        nav: Nav::of(session),
+        projects,
+        users,
+        new_link,
+    })
+}
+
+async fn admin_home(State(state): State<AppState>, AdminPage(session): AdminPage) -> PageResult {
+    render_home(&state, &session, None).await
+}
+
+#[derive(Deserialize)]
+struct NewProjectForm {
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    label_budget: String,
+}
+
+/// An optional whole number typed in a form: blank means none.
+fn optional_number(field: &str, text: &str) -> Result<Option<i64>, PageError> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.parse()
+        .map(Some)
+        .map_err(|_| PageError::Bad(format!("{field} must be a whole number or blank")))
+}
+
+fn number<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, PageError> {
+    text.trim()
+        .parse()
+        .map_err(|_| PageError::Bad(format!("{field} must be a number, not {text:?}")))
+}
+
+async fn new_project(
+    State(state): State<AppState>,
+    AdminPage(session): AdminPage,
+    Form(form): Form<NewProjectForm>,
+) -> PageResult {
+    session.check_csrf(&form.csrf)?;
+    let project = create_project(
+        &state.store,
+        ProjectInput {
+            name: Some(form.name),
+            label_budget: Some(optional_number("label budget", &form.label_budget)?),
+            ..ProjectInput::default()
+        },
+    )
+    .await?;
+    Ok(Redirect::to(&format!("/admin/projects/{}", project.id)).into_response())
+}
+
+struct AnnotatorRow {
+    name: String,
+    kind: String,
+    labels: i64,
+    skips: i64,
+    left_rate: String,
+    /// Width of the left-rate bar, 0–100.
+    left_pct: i64,
+    biased: bool,
+    median: String,
+    agreement: String,
+}
+
+struct FlagRow {
+    annotator: String,
+    note: String,
+    prompt: String,
+    when: String,
+}
+
+struct Choice {
+    value: &'static str,
+    selected: bool,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage {
+    nav: Nav,
+    project: Project,
+    saved: bool,
+    labels: i64,
+    budget: String,
+    remaining: String,
+    /// Share of the budget spent, 0–100, when there is a budget.
+    spent_pct: Option<i64>,
+    last_hour: i64,
+    per_active_hour: String,
+    pending: i64,
+    leased: i64,
+    prompts: i64,
+    median_seconds: String,
+    annotators: Vec<AnnotatorRow>,
+    pairs_labelled_twice: i64,
+    agreement: String,
+    labels_chart: String,
+    seconds_chart: String,
+    sampled: usize,
+    members: Vec<User>,
+    candidates: Vec<User>,
+    flags: Vec<FlagRow>,
+    strategies: Vec<Choice>,
+    losses: Vec<Choice>,
+    schedules: Vec<Choice>,
+    budget_field: String,
+}
+
+fn percent(agree: i64, of: i64) -> String {
+    format!("{:.0}% of {of}", 100.0 * agree as f64 / of as f64)
+}
+
+fn choices<T: Copy + PartialEq>(all: &[T], current: T, name: fn(T) -> &'static str) -> Vec<Choice> {
+    all.iter()
+        .map(|v| Choice {
+            value: name(*v),
+            selected: *v == current,
+        })
+        .collect()
+}
+
+fn loss_name(l: Loss) -> &'static str {
+    match l {
+        Loss::Dpo => "dpo",
+        Loss::Ipo => "ipo",
+    }
+}
+
+fn schedule_name(s: Schedule) -> &'static str {
+    match s {
+        Schedule::Reset => "reset",
+        Schedule::Continue => "continue",
+    }
+}
+
+#[derive(Deserialize)]
+struct DashboardQuery {
+    #[serde(default)]
+    saved: Option<String>,
+}
+
+async fn dashboard(
+    State(state): State<AppState>,
+    AdminPage(session): AdminPage,
+    Path(id): Path<String>,
+    Query(q): Query<DashboardQuery>,
+) -> PageResult {
+    let project = get_project(&state.store, &id).await?;
+    let stats = project_stats(&state.store, &project).await?;
+    let o = project_overview(&state.store, &project.id).await?;
+    let members = list_members(&state.store, &project.id).await?;
+    let candidates = users::list_users(&state.store)
+        .await?
+        .into_iter()
+        .filter(|u| {
+            !u.revoked && u.role == Role::Annotator && !members.iter().any(|m| m.id == u.id)
+        })
+        .collect();
+    let flags = list_flags(&state.store, &project.id, 50)
+        .await?
+        .into_iter()
+        .map(|f| FlagRow {
+            annotator: f.annotator,
+            note: f.note,
+            prompt: f.prompt.chars().take(160).collect(),
+            when: when(f.created_at),
+        })
+        .collect();
+    let annotators = o
+        .annotators
+        .iter()
+        .map(|a| AnnotatorRow {
+            name: a.name.clone(),
+            kind: a.kind.clone(),
+            labels: a.labels,
+            skips: a.skips,
+            left_rate: a.left_rate.map_or_else(
+                || "–".into(),
+                |r| format!("{:.0}% of {}", r * 100.0, a.left_right),
+            ),
+            left_pct: a.left_rate.map_or(50, |r| (r * 100.0).round() as i64),
+            // Flag a lean only once there are enough answers for it to mean something.
+            biased: a.left_right >= 20 && a.left_rate.is_some_and(|r| !(0.35..=0.65).contains(&r)),
+            median: a
+                .median_seconds
+                .map_or_else(|| "–".into(), |s| format!("{s:.1} s")),
+            agreement: a
+                .agreement
+                .map_or_else(|| "–".into(), |(x, n)| percent(x, n)),
+        })
+        .collect();
+    let active_hours = o.hourly.len() as i64;
+    let s = &project.settings;
+    page(DashboardPage {
+        nav: Nav::of(&session),
+        saved: q.saved.is_some(),
+        labels: stats.labels,
+        budget: project
+            .label_budget
+            .map_or_else(|| "no limit".into(), |b| b.to_string()),
+        remaining: stats
+            .remaining
+            .map_or_else(|| "unlimited".into(), |r| r.to_string()),
+        spent_pct: project.label_budget.map(|b| {
+            if b == 0 {
+                100
+            } else {
+                (100 * stats.labels / b).min(100)
+            }
+        }),
+        last_hour: o.labels_last_hour,
+        per_active_hour: if active_hours == 0 {
+            "–".into()
+        } else {
+            format!("{:.1}", stats.labels as f64 / active_hours as f64)
+        },
+        pending: stats.pending_pairs,
+        leased: stats.leased_pairs,
+        prompts: stats.prompts,
+        median_seconds: o
+            .median_seconds
+            .map_or_else(|| "–".into(), |m| format!("{m:.1} s")),
+        annotators,
+        pairs_labelled_twice: o.pairs_labelled_twice,
+        agreement: o.agreement.map_or_else(
+            || "no pair labelled twice yet".into(),
+            |(x, n)| percent(x, n),
+        ),
+        labels_chart: charts::cumulative_labels(&o.hourly, project.label_budget),
+        seconds_chart: charts::seconds_histogram(&o.seconds),
+        sampled: o.seconds.len(),
+        members,
+        candidates,
+        flags,
+        strategies: choices(
+            &[
+                Strategy::Random,
+                Strategy::Entropy,
+                Strategy::Certainty,
+                Strategy::Uncertainty,
+                Strategy::Hybrid,
+            ],
+            project.strategy,
+            Strategy::as_str,
+        ),
+        losses: choices(&[Loss::Dpo, Loss::Ipo], s.loss, loss_name),
+        schedules: choices(
+            &[Schedule::Reset, Schedule::Continue],
+            s.schedule,
+            schedule_name,
+        ),
+        budget_field: project
+            .label_budget
+            .map(|b| b.to_string())
+            .unwrap_or_default(),
+        project,
+    })
+}
+
+#[derive(Deserialize)]
+struct SettingsForm {
+    csrf: String,
+    guidelines: String,
+    label_budget: String,
+    strategy: String,
+    lease_seconds: String,
+    train_every: String,
+    loss: String,
+    beta: String,
+    learning_rate: String,
+    epochs: String,
+    batch_size: String,
+    schedule: String,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(field: &str, v: &str) -> Result<T, PageError> {
+    serde_json::from_value(serde_json::Value::String(v.to_string()))
+        .map_err(|_| PageError::Bad(format!("unknown {field} {v:?}")))
+}
+
+async fn save_settings(
+    State(state): State<AppState>,
+    AdminPage(session): AdminPage,
+    Path(id): Path<String>,
+    Form(f): Form<SettingsForm>,
+) -> PageResult {
+    session.check_csrf(&f.csrf)?;
+    let input = ProjectInput {
+        // Browsers send CRLF line ends from a textarea; keep the Markdown as typed elsewhere.
+        guidelines: Some(f.guidelines.replace("\r\n", "\n")),
+        label_budget: Some(optional_number("label budget", &f.label_budget)?),
+        strategy: Some(parse_enum("strategy", &f.strategy)?),
+        lease_seconds: Some(number("lease seconds", &f.lease_seconds)?),
+        train_every: Some(number("train every", &f.train_every)?),
+        loss: Some(parse_enum("loss", &f.loss)?),
+        beta: Some(number("beta", &f.beta)?),
+        learning_rate: Some(number("learning rate", &f.learning_rate)?),
+        epochs: Some(number("epochs", &f.epochs)?),
+        batch_size: Some(number("batch size", &f.batch_size)?),
+        schedule: Some(parse_enum("schedule", &f.schedule)?),
+        ..ProjectInput::default()
+    };
+    let project = update_project(&state.store, &id, input).await?;
+    Ok(Redirect::to(&format!("/admin/projects/{}?saved=1", project.id)).into_response())
+}
+
+#[derive(Deserialize)]
+struct MemberForm {
+    csrf: String,
+    user_id: String,
+    action: String,
+}
+
+async fn change_members(
+    State(state): State<AppState>,
+    AdminPage(session): AdminPage,
+    Path(id): Path<String>,
+    Form(f): Form<MemberForm>,
+) -> PageResult {
+    session.check_csrf(&f.csrf)?;
+    let project = get_project(&state.store, &id).await?;
+    match f.action.as_str() {
+        "add" => add_member(&state.store, &project.id, &f.user_id).await?,
+        "remove" => remove_member(&state.store, &project.id, &f.user_id).await?,
+        other => return Err(PageError::Bad(format!("unknown action {other:?}"))),
+    }
+    Ok(Redirect::to(&format!("/admin/projects/{}#members", project.id)).into_response())
+}
+
+#[derive(Deserialize)]
+struct NewUserForm {
+    csrf: String,
+    name: String,
+    role: String,
+}
+
+async fn new_user(
+    State(state): State<AppState>,
+    AdminPage(session): AdminPage,
+    Form(f): Form<NewUserForm>,
+) -> PageResult {
+    session.check_csrf(&f.csrf)?;
+    let role = Role::parse(&f.role).ok_or_else(|| PageError::Bad("unknown role".into()))?;
+    let (user, _token) = users::create_user(&state.store, &f.name, role, UserKind::Human).await?;
+    let code = create_login_link(&state.store, &user.id).await?;
+    let link = NewLink {
+        url: login_url(&state.config.public_url, &code),
+        name: user.name,
+    };
+    render_home(&state, &session, Some(link)).await
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn new_link(
+    State(state): State<AppState>,
+    AdminPage(session): AdminPage,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> PageResult {
+    session.check_csrf(&f.csrf)?;
+    let user = users::get_user(&state.store, &id).await?;
+    if user.revoked {
+        return Err(PageError::Bad(format!("{} is revoked", user.name)));
+    }
+    let code = create_login_link(&state.store, &user.id).await?;
+    let link = NewLink {
+        url: login_url(&state.config.public_url, &code),
+        name: user.name,
+    };
+    render_home(&state, &session, Some(link)).await
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    AdminPage(session): AdminPage,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> PageResult {
+    session.check_csrf(&f.csrf)?;
+    if id == session.user.id {
+        return Err(PageError::Bad("you cannot revoke yourself".into()));
+    }
+    users::revoke_user(&state.store, &id).await?;
+    Ok(Redirect::to("/admin#users").into_response())
+}

@@ -1,0 +1,149 @@
+//! The annotator workbench: the page, and the JSON calls its script makes that need rendered Markdown
+//! (next pair, undo) or a place to put a flag. Answers, heartbeats and releases go straight to the REST API.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{Nav, PageResult, SignedIn, markdown, page};
+use crate::http::AppState;
+use crate::http::api::leases::NextRequest;
+use crate::http::auth::AuthUser;
+use crate::http::error::ApiResult;
+use crate::http::extract::{ApiJson, OptionalJson};
+use crate::store::flags::flag_leased_pair;
+use crate::store::leases::{self, LeasedPair, project_stats};
+use crate::store::members::ensure_access;
+use crate::store::projects::get_project;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/projects/{id}/annotate", get(workbench))
+        .route("/ui/api/projects/{id}/next", post(next_pair))
+        .route("/ui/api/projects/{id}/undo", post(undo))
+        .route("/ui/api/leases/{id}/flag", post(flag))
+}
+
+#[derive(Template)]
+#[template(path = "annotate.html")]
+struct WorkbenchPage {
+    nav: Nav,
+    project_id: String,
+    project_name: String,
+    guidelines_html: String,
+    has_guidelines: bool,
+    lease_seconds: i64,
+}
+
+async fn workbench(
+    State(state): State<AppState>,
+    SignedIn(session): SignedIn,
+    Path(id): Path<String>,
+) -> PageResult {
+    let project = get_project(&state.store, &id).await?;
+    ensure_access(&state.store, &project.id, &session.user).await?;
+    page(WorkbenchPage {
+        nav: Nav::of(&session),
+        guidelines_html: markdown::render(&project.guidelines),
+        has_guidelines: !project.guidelines.trim().is_empty(),
+        project_id: project.id,
+        project_name: project.name,
+        lease_seconds: project.lease_seconds,
+    })
+}
+
+/// A lease as the workbench shows it: Markdown already rendered (safely) on the server.
+#[derive(Serialize)]
+struct ShownPair {
+    lease_id: String,
+    pair_id: String,
+    expires_at: String,
+    prompt_html: String,
+    left_html: String,
+    right_html: String,
+}
+
+impl From<LeasedPair> for ShownPair {
+    fn from(l: LeasedPair) -> Self {
+        ShownPair {
+            prompt_html: markdown::render(&l.prompt),
+            left_html: markdown::render(&l.left),
+            right_html: markdown::render(&l.right),
+            lease_id: l.lease_id,
+            pair_id: l.pair_id,
+            expires_at: l.expires_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct NextAnswer {
+    lease: Option<ShownPair>,
+    labels: i64,
+    remaining: Option<i64>,
+    /// Why there is no lease: "budget" (spent) or "empty" (nothing pending for you).
+    reason: Option<&'static str>,
+}
+
+async fn next_pair(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    OptionalJson(req): OptionalJson<NextRequest>,
+) -> ApiResult<Json<NextAnswer>> {
+    let project = get_project(&state.store, &id).await?;
+    ensure_access(&state.store, &project.id, &user).await?;
+    let lease = leases::lease_next_pair(&state.store, &project, &user, &req.exclude).await?;
+    let stats = project_stats(&state.store, &project).await?;
+    let reason = match (&lease, stats.remaining) {
+        (Some(_), _) => None,
+        (None, Some(0)) => Some("budget"),
+        (None, _) => Some("empty"),
+    };
+    Ok(Json(NextAnswer {
+        lease: lease.map(ShownPair::from),
+        labels: stats.labels,
+        remaining: stats.remaining,
+        reason,
+    }))
+}
+
+#[derive(Serialize)]
+struct UndoAnswer {
+    /// The pair taken back, leased to the caller again (absent when someone else holds it now).
+    lease: Option<ShownPair>,
+    undone_choice: &'static str,
+}
+
+async fn undo(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UndoAnswer>> {
+    let project = get_project(&state.store, &id).await?;
+    ensure_access(&state.store, &project.id, &user).await?;
+    let undo = leases::undo_last_judgment(&state.store, &project, &user).await?;
+    Ok(Json(UndoAnswer {
+        lease: undo.lease.map(ShownPair::from),
+        undone_choice: undo.undone.choice.as_str(),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagRequest {
+    note: String,
+}
+
+async fn flag(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(lease_id): Path<String>,
+    ApiJson(req): ApiJson<FlagRequest>,
+) -> ApiResult<StatusCode> {
+    flag_leased_pair(&state.store, &lease_id, &user, &req.note).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

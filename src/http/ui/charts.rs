@@ -1,0 +1,189 @@
+//! Charts drawn as inline SVG on the server: no JavaScript and nothing fetched from elsewhere. Every string
+//! that goes into the SVG is made here from numbers, so nothing from the data needs escaping.
+
+use std::fmt::Write;
+
+const W: f64 = 560.0;
+const H: f64 = 200.0;
+const PAD_L: f64 = 44.0;
+const PAD_R: f64 = 12.0;
+const PAD_T: f64 = 12.0;
+const PAD_B: f64 = 30.0;
+
+fn nice_max(v: f64) -> f64 {
+    if v <= 0.0 {
+        return 1.0;
+    }
+    let mag = 10f64.powf(v.log10().floor());
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if m * mag >= v {
+            return m * mag;
+        }
+    }
+    10.0 * mag
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.1}k", v / 1000.0)
+    } else if v.fract().abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn frame(svg: &mut String, y_max: f64, title: &str) {
+    let _ = write!(
+        svg,
+        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{title}" xmlns="http://www.w3.org/2000/svg">"#
+    );
+    for i in 0..=4 {
+        let v = y_max * i as f64 / 4.0;
+        let y = H - PAD_B - (H - PAD_T - PAD_B) * i as f64 / 4.0;
+        let _ = write!(
+            svg,
+            r#"<line class="grid" x1="{PAD_L}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text class="tick" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            W - PAD_R,
+            PAD_L - 6.0,
+            y + 4.0,
+            fmt_num(v)
+        );
+    }
+}
+
+fn date_label(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!("{:02}-{:02} {:02}:00", t.month() as u8, t.day(), t.hour())
+}
+
+/// Labels given so far, over time: a step line through the cumulative count at each hour that had labels.
+/// `hourly` is (hour start in Unix ms, labels in that hour), oldest first.
+pub fn cumulative_labels(hourly: &[(i64, i64)], budget: Option<i64>) -> String {
+    let mut svg = String::new();
+    let total: i64 = hourly.iter().map(|(_, n)| n).sum();
+    let y_max = nice_max(total.max(budget.unwrap_or(0)).max(1) as f64);
+    frame(&mut svg, y_max, "labels over time");
+    let (Some(first), Some(last)) = (hourly.first(), hourly.last()) else {
+        svg.push_str("</svg>");
+        return svg;
+    };
+    let t0 = first.0;
+    let t1 = (last.0 + 3_600_000).max(t0 + 3_600_000);
+    let x = |t: i64| PAD_L + (W - PAD_L - PAD_R) * (t - t0) as f64 / (t1 - t0) as f64;
+    let y = |v: i64| H - PAD_B - (H - PAD_T - PAD_B) * v as f64 / y_max;
+    if let Some(b) = budget.filter(|b| *b > 0) {
+        let _ = write!(
+            svg,
+            r#"<line class="budget" x1="{PAD_L}" x2="{}" y1="{:.1}" y2="{:.1}"/><text class="tick" x="{}" y="{:.1}" text-anchor="end">budget</text>"#,
+            W - PAD_R,
+            y(b),
+            y(b),
+            W - PAD_R,
+            y(b) - 4.0
+        );
+    }
+    let mut path = format!("M{:.1},{:.1}", x(t0), y(0));
+    let mut sum = 0;
+    for (t, n) in hourly {
+        sum += n;
+        let _ = write!(path, " L{:.1},{:.1}", x(*t + 3_600_000), y(sum));
+    }
+    let _ = write!(svg, r#"<path class="line" d="{path}"/>"#);
+    let _ = write!(
+        svg,
+        r#"<text class="tick" x="{PAD_L}" y="{}">{}</text><text class="tick" x="{}" y="{}" text-anchor="end">{}</text></svg>"#,
+        H - 8.0,
+        date_label(t0),
+        W - PAD_R,
+        H - 8.0,
+        date_label(t1)
+    );
+    svg
+}
+
+/// A histogram of seconds per label in bins of a width chosen from the data (up to the 95th percentile;
+/// slower answers go into the last bin, marked "+").
+pub fn seconds_histogram(seconds: &[f64]) -> String {
+    let mut svg = String::new();
+    if seconds.is_empty() {
+        frame(&mut svg, 1.0, "seconds per label");
+        svg.push_str("</svg>");
+        return svg;
+    }
+    let mut sorted = seconds.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let p95 = sorted[((sorted.len() - 1) as f64 * 0.95) as usize].max(1.0);
+    let bins = 12usize;
+    let width = nice_max(p95 / bins as f64);
+    let mut counts = vec![0i64; bins];
+    for s in &sorted {
+        let i = ((s / width) as usize).min(bins - 1);
+        counts[i] += 1;
+    }
+    // At least 4 so that the five grid lines fall on whole counts.
+    let y_max = nice_max((*counts.iter().max().unwrap_or(&1)).max(4) as f64);
+    frame(&mut svg, y_max, "seconds per label");
+    let bw = (W - PAD_L - PAD_R) / bins as f64;
+    for (i, c) in counts.iter().enumerate() {
+        let h = (H - PAD_T - PAD_B) * *c as f64 / y_max;
+        let _ = write!(
+            svg,
+            r#"<rect class="bar" x="{:.1}" y="{:.1}" width="{:.1}" height="{h:.1}"><title>{}–{}{} s: {c}</title></rect>"#,
+            PAD_L + bw * i as f64 + 1.0,
+            H - PAD_B - h,
+            bw - 2.0,
+            fmt_num(width * i as f64),
+            fmt_num(width * (i + 1) as f64),
+            if i == bins - 1 { "+" } else { "" },
+        );
+        if i % 2 == 0 {
+            let _ = write!(
+                svg,
+                r#"<text class="tick" x="{:.1}" y="{}">{}</text>"#,
+                PAD_L + bw * i as f64,
+                H - 12.0,
+                fmt_num(width * i as f64)
+            );
+        }
+    }
+    let _ = write!(
+        svg,
+        r#"<text class="tick" x="{}" y="{}" text-anchor="end">seconds</text></svg>"#,
+        W - PAD_R,
+        H - 1.0
+    );
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_counts_every_label() {
+        let svg = seconds_histogram(&[1.0, 2.0, 2.5, 30.0, 400.0]);
+        let total: i64 = svg
+            .match_indices("s: ")
+            .map(|(i, _)| {
+                svg[i + 3..]
+                    .split('<')
+                    .next()
+                    .unwrap()
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(total, 5);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+    }
+
+    #[test]
+    fn cumulative_line_reaches_the_total() {
+        let svg = cumulative_labels(&[(0, 3), (7_200_000, 2)], Some(10));
+        assert!(svg.contains("class=\"line\""));
+        assert!(svg.contains("budget"));
+        assert_eq!(cumulative_labels(&[], None).matches("<path").count(), 0);
+    }
+}

@@ -1,0 +1,48 @@
+// Dashboard import: reads the chosen file and sends it to the REST import call; shows what was stored and
+// every rejected line by its number.
+(() => {
+  "use strict";
+  const form = document.getElementById("import-form");
+  if (!form) return;
+  const out = document.getElementById("import-result");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const file = document.getElementById("import-file").files[0];
+    if (!file) return;
+    const kind = form.querySelector("input[name=kind]:checked").value;
+    out.textContent = "Importing…";
+    try {
+      const resp = await fetch(`/api/v1/projects/${form.dataset.project}/${kind}`, {
+        method: "POST",
+        headers: { "content-type": "application/x-ndjson", "x-csrf-token": form.dataset.csrf },
+        body: file,
+        credentials: "same-origin",
+      });
+      const data = await resp.json();
+      out.replaceChildren();
+      if (!resp.ok) {
+        const p = document.createElement("p");
+        p.className = "error";
+        p.textContent = `Import refused: ${data.error}`;
+        out.append(p);
+        return;
+      }
+      const p = document.createElement("p");
+      p.className = "import-summary";
+      p.textContent = `${data.inserted} stored, ${data.duplicates} already there, ${data.rejected.length} rejected.`;
+      out.append(p);
+      if (data.rejected.length) {
+        const ul = document.createElement("ul");
+        ul.className = "rejected";
+        for (const r of data.rejected.slice(0, 200)) {
+          const li = document.createElement("li");
+          li.textContent = `line ${r.line}: ${r.error}`;
+          ul.append(li);
+        }
+        out.append(ul);
+      }
+    } catch (e) {
+      out.textContent = `Import failed: ${e.message}`;
+    }
+  });
+})();

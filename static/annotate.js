@@ -1,0 +1,240 @@
+// The annotator workbench. Holds up to two leases: the pair on screen and the next one, fetched while the
+// first is read, so an answer moves on at once. Leases are kept alive while the page is open and given back
+// when it closes. Every call carries the session's CSRF token.
+(() => {
+  "use strict";
+  const bench = document.getElementById("bench");
+  const project = bench.dataset.project;
+  const csrf = bench.dataset.csrf;
+  const leaseSeconds = Number(bench.dataset.leaseSeconds) || 600;
+  const $ = (id) => document.getElementById(id);
+
+  let queue = [];        // leases held, [0] is on screen
+  let answered = 0;      // answers given on this page
+  let busy = false;      // an answer or undo is being sent
+  let prefetching = null;
+  let doneReason = null;
+
+  async function call(path, body) {
+    const resp = await fetch(path, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-csrf-token": csrf },
+      body: body === undefined ? "" : JSON.stringify(body),
+      credentials: "same-origin",
+    });
+    let data = null;
+    const text = await resp.text();
+    if (text) { try { data = JSON.parse(text); } catch (_) { data = { error: text }; } }
+    if (resp.status === 401) { location.href = "/login"; }
+    if (!resp.ok) { const e = new Error((data && data.error) || resp.statusText); e.status = resp.status; throw e; }
+    return data;
+  }
+
+  function say(text, isError) {
+    const s = $("status");
+    s.textContent = text;
+    s.classList.toggle("error", !!isError);
+  }
+
+  function setRemaining(remaining) {
+    $("remaining").textContent = remaining === null || remaining === undefined ? "no limit" : String(remaining);
+  }
+
+  function render() {
+    $("answered").textContent = String(answered);
+    const cur = queue[0];
+    $("loading").hidden = true;
+    if (!cur) {
+      $("work").hidden = true;
+      $("done").hidden = false;
+      if (doneReason === "budget") {
+        $("done-title").textContent = "The label budget is spent";
+        $("done-text").textContent = "Thank you: this project has all the labels it asked for.";
+      } else {
+        $("done-title").textContent = "Nothing left to label";
+        $("done-text").textContent = "Every pair open to you has an answer. New pairs may arrive later.";
+      }
+      return;
+    }
+    $("done").hidden = true;
+    $("work").hidden = false;
+    if (bench.dataset.shown !== cur.lease_id) {
+      $("prompt").innerHTML = cur.prompt_html;   // rendered and escaped on the server
+      $("left").innerHTML = cur.left_html;
+      $("right").innerHTML = cur.right_html;
+      $("left").scrollTop = 0;
+      $("right").scrollTop = 0;
+      $("rationale").value = "";
+      bench.dataset.shown = cur.lease_id;
+      bench.dataset.pair = cur.pair_id;
+    }
+  }
+
+  async function fetchNext() {
+    const data = await call(`/ui/api/projects/${project}/next`, { exclude: queue.map((l) => l.lease_id) });
+    setRemaining(data.remaining);
+    if (data.lease && !queue.some((l) => l.lease_id === data.lease.lease_id)) queue.push(data.lease);
+    if (!data.lease) doneReason = data.reason;
+    return data.lease;
+  }
+
+  // Keeps one pair ready behind the one on screen.
+  function prefetch() {
+    if (prefetching || queue.length >= 2) return prefetching;
+    prefetching = fetchNext()
+      .catch((e) => say(`Could not fetch the next pair: ${e.message}`, true))
+      .finally(() => { prefetching = null; render(); });
+    return prefetching;
+  }
+
+  async function answer(choice, rationale) {
+    if (busy || !queue[0]) return;
+    busy = true;
+    const lease = queue[0];
+    const text = rationale !== undefined ? rationale : $("rationale").value.trim();
+    try {
+      await call(`/api/v1/leases/${lease.lease_id}/judgment`, { choice, rationale: text || null });
+      queue.shift();
+      answered += 1;
+      say(`Saved: ${label(choice)}.`);
+      if (!queue[0]) await (prefetching || prefetch());
+      render();
+      prefetch();
+    } catch (e) {
+      if (e.status === 409) {
+        say("That pair's lease ran out and went to someone else; here is another.", true);
+        queue.shift();
+        await (prefetching || prefetch());
+        render();
+      } else {
+        say(`Not saved: ${e.message}`, true);
+      }
+    } finally {
+      busy = false;
+    }
+  }
+
+  function label(choice) {
+    return { left: "left is better", right: "right is better", tie: "tie", both_bad: "both bad", skip: "skipped" }[choice];
+  }
+
+  async function undo() {
+    if (busy) return;
+    busy = true;
+    try {
+      if (prefetching) await prefetching;
+      const data = await call(`/ui/api/projects/${project}/undo`);
+      answered = Math.max(0, answered - 1);
+      if (data.lease) {
+        queue = queue.filter((l) => l.lease_id !== data.lease.lease_id);
+        queue.unshift(data.lease);
+        // Hold at most two pairs: give the furthest one back for others.
+        while (queue.length > 2) release(queue.pop(), false);
+        say(`Undone (${label(data.undone_choice)}): answer this pair again.`);
+      } else {
+        say(`Undone (${label(data.undone_choice)}); that pair is with someone else now.`);
+      }
+      render();
+    } catch (e) {
+      say(e.status === 404 ? "Nothing to undo." : `Undo failed: ${e.message}`, e.status !== 404);
+    } finally {
+      busy = false;
+    }
+  }
+
+  function release(lease, beacon) {
+    const url = `/api/v1/leases/${lease.lease_id}/release?csrf=${encodeURIComponent(csrf)}`;
+    if (beacon && navigator.sendBeacon) navigator.sendBeacon(url);
+    else fetch(url, { method: "POST", credentials: "same-origin", keepalive: true });
+  }
+
+  function heartbeat() {
+    for (const lease of queue) {
+      call(`/api/v1/leases/${lease.lease_id}/heartbeat`).catch((e) => {
+        if (e.status !== 409) return;
+        // The lease ran out while the page slept and the pair went to someone else: move on.
+        const wasShown = queue[0] === lease;
+        queue = queue.filter((l) => l !== lease);
+        if (wasShown) say("That pair's lease ran out and went to someone else; here is another.", true);
+        render();
+        prefetch();
+      });
+    }
+  }
+
+  function openDialog(id) {
+    const d = $(id);
+    if (!d.open) d.showModal();
+  }
+
+  function flag() {
+    if (!queue[0]) return;
+    $("flag-note").value = "";
+    openDialog("flag-dialog");
+    $("flag-note").focus();
+  }
+
+  $("flag-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const note = $("flag-note").value.trim();
+    if (!note || !queue[0]) return;
+    $("flag-dialog").close();
+    try {
+      await call(`/ui/api/leases/${queue[0].lease_id}/flag`, { note });
+      await answer("skip", `flagged: ${note}`);
+      say("Flagged and skipped. Thank you.");
+    } catch (e) {
+      say(`Flag not saved: ${e.message}`, true);
+    }
+  });
+  $("flag-cancel").addEventListener("click", () => $("flag-dialog").close());
+
+  document.querySelectorAll("[data-choice]").forEach((b) =>
+    b.addEventListener("click", () => answer(b.dataset.choice)));
+  $("undo").addEventListener("click", undo);
+  $("undo-done").addEventListener("click", undo);
+  $("flag").addEventListener("click", flag);
+  $("show-help").addEventListener("click", () => openDialog("help"));
+  $("show-guidelines").addEventListener("click", () => openDialog("guidelines"));
+
+  const keys = {
+    "1": () => answer("left"), ArrowLeft: () => answer("left"),
+    "2": () => answer("right"), ArrowRight: () => answer("right"),
+    t: () => answer("tie"), b: () => answer("both_bad"), s: () => answer("skip"),
+    u: undo, f: flag, g: () => openDialog("guidelines"), "?": () => openDialog("help"),
+  };
+  document.addEventListener("keydown", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const t = ev.target;
+    if (t instanceof HTMLTextAreaElement || t instanceof HTMLInputElement || t instanceof HTMLSelectElement) {
+      if (ev.key === "Escape") t.blur();
+      return;
+    }
+    if (document.querySelector("dialog[open]")) return;
+    const action = keys[ev.key.length === 1 ? ev.key.toLowerCase() : ev.key];
+    if (action) { ev.preventDefault(); action(); }
+  });
+
+  // Long completions scroll together, so the same part of both is in view.
+  function sync(from, to) {
+    from.addEventListener("scroll", () => {
+      if (from.dataset.synced) { delete from.dataset.synced; return; }
+      const span = from.scrollHeight - from.clientHeight;
+      const room = to.scrollHeight - to.clientHeight;
+      if (span <= 0 || room <= 0) return;
+      const target = (from.scrollTop / span) * room;
+      if (Math.abs(to.scrollTop - target) < 1) return;
+      to.dataset.synced = "1";
+      to.scrollTop = target;
+    });
+  }
+  sync($("left"), $("right"));
+  sync($("right"), $("left"));
+
+  setInterval(heartbeat, Math.max(5, Math.min(60, leaseSeconds / 3)) * 1000);
+  window.addEventListener("pagehide", () => { queue.forEach((l) => release(l, true)); queue = []; });
+
+  fetchNext()
+    .then(() => { render(); prefetch(); })
+    .catch((e) => { $("loading").textContent = `Could not fetch a pair: ${e.message}`; });
+})();
