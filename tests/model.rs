@@ -834,6 +834,15 @@ fn demo_smollm2_loads_matches_quantized_llama_and_generates_english() {
     let prompt = m.tokenizer().chat_prompt("What is the capital of France?");
     let ids = m.tokenizer().encode(&prompt).unwrap();
     assert_eq!(ids[0], 1, "<|im_start|> is one special token");
+    // SmolLM2's pre-tokenizer splits digits one by one, and byte-level BPE round-trips any text.
+    assert_eq!(m.tokenizer().encode("2024").unwrap().len(), 4);
+    let text = "Héllo, world!  Ça va? 12 ✓";
+    assert_eq!(
+        m.tokenizer()
+            .decode(&m.tokenizer().encode(text).unwrap())
+            .unwrap(),
+        text
+    );
 
     let mut f = std::fs::File::open(&path).unwrap();
     let ct = gguf_file::Content::read(&mut f).unwrap();

@@ -88,6 +88,9 @@ pub struct Weights {
 }
 
 /// A llama-family causal language model with its tokenizer.
+///
+/// `Clone` is shallow: clones share the same weight `Var`s, so an update through one is seen by all. Use
+/// [`LanguageModel::deep_clone`] for an independent copy (a frozen reference model).
 #[derive(Debug, Clone)]
 pub struct LanguageModel {
     config: ModelConfig,
