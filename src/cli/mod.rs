@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod acquire;
 pub mod bench_model;
+pub mod demo;
 pub mod dpo;
 pub mod export;
 pub mod generate;
@@ -24,6 +25,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Fetch the demo model and reviews, set up a demo project and serve it with the model.
+    Demo(demo::DemoArgs),
     /// Serve the web app and REST API.
     Serve(serve::ServeArgs),
     /// Manage users and their tokens.
@@ -68,6 +71,7 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => block_on(demo::run(args)),
         Command::Serve(args) => block_on(serve::run(args)),
         Command::User(args) => block_on(user::run(args)),
         Command::Project(args) => block_on(project::run(args)),
