@@ -46,3 +46,31 @@
     }
   });
 })();
+
+// Training progress: while a run is queued or running, poll it and update its row; reload once it ends so
+// the charts show the new version.
+(() => {
+  "use strict";
+  const rows = document.querySelectorAll("tr[data-run-id]");
+  if (!rows.length) return;
+  const fmt = (v) => (typeof v === "number" ? v.toFixed(3) : "–");
+  const poll = async () => {
+    let finished = false;
+    for (const row of rows) {
+      try {
+        const resp = await fetch(`/api/v1/training-runs/${row.dataset.runId}`, { credentials: "same-origin" });
+        if (!resp.ok) continue;
+        const run = await resp.json();
+        row.querySelector(".run-status").textContent = run.status + (run.error ? `: ${run.error}` : "");
+        if (run.total_steps > 0) row.querySelector(".run-step").textContent = `${run.step} / ${run.total_steps}`;
+        row.querySelector(".run-loss").textContent = fmt(run.metrics.loss);
+        row.querySelector(".run-margin").textContent = fmt(run.metrics["rewards/margins"]);
+        row.querySelector(".run-accuracy").textContent = fmt(run.metrics["rewards/accuracies"]);
+        if (["succeeded", "failed", "cancelled"].includes(run.status)) finished = true;
+      } catch (_) { /* the next poll tries again */ }
+    }
+    if (finished) window.location.reload();
+    else setTimeout(poll, 3000);
+  };
+  setTimeout(poll, 3000);
+})();

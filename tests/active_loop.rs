@@ -281,6 +281,88 @@ async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 
+    // The admin dashboard shows the version, the run with its loss curve, the win rate and the scores.
+    let (status, _, headers) = app
+        .call_with_headers(
+            "POST",
+            "/login",
+            None,
+            Some(format!("token={}", app.admin).into_bytes()),
+            &[("content-type", "application/x-www-form-urlencoded")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (status, page) = app
+        .call(
+            "GET",
+            &format!("/admin/projects/{project}"),
+            None,
+            None,
+            &[("cookie", &cookie)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains(&format!("Serving version <code>{}</code>", &version[..8])),
+        "dashboard names the version"
+    );
+    assert!(page.contains("training loss") && page.contains("win rate against the reference"));
+    assert!(page.contains("succeeded"), "the run is listed");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let runs_before = app
+        .json(
+            "GET",
+            &format!("/api/v1/projects/{project}/training-runs"),
+            &app.admin,
+            None,
+        )
+        .await
+        .1
+        .as_array()
+        .unwrap()
+        .len();
+    let (status, _) = app
+        .call(
+            "POST",
+            &format!("/admin/projects/{project}/train"),
+            None,
+            Some(format!("csrf={csrf}").into_bytes()),
+            &[
+                ("cookie", &cookie),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "train now");
+    let runs_after = app
+        .json(
+            "GET",
+            &format!("/api/v1/projects/{project}/training-runs"),
+            &app.admin,
+            None,
+        )
+        .await
+        .1
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(runs_after, runs_before + 1, "the button queued a run");
+
     // Judgments are marked with who gave them and export as preferences.
     let full = app.export(&project, "full").await;
     assert_eq!(full.iter().filter(|r| r["choice"] != "skip").count(), 6);

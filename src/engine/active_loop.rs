@@ -507,10 +507,19 @@ async fn run_training(
     let progress_store = store.clone();
     let run_id = run.id.clone();
     let recorder = tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
+        // The latest step's metrics, plus every step's loss, margin and accuracy for the loss curves.
+        let mut history = Vec::new();
+        while let Some(mut p) = rx.recv().await {
             if p.get("kind").and_then(|k| k.as_str()) == Some("step") {
                 let step = p.get("step").and_then(|v| v.as_i64()).unwrap_or(0);
                 let total = p.get("total_steps").and_then(|v| v.as_i64()).unwrap_or(0);
+                history.push(serde_json::json!({
+                    "step": step,
+                    "loss": p.get("loss"),
+                    "rewards/margins": p.get("rewards/margins"),
+                    "rewards/accuracies": p.get("rewards/accuracies"),
+                }));
+                p["history"] = serde_json::Value::Array(history.clone());
                 let _ =
                     training::record_run_progress(&progress_store, &run_id, step, total, &p).await;
             }

@@ -220,3 +220,14 @@ pub async fn eval_prompts(store: &Store, project_id: &str, limit: i64) -> Result
     .await?;
     rows.iter().map(|r| Ok(r.try_get("text")?)).collect()
 }
+
+/// The acquisition scores of the project's pending pairs (those that have one).
+pub async fn pending_scores(store: &Store, project_id: &str) -> Result<Vec<f64>> {
+    let rows = sqlx::query(
+        "SELECT score FROM pairs WHERE project_id = $1 AND status = 'pending' AND score IS NOT NULL",
+    )
+    .bind(project_id)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter().map(|r| Ok(r.try_get("score")?)).collect()
+}

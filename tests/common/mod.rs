@@ -106,6 +106,21 @@ impl TestApp {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Vec<u8>) {
+        let (status, body, _) = self
+            .call_with_headers(method, uri, token, body, headers)
+            .await;
+        (status, body)
+    }
+
+    /// Like `call`, also giving back the response headers.
+    pub async fn call_with_headers(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Vec<u8>, axum::http::HeaderMap) {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -123,8 +138,9 @@ impl TestApp {
             .await
             .expect("router answers");
         let status = resp.status();
+        let response_headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        (status, bytes.to_vec())
+        (status, bytes.to_vec(), response_headers)
     }
 
     /// A JSON request; the answer's body parsed as JSON (Null when empty).

@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/projects/{id}", get(dashboard))
         .route("/admin/projects/{id}/settings", post(save_settings))
         .route("/admin/projects/{id}/members", post(change_members))
+        .route("/admin/projects/{id}/train", post(super::model::train_now))
         .route("/admin/users", post(new_user))
         .route("/admin/users/{id}/link", post(new_link))
         .route("/admin/users/{id}/revoke", post(revoke))
@@ -209,6 +210,8 @@ struct DashboardPage {
     losses: Vec<Choice>,
     schedules: Vec<Choice>,
     budget_field: String,
+    model: super::model::ModelSection,
+    live: bool,
 }
 
 fn percent(agree: i64, of: i64) -> String {
@@ -296,8 +299,11 @@ async fn dashboard(
         .collect();
     let active_hours = o.hourly.len() as i64;
     let s = &project.settings;
+    let model = super::model::model_section(&state, &project.id).await?;
     page(DashboardPage {
         nav: Nav::of(&session),
+        live: super::model::any_live(&model.runs),
+        model,
         saved: q.saved.is_some(),
         labels: stats.labels,
         budget: project

@@ -106,31 +106,36 @@ pub fn cumulative_labels(hourly: &[(i64, i64)], budget: Option<i64>) -> String {
 /// A histogram of seconds per label in bins of a width chosen from the data (up to the 95th percentile;
 /// slower answers go into the last bin, marked "+").
 pub fn seconds_histogram(seconds: &[f64]) -> String {
+    histogram(seconds, "seconds per label", "seconds")
+}
+
+/// A histogram of `values` ≥ 0 in 12 bins up to the 95th percentile, the rest in the last bin ("+").
+pub fn histogram(values: &[f64], title: &str, unit: &str) -> String {
     let mut svg = String::new();
-    if seconds.is_empty() {
-        frame(&mut svg, 1.0, "seconds per label");
+    if values.is_empty() {
+        frame(&mut svg, 1.0, title);
         svg.push_str("</svg>");
         return svg;
     }
-    let mut sorted = seconds.to_vec();
+    let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let p95 = sorted[((sorted.len() - 1) as f64 * 0.95) as usize].max(1.0);
+    let top = sorted[((sorted.len() - 1) as f64 * 0.95) as usize];
     let bins = 12usize;
-    let width = nice_max(p95 / bins as f64);
+    let width = nice_max(top.max(f64::EPSILON) / bins as f64);
     let mut counts = vec![0i64; bins];
     for s in &sorted {
-        let i = ((s / width) as usize).min(bins - 1);
+        let i = ((s.max(0.0) / width) as usize).min(bins - 1);
         counts[i] += 1;
     }
     // At least 4 so that the five grid lines fall on whole counts.
     let y_max = nice_max((*counts.iter().max().unwrap_or(&1)).max(4) as f64);
-    frame(&mut svg, y_max, "seconds per label");
+    frame(&mut svg, y_max, title);
     let bw = (W - PAD_L - PAD_R) / bins as f64;
     for (i, c) in counts.iter().enumerate() {
         let h = (H - PAD_T - PAD_B) * *c as f64 / y_max;
         let _ = write!(
             svg,
-            r#"<rect class="bar" x="{:.1}" y="{:.1}" width="{:.1}" height="{h:.1}"><title>{}–{}{} s: {c}</title></rect>"#,
+            r#"<rect class="bar" x="{:.1}" y="{:.1}" width="{:.1}" height="{h:.1}"><title>{}–{}{} {unit}: {c}</title></rect>"#,
             PAD_L + bw * i as f64 + 1.0,
             H - PAD_B - h,
             bw - 2.0,
@@ -150,9 +155,53 @@ pub fn seconds_histogram(seconds: &[f64]) -> String {
     }
     let _ = write!(
         svg,
-        r#"<text class="tick" x="{}" y="{}" text-anchor="end">seconds</text></svg>"#,
+        r#"<text class="tick" x="{}" y="{}" text-anchor="end">{unit}</text></svg>"#,
         W - PAD_R,
         H - 1.0
+    );
+    svg
+}
+
+/// A line through `points` (x, y), oldest first, with a dot at each; the y axis from 0 to `y_max` (or a
+/// round number above the largest y). Negative ys are drawn at 0.
+pub fn line_chart(points: &[(f64, f64)], y_max: Option<f64>, title: &str, x_unit: &str) -> String {
+    let mut svg = String::new();
+    let top = y_max.unwrap_or_else(|| nice_max(points.iter().map(|p| p.1).fold(0.0, f64::max)));
+    frame(&mut svg, top, title);
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        svg.push_str("</svg>");
+        return svg;
+    };
+    let (x0, x1) = (first.0.min(0.0), last.0.max(first.0 + 1.0));
+    let x = |v: f64| PAD_L + (W - PAD_L - PAD_R) * (v - x0) / (x1 - x0);
+    let y = |v: f64| H - PAD_B - (H - PAD_T - PAD_B) * v.clamp(0.0, top) / top;
+    let mut path = String::new();
+    for (i, (px, py)) in points.iter().enumerate() {
+        let _ = write!(
+            path,
+            "{}{:.1},{:.1}",
+            if i == 0 { "M" } else { " L" },
+            x(*px),
+            y(*py)
+        );
+        let _ = write!(
+            svg,
+            r#"<circle class="dot" cx="{:.1}" cy="{:.1}" r="3"><title>{} {x_unit}: {:.3}</title></circle>"#,
+            x(*px),
+            y(*py),
+            fmt_num(*px),
+            py
+        );
+    }
+    let _ = write!(svg, r#"<path class="line" d="{path}"/>"#);
+    let _ = write!(
+        svg,
+        r#"<text class="tick" x="{PAD_L}" y="{}">{}</text><text class="tick" x="{}" y="{}" text-anchor="end">{} {x_unit}</text></svg>"#,
+        H - 8.0,
+        fmt_num(x0),
+        W - PAD_R,
+        H - 8.0,
+        fmt_num(x1)
     );
     svg
 }
@@ -177,6 +226,22 @@ mod tests {
             .sum();
         assert_eq!(total, 5);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+    }
+
+    #[test]
+    fn line_chart_has_a_dot_per_point() {
+        let svg = line_chart(
+            &[(32.0, 0.5), (64.0, 0.625), (96.0, 0.7)],
+            Some(1.0),
+            "win rate",
+            "labels",
+        );
+        assert_eq!(svg.matches("<circle").count(), 3);
+        assert!(svg.contains("64 labels: 0.625"));
+        assert_eq!(
+            line_chart(&[], None, "x", "steps").matches("<path").count(),
+            0
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod annotate;
 pub mod charts;
 mod login;
 pub mod markdown;
+mod model;
 
 use askama::Template;
 use axum::Router;

@@ -1,0 +1,148 @@
+//! The dashboard's model section: the version serving the project, its training runs with live progress
+//! and loss curves, a "train now" button, the win rate of each version against labels, and the
+//! acquisition scores of the pending pool.
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect};
+use serde::Deserialize;
+
+use super::{AdminPage, PageError, PageResult, charts};
+use crate::engine::active_loop::current_policy;
+use crate::http::AppState;
+use crate::store::projects::get_project;
+use crate::store::queue::pending_scores;
+use crate::store::training::{RunStatus, TrainingRun, list_project_versions, list_training_runs};
+
+/// One training run as the dashboard lists it.
+pub struct RunRow {
+    pub id: String,
+    pub status: &'static str,
+    pub live: bool,
+    pub progress: String,
+    pub loss: String,
+    pub margin: String,
+    pub accuracy: String,
+    pub error: String,
+    pub when: String,
+}
+
+pub struct ModelSection {
+    /// Whether this server runs a model at all.
+    pub attached: bool,
+    /// The version serving the project (short id) and the labels it was trained on.
+    pub version: String,
+    pub version_labels: i64,
+    pub runs: Vec<RunRow>,
+    /// The latest run's loss curve (SVG), when it has steps.
+    pub loss_chart: String,
+    pub win_chart: String,
+    pub versions_evaluated: usize,
+    pub score_chart: String,
+    pub scored_pending: usize,
+}
+
+fn metric(run: &TrainingRun, key: &str) -> String {
+    run.metrics
+        .get(key)
+        .and_then(|v| v.as_f64())
+        .map_or_else(|| "–".into(), |v| format!("{v:.3}"))
+}
+
+fn run_row(run: &TrainingRun) -> RunRow {
+    RunRow {
+        id: run.id.clone(),
+        status: run.status.as_str(),
+        live: !run.status.is_finished(),
+        progress: if run.total_steps > 0 {
+            format!("{} / {}", run.step, run.total_steps)
+        } else {
+            "–".into()
+        },
+        loss: metric(run, "loss"),
+        margin: metric(run, "rewards/margins"),
+        accuracy: metric(run, "rewards/accuracies"),
+        error: run.error.clone().unwrap_or_default(),
+        when: run.created_at.replace('T', " ").chars().take(16).collect(),
+    }
+}
+
+pub async fn model_section(state: &AppState, project_id: &str) -> Result<ModelSection, PageError> {
+    let engine = state.active.as_ref().and_then(|l| l.engine());
+    let policy = current_policy(&state.store, engine, project_id).await?;
+    let versions = list_project_versions(&state.store, project_id).await?;
+    let runs = list_training_runs(&state.store, project_id).await?;
+    let loss_points: Vec<(f64, f64)> = runs
+        .iter()
+        .find(|r| r.metrics.get("history").is_some())
+        .and_then(|r| r.metrics["history"].as_array())
+        .map(|h| {
+            h.iter()
+                .filter_map(|s| Some((s["step"].as_f64()?, s["loss"].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let win_points: Vec<(f64, f64)> = versions
+        .iter()
+        .filter_map(|v| Some((v.labels_seen as f64, v.metrics.get("win_rate")?.as_f64()?)))
+        .collect();
+    let scores = pending_scores(&state.store, project_id).await?;
+    // Uncertainty stores negated certainty; the histogram shows magnitudes.
+    let magnitudes: Vec<f64> = scores.iter().map(|s| s.abs()).collect();
+    let current = versions
+        .iter()
+        .rev()
+        .find(|v| Some(&v.id) == policy.as_ref().map(|p| &p.version_id));
+    Ok(ModelSection {
+        attached: engine.is_some(),
+        version: policy.map_or_else(|| "–".into(), |p| p.version_id.chars().take(8).collect()),
+        version_labels: current.map_or(0, |v| v.labels_seen),
+        runs: runs.iter().take(10).map(run_row).collect(),
+        loss_chart: charts::line_chart(&loss_points, None, "training loss", "steps"),
+        win_chart: charts::line_chart(
+            &win_points,
+            Some(1.0),
+            "win rate against the reference",
+            "labels",
+        ),
+        versions_evaluated: win_points.len(),
+        score_chart: charts::histogram(&magnitudes, "acquisition scores of pending pairs", "score"),
+        scored_pending: magnitudes.len(),
+    })
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+/// "Train now": queues a DPO update of the project.
+pub async fn train_now(
+    State(state): State<AppState>,
+    AdminPage(session): AdminPage,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> PageResult {
+    session.check_csrf(&f.csrf)?;
+    let project = get_project(&state.store, &id).await?;
+    let active = state
+        .active
+        .as_ref()
+        .filter(|l| l.has_model())
+        .ok_or_else(|| {
+            PageError::Bad("no model is loaded: start the server with --model PATH".into())
+        })?;
+    active.request_training(&project.id).await?;
+    Ok(Redirect::to(&format!("/admin/projects/{}#model", project.id)).into_response())
+}
+
+/// Whether any listed run is still going (the page then polls for progress).
+pub fn any_live(runs: &[RunRow]) -> bool {
+    runs.iter().any(|r| r.live)
+}
+
+impl RunRow {
+    pub fn is_failed(&self) -> bool {
+        self.status == RunStatus::Failed.as_str()
+    }
+}
