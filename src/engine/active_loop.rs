@@ -398,9 +398,18 @@ async fn training_pending(inner: &Arc<Inner>, project: &Project) -> Result<bool,
     {
         return Ok(true);
     }
+    Ok(automatic_run_due(inner, project).await?.is_some())
+}
+
+/// The label count when `train_every` new labels arrived since the current version was trained (or since
+/// the last automatic run started, so a failed one is not retried at once); `None` otherwise.
+async fn automatic_run_due(
+    inner: &Arc<Inner>,
+    project: &Project,
+) -> Result<Option<i64>, StoreError> {
     let every = project.settings.train_every as i64;
     if every == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     let labels = queue::count_labels(&inner.store, &project.id).await?;
     let seen = training::latest_project_version(&inner.store, &project.id)
@@ -412,7 +421,7 @@ async fn training_pending(inner: &Arc<Inner>, project: &Project) -> Result<bool,
         .expect("lock")
         .get(&project.id)
         .copied();
-    Ok(labels - seen.max(started.unwrap_or(0)) >= every)
+    Ok((labels - seen.max(started.unwrap_or(0)) >= every).then_some(labels))
 }
 
 async fn maybe_train(
@@ -430,23 +439,9 @@ async fn maybe_train(
     {
         Some(run) => run,
         None => {
-            let every = project.settings.train_every as i64;
-            if every == 0 {
+            let Some(labels) = automatic_run_due(inner, project).await? else {
                 return Ok(());
-            }
-            let labels = queue::count_labels(&inner.store, &project.id).await?;
-            let seen = training::latest_project_version(&inner.store, &project.id)
-                .await?
-                .map_or(0, |v| v.labels_seen);
-            let started = inner
-                .auto_started_at
-                .lock()
-                .expect("lock")
-                .get(&project.id)
-                .copied();
-            if labels - seen.max(started.unwrap_or(0)) < every {
-                return Ok(());
-            }
+            };
             inner
                 .auto_started_at
                 .lock()

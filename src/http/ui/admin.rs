@@ -461,9 +461,16 @@ async fn new_user(
     render_home(&state, &session, Some(link)).await
 }
 
+/// A form that carries nothing but the session's CSRF token.
 #[derive(Deserialize)]
-struct CsrfForm {
+pub(super) struct CsrfForm {
     csrf: String,
+}
+
+impl CsrfForm {
+    pub(super) fn token(&self) -> &str {
+        &self.csrf
+    }
 }
 
 async fn new_link(

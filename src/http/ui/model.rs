@@ -5,8 +5,8 @@
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect};
-use serde::Deserialize;
 
+use super::admin::CsrfForm;
 use super::{AdminPage, PageError, PageResult, charts};
 use crate::engine::active_loop::current_policy;
 use crate::http::AppState;
@@ -111,11 +111,6 @@ pub async fn model_section(state: &AppState, project_id: &str) -> Result<ModelSe
     })
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    csrf: String,
-}
-
 /// "Train now": queues a DPO update of the project.
 pub async fn train_now(
     State(state): State<AppState>,
@@ -123,7 +118,7 @@ pub async fn train_now(
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> PageResult {
-    session.check_csrf(&f.csrf)?;
+    session.check_csrf(f.token())?;
     let project = get_project(&state.store, &id).await?;
     let active = state
         .active
