@@ -497,3 +497,172 @@ async fn a_full_model_queue_answers_429(b: Backend) {
         "a full queue turns callers away: {statuses:?}"
     );
 }
+
+/// A real `prefloop serve` process killed (SIGKILL) in the middle of a training run, then started again:
+/// every judgment is still there, the run is marked failed and retried, and serving goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_training_resumes() {
+    use prefloop::store::Store;
+    use prefloop::store::leases::{Choice, JudgmentInput, lease_next_pair, record_judgment};
+    use prefloop::store::projects::{ProjectInput, create_project};
+    use prefloop::store::users::{Role, UserKind, create_user};
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let store = Store::open_data_dir(dir.path()).await.unwrap();
+    let (_, admin) = create_user(&store, "root", Role::Admin, UserKind::Human)
+        .await
+        .unwrap();
+    let (ann, ann_token) = create_user(&store, "ann", Role::Annotator, UserKind::Human)
+        .await
+        .unwrap();
+    // Enough epochs that the run is still going when the server is killed.
+    let input = ProjectInput {
+        name: Some("p".into()),
+        train_every: Some(0),
+        epochs: Some(100_000),
+        batch_size: Some(1),
+        ..Default::default()
+    };
+    let project = create_project(&store, input).await.unwrap();
+    let pairs: String = (0..4).map(|i| json!({"prompt": format!("p{i}"), "completion_a": "a good one", "completion_b": "a bad one"}).to_string() + "\n").collect();
+    prefloop::store::items::import_ndjson(
+        &store,
+        &project.id,
+        prefloop::store::items::ImportKind::Pairs,
+        pairs.as_bytes(),
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let lease = lease_next_pair(&store, &project, &ann, &[])
+            .await
+            .unwrap()
+            .unwrap();
+        record_judgment(
+            &store,
+            &lease.lease_id,
+            &ann,
+            &JudgmentInput {
+                choice: Choice::Left,
+                rationale: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    store.close().await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_prefloop"))
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--model")
+            .arg(&model)
+            .env_remove("DATABASE_URL")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prefloop serve")
+    };
+    let client = reqwest::Client::new();
+    let wait_up = async || {
+        for _ in 0..300 {
+            if client.get(format!("{base}/healthz")).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("server did not come up");
+    };
+    let get = async |path: &str| -> Value {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+
+    let mut server = start();
+    wait_up().await;
+    let started: Value = client
+        .post(format!("{base}/api/v1/projects/{}/train", project.id))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+    wait_for("the run to take steps", 60, async || {
+        get(&format!("/api/v1/training-runs/{run_id}")).await["step"].as_i64() >= Some(1)
+    })
+    .await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let mut server = start();
+    wait_up().await;
+    let dead = get(&format!("/api/v1/training-runs/{run_id}")).await;
+    assert_eq!(dead["status"], "failed", "{dead}");
+    assert!(
+        dead["error"].as_str().unwrap().contains("interrupted"),
+        "{dead}"
+    );
+    let runs = get(&format!("/api/v1/projects/{}/training-runs", project.id)).await;
+    assert_eq!(
+        runs.as_array().unwrap().len(),
+        2,
+        "the interrupted run was queued again: {runs}"
+    );
+    let export = client
+        .get(format!("{base}/api/v1/projects/{}/export", project.id))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        export.lines().count(),
+        3,
+        "every judgment survived the kill"
+    );
+    let next = client
+        .post(format!("{base}/api/v1/projects/{}/next", project.id))
+        .bearer_auth(&ann_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.status(), StatusCode::OK, "serving continues");
+    // The retried run is cancelled so the server stops promptly.
+    let retry = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] != run_id.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _ = client
+        .post(format!("{base}/api/v1/training-runs/{retry}/cancel"))
+        .bearer_auth(&admin)
+        .send()
+        .await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
