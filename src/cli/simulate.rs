@@ -316,6 +316,7 @@ fn write_chart(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.9))
         .draw()?;
