@@ -9,7 +9,9 @@ use super::{
     RescoreRequest, ScoredPair,
 };
 use crate::learn::acquisition::{Oversample, PairScores, Strategy as LearnStrategy};
-use crate::learn::candidates::{AcquireConfig, acquire_pairs, prompt_entropies, score_pairs};
+use crate::learn::candidates::{
+    AcquireConfig, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
+};
 use crate::model::{LanguageModel, SamplingParams, parse_device};
 use crate::store::projects::{LoopSettings, Strategy};
 
@@ -215,12 +217,7 @@ fn as_prompts(model: &LanguageModel, prompts: &[String], chat_template: bool) ->
 }
 
 fn encode_prompt(model: &LanguageModel, text: &str) -> Result<Vec<u32>, EngineError> {
-    let tok = model.tokenizer();
-    let mut ids = tok.encode(text).map_err(model_error)?;
-    if ids.is_empty() {
-        ids.push(tok.eos_id());
-    }
-    Ok(ids)
+    prompt_ids(model.tokenizer(), text).map_err(model_error)
 }
 
 fn rescore(models: &mut Models, req: RescoreRequest) -> Result<Vec<PairScore>, EngineError> {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::acquisition::{
     self, AcquisitionRecord, Candidate, EntropySample, Oversample, PairScores, Strategy,
 };
-use crate::model::{LanguageModel, ModelError, SamplingParams};
+use crate::model::{LanguageModel, ModelError, SamplingParams, TextTokenizer};
 
 /// Settings of one acquisition round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +108,16 @@ pub fn prompt_entropies(
     ))
 }
 
+/// A prompt's token ids; an empty prompt becomes the end-of-sequence token, since the first completion
+/// token needs something to be predicted from.
+pub fn prompt_ids(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, ModelError> {
+    let mut ids = tok.encode(text)?;
+    if ids.is_empty() {
+        ids.push(tok.eos_id());
+    }
+    Ok(ids)
+}
+
 /// Implicit rewards and certainty of existing pairs (imported ones, or pending ones after a new model
 /// version), each item (prompt, completion a, completion b) as text. `reference` `None` means the policy is the
 /// reference. Entropy is left `None`: it needs sampling, see [`prompt_entropies`].
@@ -120,10 +130,7 @@ pub fn score_pairs(
     let tok = policy.tokenizer();
     let mut seqs = Vec::with_capacity(2 * items.len());
     for (prompt, a, b) in items {
-        let mut p = tok.encode(prompt)?;
-        if p.is_empty() {
-            p.push(tok.eos_id());
-        }
+        let p = prompt_ids(tok, prompt)?;
         seqs.push((p.clone(), tok.encode(a)?));
         seqs.push((p, tok.encode(b)?));
     }
@@ -160,13 +167,7 @@ pub fn acquire_pairs(
     let tok = policy.tokenizer();
     let ids: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| {
-            let mut ids = tok.encode(p)?;
-            if ids.is_empty() {
-                ids.push(tok.eos_id());
-            }
-            Ok(ids)
-        })
+        .map(|p| prompt_ids(tok, p))
         .collect::<Result<_, ModelError>>()?;
 
     let entropies = if cfg.strategy.needs_entropy() {
