@@ -19,7 +19,9 @@ use super::{
 use crate::judge::http::{HttpJudge, HttpJudgeSettings};
 use crate::judge::sentiment::SentimentJudge;
 use crate::store::judges::{Judge, list_judges};
-use crate::store::leases::{JudgmentInput, lease_next_pair, record_judgment, release_lease};
+use crate::store::leases::{
+    JudgmentInput, count_labels, lease_next_pair, record_judgment, release_lease,
+};
 use crate::store::projects::{Project, Strategy, list_projects};
 use crate::store::queue::{self, GeneratedPair};
 use crate::store::training::{self, RunStatus, TrainingRun};
@@ -326,7 +328,7 @@ async fn fill_pool(
     project: &Project,
 ) -> Result<(), StoreError> {
     if let Some(budget) = project.label_budget
-        && queue::count_labels(&inner.store, &project.id).await? >= budget
+        && count_labels(inner.store.pool(), &project.id).await? >= budget
     {
         return Ok(());
     }
@@ -411,7 +413,7 @@ async fn automatic_run_due(
     if every == 0 {
         return Ok(None);
     }
-    let labels = queue::count_labels(&inner.store, &project.id).await?;
+    let labels = count_labels(inner.store.pool(), &project.id).await?;
     let seen = training::latest_project_version(&inner.store, &project.id)
         .await?
         .map_or(0, |v| v.labels_seen);
@@ -481,7 +483,7 @@ async fn run_training(
 ) -> Result<(), StoreError> {
     let store = &inner.store;
     let preferences = queue::training_preferences(store, &project.id).await?;
-    let labels = queue::count_labels(store, &project.id).await?;
+    let labels = count_labels(store.pool(), &project.id).await?;
     if preferences.iter().all(|p| p.eval) {
         let msg = "no labelled pairs to train on: ties, both-bad and skips teach no preference";
         return training::finish_training_run(store, &run.id, RunStatus::Failed, Some(msg), None)

@@ -149,13 +149,17 @@ async fn lock_project(
 }
 
 /// Labels spent in a project: current (not superseded) judgments other than skips.
-async fn count_labels(tx: &mut Transaction<'static, Any>, project_id: &str) -> Result<i64> {
+/// Takes a pool or a transaction (leasing counts inside its own).
+pub async fn count_labels<'e, E>(executor: E, project_id: &str) -> Result<i64>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
     let row = sqlx::query(
         "SELECT COUNT(*) AS n FROM judgments \
          WHERE project_id = $1 AND superseded_at IS NULL AND choice <> 'skip'",
     )
     .bind(project_id)
-    .fetch_one(&mut **tx)
+    .fetch_one(executor)
     .await?;
     super::int(&row, "n")
 }
@@ -191,7 +195,7 @@ pub async fn lease_next_pair(
     }
 
     if let Some(budget) = project.label_budget {
-        let labels = count_labels(&mut tx, &project.id).await?;
+        let labels = count_labels(&mut *tx, &project.id).await?;
         let open: i64 = super::int(
             &sqlx::query(
                 "SELECT COUNT(*) AS n FROM pairs WHERE project_id = $1 AND status = 'pending' \

@@ -198,17 +198,6 @@ pub async fn training_preferences(store: &Store, project_id: &str) -> Result<Vec
     Ok(out)
 }
 
-/// Labels given since a model version was trained on `labels_seen` of them.
-pub async fn count_labels(store: &Store, project_id: &str) -> Result<i64> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n FROM judgments WHERE project_id = $1 AND superseded_at IS NULL AND choice <> 'skip'",
-    )
-    .bind(project_id)
-    .fetch_one(store.pool())
-    .await?;
-    super::int(&row, "n")
-}
-
 /// The project's held-out prompts (split "eval"), oldest first, at most `limit`.
 pub async fn eval_prompts(store: &Store, project_id: &str, limit: i64) -> Result<Vec<String>> {
     let rows = sqlx::query(
