@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::json;
 
 use super::prompts::{load_tokenizer, review_prompts};
 use crate::config::DbArgs;
-use crate::store::items::{ImportKind, import_ndjson};
+use crate::store::items::{Split, insert_prompts};
 use crate::store::projects::{ProjectInput, Strategy, create_project, find_project};
 use crate::store::sessions::{create_login_link, login_url};
 use crate::store::users::{Role, UserKind, create_user};
@@ -80,25 +79,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..Default::default()
         };
         let project = create_project(&store, input).await?;
-        let lines = |ps: &[String], split: &str| -> String {
-            ps.iter()
-                .map(|p| json!({"prompt": p, "split": split}).to_string() + "\n")
-                .collect()
-        };
-        import_ndjson(
-            &store,
-            &project.id,
-            ImportKind::Prompts,
-            lines(train, "train").as_bytes(),
-        )
-        .await?;
-        import_ndjson(
-            &store,
-            &project.id,
-            ImportKind::Prompts,
-            lines(eval, "eval").as_bytes(),
-        )
-        .await?;
+        insert_prompts(&store, &project.id, train, Split::Train).await?;
+        insert_prompts(&store, &project.id, eval, Split::Eval).await?;
     }
     // Fresh one-time links on every start: tokens are never stored in clear, links are.
     let mut links = Vec::new();

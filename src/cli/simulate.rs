@@ -16,7 +16,7 @@ use crate::engine::active_loop::{ActiveLoop, LoopConfig};
 use crate::engine::{EngineConfig, EngineHandle};
 use crate::learn::data::read_prompts;
 use crate::store::Store;
-use crate::store::items::{ImportKind, import_ndjson};
+use crate::store::items::{Split, insert_prompts};
 use crate::store::judges::create_judge;
 use crate::store::projects::{
     CompletionSettings, Oversample, ProjectInput, Strategy, create_project,
@@ -153,32 +153,14 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     };
     let _active = ActiveLoop::start(store.clone(), Some(engine), config).await?;
 
-    let ndjson = |ps: &[String], split: &str| -> String {
-        ps.iter()
-            .map(|p| json!({"prompt": p, "split": split}).to_string() + "\n")
-            .collect()
-    };
-    let (train_lines, eval_lines) = (ndjson(train, "train"), ndjson(eval, "eval"));
     let rounds = args.labels / args.round;
     let mut rows = Vec::new();
     for &strategy in &strategies {
         for seed in 0..args.seeds {
             let started = Instant::now();
             let project = create_project(&store, run_settings(&args, strategy, seed)).await?;
-            import_ndjson(
-                &store,
-                &project.id,
-                ImportKind::Prompts,
-                train_lines.as_bytes(),
-            )
-            .await?;
-            import_ndjson(
-                &store,
-                &project.id,
-                ImportKind::Prompts,
-                eval_lines.as_bytes(),
-            )
-            .await?;
+            insert_prompts(&store, &project.id, train, Split::Train).await?;
+            insert_prompts(&store, &project.id, eval, Split::Eval).await?;
             create_judge(
                 &store,
                 &project.id,

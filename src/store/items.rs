@@ -292,6 +292,30 @@ pub async fn find_or_insert_prompt(
     }
 }
 
+/// Stores prompt texts the program itself made (held-out ones with `Split::Eval`), skipping the NDJSON
+/// round trip an upload needs.
+pub async fn insert_prompts(
+    store: &Store,
+    project_id: &str,
+    texts: &[String],
+    split: Split,
+) -> Result<u64> {
+    let items = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let item = NewItem::Prompt {
+                text: text.clone(),
+                external_id: None,
+                meta: "{}".into(),
+                split,
+            };
+            (i + 1, item)
+        })
+        .collect();
+    Ok(insert_items(store, project_id, items).await?.0)
+}
+
 /// Parses and stores one NDJSON upload. Bad lines are reported; good ones are stored.
 pub async fn import_ndjson(
     store: &Store,
