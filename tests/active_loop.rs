@@ -13,7 +13,7 @@ use prefloop::engine::{EngineConfig, EngineHandle};
 use prefloop::http::{AppState, HttpConfig};
 use prefloop::model::{LanguageModel, ModelConfig, TextTokenizer};
 use prefloop::store::training::{
-    RunStatus, create_training_run, ensure_reference_version, get_training_run, record_run_progress,
+    RunStatus, create_training_run, ensure_reference_version, get_training_run, mark_run_started,
 };
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -438,9 +438,7 @@ async fn restart_retries_an_interrupted_run(b: Backend) {
     let dead = create_training_run(&app.store, &project, None)
         .await
         .unwrap();
-    record_run_progress(&app.store, &dead.id, 1, 10, &json!({"loss": 0.69}))
-        .await
-        .unwrap();
+    mark_run_started(&app.store, &dead.id).await.unwrap();
 
     let _active = with_loop(&mut app, models.path()).await;
     let dead = get_training_run(&app.store, &dead.id).await.unwrap();
@@ -502,8 +500,9 @@ async fn a_full_model_queue_answers_429(b: Backend) {
 /// every judgment is still there, the run is marked failed and retried, and serving goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_during_training_resumes() {
+    use prefloop::domain::Choice;
     use prefloop::store::Store;
-    use prefloop::store::leases::{Choice, JudgmentInput, lease_next_pair, record_judgment};
+    use prefloop::store::leases::{JudgmentInput, lease_next_pair, record_judgment};
     use prefloop::store::projects::{ProjectInput, create_project};
     use prefloop::store::users::{Role, UserKind, create_user};
 

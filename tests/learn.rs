@@ -4,13 +4,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use prefloop::learn::acquisition::Strategy;
+use prefloop::domain::{LossKind, Schedule, StepMetrics, Strategy};
 use prefloop::learn::candidates::{AcquireConfig, acquire_pairs, score_pairs};
-use prefloop::learn::dpo::{LossConfig, LossKind};
+use prefloop::learn::dpo::LossConfig;
 use prefloop::learn::optim::AdamWParams;
 use prefloop::learn::{
-    BoxError, DpoConfig, PreferencePair, Progress, ReferenceCache, RunControl, Schedule,
-    StepMetrics, TrainError, TrainOutcome, split_eval, train_dpo,
+    BoxError, DpoConfig, PreferencePair, Progress, ReferenceCache, RunControl, TrainError,
+    TrainOutcome, split_eval, train_dpo,
 };
 use prefloop::model::{LanguageModel, ModelConfig, SamplingParams, TextTokenizer};
 use rand::rngs::StdRng;

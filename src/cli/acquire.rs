@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::json;
 
-use crate::learn::acquisition::Strategy;
+use crate::domain::Strategy;
 use crate::learn::candidates::{AcquireConfig, acquire_pairs};
 use crate::learn::data::read_prompts;
 use crate::model::{LanguageModel, parse_device};

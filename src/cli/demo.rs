@@ -10,8 +10,9 @@ use clap::Args;
 
 use super::prompts::{load_tokenizer, review_prompts};
 use crate::config::DbArgs;
+use crate::domain::Strategy;
 use crate::store::items::{Split, insert_prompts};
-use crate::store::projects::{ProjectInput, Strategy, create_project, find_project};
+use crate::store::projects::{ProjectInput, create_project, find_project};
 use crate::store::sessions::{create_login_link, login_url};
 use crate::store::users::{Role, UserKind, create_user};
 

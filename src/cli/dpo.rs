@@ -6,13 +6,13 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 
+use crate::domain::{LossKind, Schedule};
 use crate::learn::data::read_preferences_chat;
-use crate::learn::dpo::{LossConfig, LossKind};
+use crate::learn::dpo::LossConfig;
 use crate::learn::optim::AdamWParams;
 use crate::learn::reference::ReferenceCache;
-use crate::learn::trainer::{
-    DpoConfig, Progress, RunControl, Schedule, describe, split_eval, train_dpo,
-};
+use crate::learn::run::{DpoConfig, Progress, RunControl};
+use crate::learn::trainer::{describe, split_eval, train_dpo};
 use crate::model::{ChatMessage, LanguageModel, parse_device};
 
 #[derive(Debug, clap::Args)]

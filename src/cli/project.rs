@@ -3,7 +3,8 @@
 use clap::{Args, Subcommand};
 
 use crate::config::DbArgs;
-use crate::store::projects::{self, ProjectInput, Strategy};
+use crate::domain::Strategy;
+use crate::store::projects::{self, ProjectInput};
 
 #[derive(Debug, Args)]
 pub struct ProjectArgs {
@@ -44,12 +45,7 @@ pub async fn run(args: ProjectArgs) -> anyhow::Result<()> {
             guidelines,
             db,
         } => {
-            let strategy = strategy
-                .map(|s| {
-                    serde_json::from_value::<Strategy>(serde_json::Value::String(s.clone()))
-                        .map_err(|_| anyhow::anyhow!("unknown strategy {s:?}: use random, entropy, certainty, uncertainty or hybrid"))
-                })
-                .transpose()?;
+            let strategy = strategy.map(|s| s.parse::<Strategy>()).transpose()?;
             let guidelines = guidelines
                 .map(|p| {
                     std::fs::read_to_string(&p)

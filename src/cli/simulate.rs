@@ -12,15 +12,14 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
+use crate::domain::{CompletionSettings, Oversample, Strategy};
 use crate::engine::active_loop::{ActiveLoop, LoopConfig};
 use crate::engine::{EngineConfig, EngineHandle};
 use crate::learn::data::read_prompts;
 use crate::store::Store;
 use crate::store::items::{Split, insert_prompts};
 use crate::store::judges::create_judge;
-use crate::store::projects::{
-    CompletionSettings, Oversample, ProjectInput, Strategy, create_project,
-};
+use crate::store::projects::{ProjectInput, create_project};
 use crate::store::training::{
     RunStatus, ensure_reference_version, latest_training_run, list_project_versions,
 };
@@ -105,11 +104,8 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let strategies: Vec<Strategy> = args
         .strategy
         .iter()
-        .map(|s| {
-            serde_json::from_value(json!(s.trim()))
-                .map_err(|_| anyhow::anyhow!("unknown strategy {s:?}"))
-        })
-        .collect::<anyhow::Result<_>>()?;
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
     if args.round == 0 || args.labels < args.round {
         bail!("--round must be at least 1 and at most --labels");
     }
@@ -174,25 +170,24 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
                 let versions = list_project_versions(&store, &project.id).await?;
                 let evaluated: Vec<_> = versions
                     .iter()
-                    .filter(|v| v.metrics.get("win_rate").is_some())
+                    .filter_map(|v| Some((v.labels_seen, v.metrics.win?)))
                     .collect();
-                for v in evaluated.iter().skip(reported) {
+                for (labels, win) in evaluated.iter().skip(reported) {
                     eprintln!(
-                        "{} seed {seed}: {} labels, win rate {:.3} ({:.0} s)",
+                        "{} seed {seed}: {labels} labels, win rate {:.3} ({:.0} s)",
                         strategy.as_str(),
-                        v.labels_seen,
-                        v.metrics["win_rate"].as_f64().unwrap_or(f64::NAN),
+                        win.win_rate,
                         started.elapsed().as_secs_f64()
                     );
                 }
                 reported = evaluated.len();
                 if evaluated.len() >= rounds {
-                    rows.extend(evaluated.iter().map(|v| Row {
+                    rows.extend(evaluated.iter().map(|(labels, win)| Row {
                         strategy: strategy.as_str().to_string(),
                         seed,
-                        labels: v.labels_seen,
-                        win_rate: v.metrics["win_rate"].as_f64().unwrap_or(f64::NAN),
-                        reward: v.metrics["mean_reward"].as_f64().unwrap_or(f64::NAN),
+                        labels: *labels,
+                        win_rate: win.win_rate,
+                        reward: win.mean_reward,
                     }));
                     break;
                 }

@@ -3,24 +3,13 @@
 //! counts half.
 
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
 
 use super::{EngineError, EngineHandle, GenerateRequest, PolicyRef};
+use crate::domain::{Choice, WinRate};
 use crate::judge::sentiment::SentimentJudge;
-use crate::store::leases::Choice;
 
 /// The sampling temperature of the evaluation (the paper's).
 pub const EVAL_TEMPERATURE: f64 = 0.25;
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct WinRate {
-    pub win_rate: f64,
-    pub wins: usize,
-    pub ties: usize,
-    pub losses: usize,
-    /// Mean positivity (VADER compound) of the policy's completions: the "reward" of the IMDB setting.
-    pub mean_reward: f64,
-}
 
 /// Scores `policy` against `reference` on `prompts` with the sentiment judge.
 pub async fn win_rate(
@@ -63,5 +52,6 @@ pub async fn win_rate(
         ties,
         losses,
         mean_reward: reward / n,
+        eval_prompts: ours.len(),
     })
 }

@@ -19,6 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 pub use training::{TrainRequest, TrainResult};
 use worker::Job;
 
+use crate::domain::{LoopSettings, PairScores, Strategy};
+use crate::learn::Progress;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("the model is busy: too many requests are waiting, try again shortly")]
@@ -60,8 +63,8 @@ pub struct AcquireRequest {
     pub prompts: Vec<String>,
     /// Pairs wanted.
     pub m: usize,
-    pub settings: crate::store::projects::LoopSettings,
-    pub strategy: crate::store::projects::Strategy,
+    pub settings: LoopSettings,
+    pub strategy: Strategy,
     pub seed: u64,
 }
 
@@ -71,17 +74,9 @@ pub struct ScoredPair {
     pub prompt_index: usize,
     pub completion_a: String,
     pub completion_b: String,
-    pub scores: PairScore,
+    pub scores: PairScores,
     /// 0-based position in the strategy's order (ties broken by the seed).
     pub rank: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct PairScore {
-    pub entropy: Option<f64>,
-    pub reward_a: f64,
-    pub reward_b: f64,
-    pub certainty: f64,
 }
 
 /// Pairs to score again with another version.
@@ -90,9 +85,9 @@ pub struct RescoreRequest {
     pub policy: PolicyRef,
     /// (prompt, completion a, completion b).
     pub pairs: Vec<(String, String, String)>,
-    pub settings: crate::store::projects::LoopSettings,
+    pub settings: LoopSettings,
     /// Entropy is re-estimated only for strategies that rank by it.
-    pub strategy: crate::store::projects::Strategy,
+    pub strategy: Strategy,
 }
 
 #[derive(Debug, Clone)]
@@ -171,7 +166,7 @@ impl EngineHandle {
     }
 
     /// Scores existing pairs with another model version (after training).
-    pub async fn rescore(&self, req: RescoreRequest) -> Result<Vec<PairScore>, EngineError> {
+    pub async fn rescore(&self, req: RescoreRequest) -> Result<Vec<PairScores>, EngineError> {
         self.call(|reply| Job::Rescore {
             req: Box::new(req),
             reply,
@@ -192,7 +187,7 @@ impl EngineHandle {
     pub async fn train(
         &self,
         req: TrainRequest,
-        progress: mpsc::UnboundedSender<serde_json::Value>,
+        progress: mpsc::UnboundedSender<Progress>,
         cancel: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<TrainResult, EngineError> {
         training::run(self, req, progress, cancel).await

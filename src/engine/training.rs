@@ -10,11 +10,10 @@ use tokio::sync::mpsc;
 
 use super::worker::Job;
 use super::{EngineError, EngineHandle, PolicyRef};
+use crate::domain::{LoopSettings, TrainedMetrics};
 use crate::learn::{
-    AdamWParams, DpoConfig, LossConfig, LossKind, PreferencePair, Progress, ReferenceCache,
-    RunControl, Schedule as LearnSchedule, TrainError, train_dpo,
+    DpoConfig, PreferencePair, Progress, ReferenceCache, RunControl, TrainError, train_dpo,
 };
-use crate::store::projects::{LoopSettings, Loss, Schedule};
 use crate::store::queue::Preference;
 
 /// Reference log-probs per project, kept across runs (they never change for a pair), and the one lock
@@ -40,39 +39,14 @@ pub struct TrainRequest {
 pub struct TrainResult {
     pub path: String,
     pub steps: usize,
-    /// The last step's metrics, and held-out ones under "eval" when the project has an eval split.
-    pub metrics: serde_json::Value,
-}
-
-fn dpo_config(s: &LoopSettings) -> DpoConfig {
-    DpoConfig {
-        loss: LossConfig {
-            kind: match s.loss {
-                Loss::Dpo => LossKind::Dpo,
-                Loss::Ipo => LossKind::Ipo,
-            },
-            beta: s.beta,
-            label_smoothing: s.label_smoothing,
-        },
-        optimizer: AdamWParams {
-            lr: s.learning_rate,
-            ..Default::default()
-        },
-        epochs: s.epochs as usize,
-        batch_size: s.batch_size as usize,
-        schedule: match s.schedule {
-            Schedule::Reset => LearnSchedule::Reset,
-            Schedule::Continue => LearnSchedule::Continue,
-        },
-        seed: s.seed,
-        ..Default::default()
-    }
+    /// The last step's metrics, and the held-out ones when the project has an eval split.
+    pub metrics: TrainedMetrics,
 }
 
 pub(super) async fn run(
     handle: &EngineHandle,
     req: TrainRequest,
-    progress: mpsc::UnboundedSender<serde_json::Value>,
+    progress: mpsc::UnboundedSender<Progress>,
     cancel: Arc<AtomicBool>,
 ) -> Result<TrainResult, EngineError> {
     let _turn = handle.trainer.one_at_a_time.lock().await;
@@ -90,7 +64,7 @@ pub(super) async fn run(
         .remove(&req.project_id)
         .unwrap_or_default();
     let dir: PathBuf = handle.checkpoint_dir.join(&req.version_id);
-    let cfg = dpo_config(&req.settings);
+    let cfg = DpoConfig::from_settings(&req.settings);
     let (train, eval): (Vec<_>, Vec<_>) = req.preferences.iter().partition(|p| !p.eval);
     let chat = req.settings.chat_template;
     let to_pairs = |v: Vec<&Preference>| -> Vec<PreferencePair> {
@@ -110,9 +84,7 @@ pub(super) async fn run(
 
     let outcome = tokio::task::spawn_blocking(move || {
         let mut report = |p: &Progress| {
-            if let Ok(v) = serde_json::to_value(p) {
-                let _ = progress.send(v);
-            }
+            let _ = progress.send(p.clone());
         };
         let result = train_dpo(
             &current,
@@ -149,14 +121,10 @@ pub(super) async fn run(
         TrainError::Cancelled { .. } => EngineError::Cancelled,
         other => EngineError::Model(other.to_string()),
     })?;
-    let last = outcome.steps.last();
-    let mut metrics = serde_json::to_value(last).unwrap_or_default();
-    if let (Some(eval), Some(obj)) = (outcome.eval, metrics.as_object_mut()) {
-        obj.insert(
-            "eval".into(),
-            serde_json::to_value(eval).unwrap_or_default(),
-        );
-    }
+    let metrics = TrainedMetrics {
+        last_step: outcome.steps.last().copied(),
+        eval: outcome.eval,
+    };
     let steps = outcome.steps.len();
     // Install the trained model so the next requests use it without reading it back from disk.
     handle

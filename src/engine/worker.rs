@@ -1,19 +1,16 @@
 //! The thread that owns the model: loads it, warms it up, then answers jobs one at a time.
 
-use std::str::FromStr;
-
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AcquireRequest, EngineConfig, EngineError, GenerateRequest, PairScore, PolicyRef,
-    RescoreRequest, ScoredPair,
+    AcquireRequest, EngineConfig, EngineError, GenerateRequest, PolicyRef, RescoreRequest,
+    ScoredPair,
 };
-use crate::learn::acquisition::{Oversample, PairScores, Strategy as LearnStrategy};
+use crate::domain::{LoopSettings, PairScores, Strategy};
 use crate::learn::candidates::{
     AcquireConfig, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
 };
 use crate::model::{LanguageModel, SamplingParams, parse_device};
-use crate::store::projects::{LoopSettings, Strategy};
 
 type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
@@ -24,7 +21,7 @@ pub(super) enum Job {
     },
     Rescore {
         req: Box<RescoreRequest>,
-        reply: Reply<Vec<PairScore>>,
+        reply: Reply<Vec<PairScores>>,
     },
     Generate {
         req: Box<GenerateRequest>,
@@ -151,28 +148,15 @@ pub(super) fn run(
 fn acquire_config(settings: &LoopSettings, strategy: Strategy, seed: u64) -> AcquireConfig {
     let c = &settings.completions;
     AcquireConfig {
-        strategy: LearnStrategy::from_str(strategy.as_str()).expect("the same five strategies"),
+        strategy,
         beta: settings.beta,
         entropy_samples: settings.entropy_samples as usize,
         length_normalised: false,
         temperature: c.temperature,
         top_p: c.top_p,
         max_new_tokens: c.max_new_tokens as usize,
-        keep_fraction: Oversample {
-            prompts: settings.oversample.prompts as usize,
-            pairs: settings.oversample.pairs as usize,
-        }
-        .keep_fraction(),
+        keep_fraction: settings.oversample.keep_fraction(),
         seed,
-    }
-}
-
-fn pair_score(s: &PairScores) -> PairScore {
-    PairScore {
-        entropy: s.entropy,
-        reward_a: s.reward_a,
-        reward_b: s.reward_b,
-        certainty: s.certainty,
     }
 }
 
@@ -198,7 +182,7 @@ fn acquire(models: &mut Models, req: AcquireRequest) -> Result<Vec<ScoredPair>, 
             prompt_index: p.prompt_index,
             completion_a: p.completion_a,
             completion_b: p.completion_b,
-            scores: pair_score(&p.scores),
+            scores: p.scores,
             rank: p.rank,
         })
         .collect())
@@ -220,7 +204,7 @@ fn encode_prompt(model: &LanguageModel, text: &str) -> Result<Vec<u32>, EngineEr
     prompt_ids(model.tokenizer(), text).map_err(model_error)
 }
 
-fn rescore(models: &mut Models, req: RescoreRequest) -> Result<Vec<PairScore>, EngineError> {
+fn rescore(models: &mut Models, req: RescoreRequest) -> Result<Vec<PairScores>, EngineError> {
     let cfg = acquire_config(&req.settings, req.strategy, req.settings.seed);
     let is_reference = models.is_reference(&req.policy);
     let reference = models.reference.clone();
@@ -247,7 +231,7 @@ fn rescore(models: &mut Models, req: RescoreRequest) -> Result<Vec<PairScore>, E
             s.entropy = e;
         }
     }
-    Ok(scores.iter().map(pair_score).collect())
+    Ok(scores)
 }
 
 fn generate(models: &mut Models, req: GenerateRequest) -> Result<Vec<String>, EngineError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Verdict;
-use crate::store::leases::Choice;
+use crate::domain::Choice;
 
 /// What an admin sets when attaching an HTTP judge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 pub mod http;
 pub mod sentiment;
 
-use crate::store::leases::Choice;
+use crate::domain::Choice;
 
 /// What a judge said about one comparison, and why.
 #[derive(Debug, Clone, PartialEq)]

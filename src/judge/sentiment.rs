@@ -5,7 +5,7 @@
 use vader_sentiment::SentimentIntensityAnalyzer;
 
 use super::Verdict;
-use crate::store::leases::Choice;
+use crate::domain::Choice;
 
 pub struct SentimentJudge {
     analyzer: SentimentIntensityAnalyzer<'static>,

@@ -5,116 +5,12 @@
 //! Orderings are "best first"; ties (and round 1, where πθ == πref makes every certainty 0) are broken by a
 //! permutation drawn from the seed, never by insertion order.
 
-use std::fmt;
-use std::str::FromStr;
-
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-/// How pending candidate pairs are ordered for annotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Strategy {
-    /// Uniform over candidates: the baseline every claim is measured against.
-    Random,
-    /// Highest predictive entropy of the prompt first.
-    Entropy,
-    /// Most certain pair first, |r̂a − r̂b| descending (the paper's choice).
-    Certainty,
-    /// Least certain pair first (ADPO-style).
-    Uncertainty,
-    /// Keep the top fraction of prompts by entropy, then the most certain pairs among them.
-    Hybrid,
-}
-
-impl Strategy {
-    pub const ALL: [Strategy; 5] = [
-        Strategy::Random,
-        Strategy::Entropy,
-        Strategy::Certainty,
-        Strategy::Uncertainty,
-        Strategy::Hybrid,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Random => "random",
-            Strategy::Entropy => "entropy",
-            Strategy::Certainty => "certainty",
-            Strategy::Uncertainty => "uncertainty",
-            Strategy::Hybrid => "hybrid",
-        }
-    }
-
-    /// Whether the strategy needs the prompt's predictive entropy (N extra samples per prompt).
-    pub fn needs_entropy(self) -> bool {
-        matches!(self, Strategy::Entropy | Strategy::Hybrid)
-    }
-
-    /// Whether the strategy needs implicit rewards (policy and reference log-probs of both completions).
-    pub fn needs_rewards(self) -> bool {
-        matches!(
-            self,
-            Strategy::Certainty | Strategy::Uncertainty | Strategy::Hybrid
-        )
-    }
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown strategy {0:?}: expected random, entropy, certainty, uncertainty or hybrid")]
-pub struct UnknownStrategy(pub String);
-
-impl FromStr for Strategy {
-    type Err = UnknownStrategy;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Strategy::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| UnknownStrategy(s.to_string()))
-    }
-}
-
-/// Over-sampling factors per acquired pair, as the server's project setting "oversample" names them.
-///
-/// The paper (IMDB) scored 32,768 prompts by entropy, kept 4,096, and acquired 128 pairs per round:
-/// 256 prompts and 32 pairs per acquired pair. Those are the defaults; a CPU deployment will scale them down.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Oversample {
-    /// Prompts entropy-scored per pair acquired.
-    pub prompts: usize,
-    /// Candidate pairs (one per kept prompt) certainty-scored per pair acquired.
-    pub pairs: usize,
-}
-
-impl Default for Oversample {
-    fn default() -> Self {
-        Oversample {
-            prompts: 32_768 / 128,
-            pairs: 4_096 / 128,
-        }
-    }
-}
-
-impl Oversample {
-    /// How many prompts to entropy-score and how many of them to keep, to acquire `m` pairs.
-    pub fn sizes_for(&self, m: usize) -> (usize, usize) {
-        (m * self.prompts.max(1), m * self.pairs.max(1))
-    }
-
-    /// The share of entropy-scored prompts that hybrid keeps (4096 / 32768 = 1/8 by default).
-    pub fn keep_fraction(&self) -> f64 {
-        (self.pairs.max(1) as f64 / self.prompts.max(1) as f64).min(1.0)
-    }
-}
+use crate::domain::{PairScores, Strategy};
 
 /// Predictive entropy of one prompt, Monte-Carlo: Ĥ(x) = −(1/N) Σₙ log πθ(yₙ|x), from the N completions sampled
 /// for THIS prompt at temperature 1. `samples` holds each completion's summed log-prob and its token count;
@@ -179,16 +75,6 @@ pub fn certainty(reward_a: f64, reward_b: f64) -> f64 {
     (reward_a - reward_b).abs()
 }
 
-/// Every score a candidate pair can be chosen by. `entropy` is the prompt's (shared by all pairs of that
-/// prompt) and is `None` when the strategy did not need it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct PairScores {
-    pub entropy: Option<f64>,
-    pub reward_a: f64,
-    pub reward_b: f64,
-    pub certainty: f64,
-}
-
 impl PairScores {
     /// Scores from summed log-probs of both completions under the policy and the reference.
     pub fn from_logprobs(
@@ -228,7 +114,7 @@ pub struct AcquisitionRecord {
 
 /// The order to serve `candidates` in, best first: a permutation of `0..candidates.len()`.
 ///
-/// `keep_fraction` is hybrid's share of prompts kept by entropy (see [`Oversample::keep_fraction`]); pairs of
+/// `keep_fraction` is hybrid's share of prompts kept by entropy (see [`crate::domain::Oversample::keep_fraction`]); pairs of
 /// prompts that were not kept follow the kept ones, ordered the same way, so the order is total. A missing or
 /// NaN score sorts last. Equal scores keep the order of a seeded random permutation.
 pub fn order_candidates(
@@ -393,7 +279,7 @@ mod tests {
     fn ties_break_by_seed_not_insertion_order() {
         // Round 1: policy == reference, every reward and certainty is 0.
         let c: Vec<Candidate> = (0..40).map(|p| cand(p, 1.0, 0.0, 0.0)).collect();
-        for strategy in Strategy::ALL {
+        for &strategy in Strategy::ALL {
             let a = order_candidates(strategy, &c, 0.5, 11);
             let b = order_candidates(strategy, &c, 0.5, 11);
             let other = order_candidates(strategy, &c, 0.5, 12);
@@ -473,21 +359,5 @@ mod tests {
         assert!((s.reward_a - 0.2).abs() < 1e-12);
         assert!((s.reward_b + 0.2).abs() < 1e-12);
         assert!((s.certainty - 0.4).abs() < 1e-12);
-    }
-
-    #[test]
-    fn oversample_defaults_follow_the_paper() {
-        let o = Oversample::default();
-        assert_eq!(o.sizes_for(128), (32_768, 4_096));
-        assert_eq!(o.keep_fraction(), 0.125);
-    }
-
-    #[test]
-    fn strategy_names() {
-        for s in Strategy::ALL {
-            assert_eq!(s.as_str().parse::<Strategy>().unwrap(), s);
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
-        }
-        assert!("Entropy".parse::<Strategy>().is_err());
     }
 }

@@ -8,9 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::acquisition::{
-    self, AcquisitionRecord, Candidate, EntropySample, Oversample, PairScores, Strategy,
-};
+use super::acquisition::{self, AcquisitionRecord, Candidate, EntropySample};
+use crate::domain::{Oversample, PairScores, Strategy};
 use crate::model::{LanguageModel, ModelError, SamplingParams, TextTokenizer};
 
 /// Settings of one acquisition round.
@@ -44,7 +43,7 @@ impl Default for AcquireConfig {
             temperature: 0.7,
             top_p: 1.0,
             max_new_tokens: 24,
-            keep_fraction: Oversample::default().keep_fraction(),
+            keep_fraction: Oversample::PAPER.keep_fraction(),
             seed: 0,
         }
     }

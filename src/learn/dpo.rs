@@ -8,48 +8,10 @@
 //! relu(−u) + log(1 + exp(−|u|)) has a 3× wrong gradient at u = 0 in candle (it takes relu' and abs' at 0 as 1),
 //! and DPO starts exactly there, since the policy begins equal to the reference.
 
-use std::fmt;
-use std::str::FromStr;
-
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// Which preference loss to minimise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LossKind {
-    /// −log σ(βh), h from summed log-probs.
-    #[default]
-    Dpo,
-    /// (h̄ − 1/(2β))², h̄ from per-token mean log-probs.
-    Ipo,
-}
-
-impl LossKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LossKind::Dpo => "dpo",
-            LossKind::Ipo => "ipo",
-        }
-    }
-}
-
-impl fmt::Display for LossKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for LossKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s {
-            "dpo" => Ok(LossKind::Dpo),
-            "ipo" => Ok(LossKind::Ipo),
-            other => Err(format!("unknown loss {other:?}: expected dpo or ipo")),
-        }
-    }
-}
+use crate::domain::{LossKind, RewardStats};
 
 /// The loss and its two hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -152,19 +114,6 @@ pub fn softplus(u: &Tensor) -> Result<Tensor> {
     (u.clamp(-80f32, 80f32)?.exp()? + 1.0)?.log()
 }
 
-/// Mean rewards and accuracy of a batch, the scalars DPO users know.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct RewardStats {
-    #[serde(rename = "rewards/chosen")]
-    pub chosen: f64,
-    #[serde(rename = "rewards/rejected")]
-    pub rejected: f64,
-    #[serde(rename = "rewards/margins")]
-    pub margins: f64,
-    #[serde(rename = "rewards/accuracies")]
-    pub accuracies: f64,
-}
-
 /// Sums (not means) of the reward statistics over the batch, so batches of different sizes can be combined;
 /// divide by the number of pairs.
 pub fn reward_sums(out: &LossOutput) -> Result<(RewardStats, usize)> {
@@ -178,24 +127,6 @@ pub fn reward_sums(out: &LossOutput) -> Result<(RewardStats, usize)> {
         s.accuracies += if c > r { 1.0 } else { 0.0 };
     }
     Ok((s, c.len()))
-}
-
-impl RewardStats {
-    pub fn add(&mut self, o: &RewardStats) {
-        self.chosen += o.chosen;
-        self.rejected += o.rejected;
-        self.margins += o.margins;
-        self.accuracies += o.accuracies;
-    }
-
-    pub fn scaled(&self, k: f64) -> RewardStats {
-        RewardStats {
-            chosen: self.chosen * k,
-            rejected: self.rejected * k,
-            margins: self.margins * k,
-            accuracies: self.accuracies * k,
-        }
-    }
 }
 
 #[cfg(test)]

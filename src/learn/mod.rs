@@ -4,11 +4,15 @@
 //!   order candidate pairs; the server calls these directly.
 //! - [`dpo`]: the `dpo` (sigmoid, with label smoothing) and `ipo` losses on candle tensors.
 //! - [`optim`]: a fused, in-place AdamW.
-//! - [`trainer`]: the DPO loop: settings, metrics, progress and cancellation.
+//! - [`run`]: what a DPO run is given and reports: settings, progress and cancellation hooks, errors.
+//! - [`trainer`]: the DPO loop itself.
 //! - [`reference`]: reference log-probs, computed once per pair and cached.
 //! - [`policy`]: what the trainer needs from a model ([`DpoModel`], implemented by `LanguageModel`).
 //! - [`candidates`]: one acquisition round with a live model (sample, score, order), for the CLI and server.
 //! - [`data`]: TRL-format preference files and prompt files, bad lines reported by number.
+//!
+//! The types it shares with the other layers (strategies, losses, schedules, scores, metrics) live in
+//! [`crate::domain`].
 
 pub mod acquisition;
 pub mod candidates;
@@ -17,19 +21,17 @@ pub mod dpo;
 pub mod optim;
 pub mod policy;
 pub mod reference;
+pub mod run;
 pub mod trainer;
 
 pub use acquisition::{
-    AcquisitionRecord, Candidate, EntropySample, Oversample, PairScores, Strategy, certainty,
-    entropy_by_prompt, implicit_reward, order_candidates, predictive_entropy, select_candidates,
-    top_by_entropy,
+    AcquisitionRecord, Candidate, EntropySample, certainty, entropy_by_prompt, implicit_reward,
+    order_candidates, predictive_entropy, select_candidates, top_by_entropy,
 };
 pub use data::{DataError, PreferencePair, read_preferences, read_preferences_chat, read_prompts};
-pub use dpo::{LossConfig, LossKind, RewardStats};
+pub use dpo::LossConfig;
 pub use optim::{AdamW, AdamWParams};
-pub use policy::{BoxError, DpoModel};
+pub use policy::DpoModel;
 pub use reference::{ReferenceCache, ReferenceLogProbs};
-pub use trainer::{
-    DpoConfig, EvalMetrics, Progress, RunControl, Schedule, StepMetrics, TrainError, TrainOutcome,
-    split_eval, train_dpo,
-};
+pub use run::{BoxError, DpoConfig, Progress, RunControl, TrainError};
+pub use trainer::{TrainOutcome, split_eval, train_dpo};

@@ -5,11 +5,8 @@ use candle_core::{Device, Var};
 
 use super::data::PreferencePair;
 use super::dpo::SeqLogProbs;
-use super::trainer::{DpoConfig, TrainError, model_err};
+use super::run::{BoxError, DpoConfig, TrainError, model_err};
 use crate::model::LanguageModel;
-
-/// Errors of the model behind the trainer, kept with their cause.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What the trainer needs from a language model; [`LanguageModel`] implements it (below). A trait keeps the
 /// loop readable on its own and lets the server hand in whatever owns the weights.

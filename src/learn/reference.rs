@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::PreferencePair;
 use super::policy::{DpoModel, sequences, tokenize_pairs};
-use super::trainer::{DpoConfig, Progress, RunControl, TrainError, model_err};
+use super::run::{DpoConfig, Progress, RunControl, TrainError, model_err};
 
 /// Completion log-probs (sum, tokens) of one pair under the reference model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -5,211 +5,20 @@
 //! log-probs come from a [`ReferenceCache`]; the reference model is only loaded when the cache misses pairs, and
 //! dropped again before training starts.
 
-use std::fmt;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::data::PreferencePair;
+use super::dpo::{PairLogProbs, SeqLogProbs, preference_loss, reward_sums};
+use super::optim::AdamW;
+use super::policy::{DpoModel, sequences, tokenize_pairs};
+use super::reference::ReferenceCache;
+use super::run::{BoxError, DpoConfig, Progress, RunControl, TrainError, model_err};
+use crate::domain::{EvalMetrics, LossKind, RewardStats, Schedule, StepMetrics};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
-
-use super::data::PreferencePair;
-use super::dpo::{
-    LossConfig, LossKind, PairLogProbs, RewardStats, SeqLogProbs, preference_loss, reward_sums,
-};
-use super::optim::{AdamW, AdamWParams};
-use super::policy::{BoxError, DpoModel, sequences, tokenize_pairs};
-use super::reference::ReferenceCache;
-
-/// Where training starts each round (the paper's two schedules).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// Start from the reference weights and train on all labels so far (the paper's main runs).
-    #[default]
-    Reset,
-    /// Keep training the current policy on the new and old labels.
-    Continue,
-}
-
-impl Schedule {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Schedule::Reset => "reset",
-            Schedule::Continue => "continue",
-        }
-    }
-}
-
-impl fmt::Display for Schedule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Schedule {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "reset" => Ok(Schedule::Reset),
-            "continue" => Ok(Schedule::Continue),
-            other => Err(format!(
-                "unknown schedule {other:?}: expected reset or continue"
-            )),
-        }
-    }
-}
-
-/// Every setting of a DPO run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct DpoConfig {
-    pub loss: LossConfig,
-    pub optimizer: AdamWParams,
-    pub epochs: usize,
-    /// Pairs per forward pass (each pair is two sequences).
-    pub batch_size: usize,
-    /// Forward passes per optimizer step: the effective batch is `batch_size × grad_accum_steps` pairs.
-    pub grad_accum_steps: usize,
-    /// Prompts longer than this keep their last tokens.
-    pub max_prompt_tokens: usize,
-    /// Completions longer than this keep their first tokens.
-    pub max_completion_tokens: usize,
-    /// Clip the global gradient norm to this before each step; `None` turns clipping off.
-    pub max_grad_norm: Option<f64>,
-    pub schedule: Schedule,
-    /// Shuffles the pairs every epoch.
-    pub seed: u64,
-    /// Held-out evaluation every this many steps (and always after the last); 0 = only after the last.
-    pub eval_every: usize,
-}
-
-impl Default for DpoConfig {
-    fn default() -> Self {
-        DpoConfig {
-            loss: LossConfig::default(),
-            optimizer: AdamWParams::default(),
-            epochs: 1,
-            batch_size: 4,
-            grad_accum_steps: 1,
-            max_prompt_tokens: 128,
-            max_completion_tokens: 128,
-            max_grad_norm: Some(1.0),
-            schedule: Schedule::Reset,
-            seed: 0,
-            eval_every: 0,
-        }
-    }
-}
-
-impl DpoConfig {
-    pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |m: String| Err(TrainError::Config(m));
-        self.loss.validate().map_err(TrainError::Config)?;
-        if !(self.optimizer.lr.is_finite() && self.optimizer.lr > 0.0) {
-            return bad(format!(
-                "learning rate must be > 0, got {}",
-                self.optimizer.lr
-            ));
-        }
-        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum_steps == 0 {
-            return bad("epochs, batch size and gradient accumulation steps must be ≥ 1".into());
-        }
-        if self.max_prompt_tokens == 0 || self.max_completion_tokens == 0 {
-            return bad("max prompt and completion tokens must be ≥ 1".into());
-        }
-        if self.max_grad_norm.is_some_and(|n| n.is_nan() || n <= 0.0) {
-            return bad("max gradient norm must be > 0".into());
-        }
-        Ok(())
-    }
-
-    /// Optimizer steps for `n_train` pairs.
-    pub fn total_steps(&self, n_train: usize) -> usize {
-        self.epochs * n_train.div_ceil(self.batch_size * self.grad_accum_steps)
-    }
-}
-
-/// Why a run ended without a model. The served model is untouched in every case.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error("bad training settings: {0}")]
-    Config(String),
-    #[error("no training pairs")]
-    NoData,
-    #[error("{context}: {source}")]
-    Model {
-        context: &'static str,
-        #[source]
-        source: BoxError,
-    },
-    #[error("cancelled before step {step} of {total_steps}")]
-    Cancelled { step: usize, total_steps: usize },
-    #[error("cancelled while computing reference log-probs")]
-    CancelledReference,
-    #[error("loss is not finite at step {step} (try a lower learning rate)")]
-    NonFinite { step: usize },
-}
-
-impl From<candle_core::Error> for TrainError {
-    fn from(e: candle_core::Error) -> Self {
-        TrainError::Model {
-            context: "tensor computation failed",
-            source: Box::new(e),
-        }
-    }
-}
-
-pub(super) fn model_err(context: &'static str) -> impl FnOnce(BoxError) -> TrainError {
-    move |source| TrainError::Model { context, source }
-}
-
-/// Metrics of one optimizer step, named as TRL names them.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct StepMetrics {
-    pub step: usize,
-    pub total_steps: usize,
-    pub epoch: usize,
-    pub loss: f64,
-    #[serde(flatten)]
-    pub rewards: RewardStats,
-    pub grad_norm: f64,
-    pub learning_rate: f64,
-    /// Prompt + completion tokens through the policy in this step (both sides of every pair).
-    pub tokens: usize,
-    /// Wall time of the whole step, and of the optimizer update alone.
-    pub seconds: f64,
-    pub optimizer_seconds: f64,
-}
-
-/// Held-out metrics: the same quantities over the eval split, without a gradient.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EvalMetrics {
-    pub step: usize,
-    pub pairs: usize,
-    pub loss: f64,
-    #[serde(flatten)]
-    pub rewards: RewardStats,
-}
-
-/// What the caller hears while a run goes on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Progress {
-    /// Reference log-probs being computed for pairs the cache did not have. `tokens` and `seconds` cover the
-    /// scoring so far: a forward pass without gradient over the same batches training will see.
-    Reference {
-        done: usize,
-        total: usize,
-        tokens: usize,
-        seconds: f64,
-    },
-    Step(StepMetrics),
-    Eval(EvalMetrics),
-}
 
 /// The result of a finished run: the trained model (not yet saved) and its metrics.
 pub struct TrainOutcome<M> {
@@ -238,12 +47,6 @@ pub fn split_eval(
         ix.into_iter().map(|i| pairs[i].clone()).collect()
     };
     (pick(t), pick(e))
-}
-
-/// The hooks a running job talks through: progress out, cancellation in (checked before every step).
-pub struct RunControl<'a> {
-    pub progress: &'a mut dyn FnMut(&Progress),
-    pub cancel: &'a AtomicBool,
 }
 
 /// One DPO run. `current` is the served policy (read only, used as the start under `continue`);
@@ -488,25 +291,5 @@ mod tests {
         assert_ne!(split_eval(&pairs, 0.2, 4).1, e);
         assert_eq!(split_eval(&pairs, 0.0, 3).1.len(), 0);
         assert_eq!(split_eval(&pairs[..2], 0.01, 3).1.len(), 1);
-    }
-
-    #[test]
-    fn config_validation_and_step_count() {
-        let cfg = DpoConfig {
-            batch_size: 4,
-            grad_accum_steps: 2,
-            epochs: 3,
-            ..Default::default()
-        };
-        assert!(cfg.validate().is_ok());
-        assert_eq!(cfg.total_steps(17), 3 * 3);
-        let bad = DpoConfig {
-            batch_size: 0,
-            ..Default::default()
-        };
-        assert!(matches!(bad.validate(), Err(TrainError::Config(_))));
-        assert_eq!("continue".parse::<Schedule>().unwrap(), Schedule::Continue);
-        let json = serde_json::to_value(DpoConfig::default()).unwrap();
-        assert_eq!(json["schedule"], "reset");
     }
 }

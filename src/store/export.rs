@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use utoipa::ToSchema;
 
-use super::leases::Choice;
 use super::{Result, Store, StoreError};
+use crate::domain::Choice;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -44,7 +44,7 @@ const EXPORT_SQL: &str = "SELECT j.id AS judgment_id, j.pair_id, j.lease_id, j.c
 
 fn choice_of(row: &AnyRow) -> Result<Choice> {
     let raw: String = row.try_get("choice")?;
-    Choice::parse(&raw).ok_or_else(|| StoreError::Invalid(format!("unknown choice {raw:?}")))
+    Ok(raw.parse()?)
 }
 
 /// (chosen, rejected) for a decisive answer, mapping the side shown on the left back to completion A or B;

@@ -12,37 +12,7 @@ use utoipa::ToSchema;
 use super::projects::Project;
 use super::users::User;
 use super::{Dialect, Result, Store, StoreError, new_id, now_ms};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Choice {
-    Left,
-    Right,
-    Tie,
-    BothBad,
-    Skip,
-}
-
-impl Choice {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Choice::Left => "left",
-            Choice::Right => "right",
-            Choice::Tie => "tie",
-            Choice::BothBad => "both_bad",
-            Choice::Skip => "skip",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Choice> {
-        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
-    }
-
-    /// Every answer but a skip spends the label budget.
-    pub fn spends_budget(self) -> bool {
-        self != Choice::Skip
-    }
-}
+use crate::domain::Choice;
 
 /// A pair handed to one annotator, with the order its completions are shown in.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -88,8 +58,7 @@ fn judgment_from_row(row: &AnyRow) -> Result<Judgment> {
         pair_id: row.try_get("pair_id")?,
         lease_id: row.try_get("lease_id")?,
         user_id: row.try_get("user_id")?,
-        choice: Choice::parse(&choice)
-            .ok_or_else(|| StoreError::Invalid(format!("unknown choice {choice:?} in database")))?,
+        choice: choice.parse()?,
         left_is_a: super::flag(row, "left_is_a")?,
         rationale: row.try_get("rationale")?,
         seconds: row.try_get("seconds")?,

@@ -54,6 +54,13 @@ impl StoreError {
     }
 }
 
+/// A stored name that is no longer one of its enum's values (a choice, say): the row is unreadable.
+impl From<crate::domain::UnknownName> for StoreError {
+    fn from(e: crate::domain::UnknownName) -> Self {
+        StoreError::Invalid(format!("in the database: {e}"))
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,131 +6,7 @@ use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
 use super::{Result, Store, StoreError, new_id, now_ms};
-
-/// Which pending pair is worth a label first (docs: REFERENCE.md, "The acquisition functions").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    #[default]
-    Random,
-    Entropy,
-    Certainty,
-    Uncertainty,
-    Hybrid,
-}
-
-impl Strategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Random => "random",
-            Strategy::Entropy => "entropy",
-            Strategy::Certainty => "certainty",
-            Strategy::Uncertainty => "uncertainty",
-            Strategy::Hybrid => "hybrid",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Strategy> {
-        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Loss {
-    #[default]
-    Dpo,
-    Ipo,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Schedule {
-    #[default]
-    Reset,
-    Continue,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct CompletionSettings {
-    pub max_new_tokens: u32,
-    pub temperature: f64,
-    pub top_p: f64,
-}
-
-impl Default for CompletionSettings {
-    /// The paper's acquisition sampling: T = 0.7, top-p 1.0, completions of 16–24 tokens.
-    fn default() -> Self {
-        CompletionSettings {
-            max_new_tokens: 24,
-            temperature: 0.7,
-            top_p: 1.0,
-        }
-    }
-}
-
-/// Over-sampling for the hybrid strategy, per pair acquired.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct Oversample {
-    /// Prompts entropy-scored per pair acquired (paper: 32,768 / 128 = 256).
-    pub prompts: u32,
-    /// Candidate pairs certainty-scored per pair acquired (paper: 4,096 / 128 = 32).
-    pub pairs: u32,
-}
-
-impl Default for Oversample {
-    /// The paper's ratios divided by 32, so that a two-core CPU keeps up with a few annotators.
-    fn default() -> Self {
-        Oversample {
-            prompts: 8,
-            pairs: 2,
-        }
-    }
-}
-
-/// The active-learning loop's settings. Every field has a default, so a project needs only a name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(default)]
-pub struct LoopSettings {
-    pub seed: u64,
-    /// Labels between background DPO updates; 0 = only on demand.
-    pub train_every: u32,
-    pub loss: Loss,
-    pub beta: f64,
-    pub label_smoothing: f64,
-    pub schedule: Schedule,
-    pub learning_rate: f64,
-    pub epochs: u32,
-    pub batch_size: u32,
-    pub completions: CompletionSettings,
-    pub oversample: Oversample,
-    pub entropy_samples: u32,
-    /// Wrap each prompt in the model's chat template (as one user turn) before generating, scoring
-    /// and training: for instruction-tuned models.
-    pub chat_template: bool,
-}
-
-impl Default for LoopSettings {
-    fn default() -> Self {
-        LoopSettings {
-            seed: 0,
-            train_every: 64,
-            loss: Loss::Dpo,
-            beta: 0.2,
-            label_smoothing: 0.0,
-            schedule: Schedule::Reset,
-            learning_rate: 1e-6,
-            epochs: 2,
-            batch_size: 8,
-            completions: CompletionSettings::default(),
-            oversample: Oversample::default(),
-            entropy_samples: 4,
-            chat_template: false,
-        }
-    }
-}
+use crate::domain::{CompletionSettings, LoopSettings, LossKind, Oversample, Schedule, Strategy};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Project {
@@ -160,7 +36,7 @@ pub struct ProjectInput {
     pub lease_seconds: Option<i64>,
     pub seed: Option<u64>,
     pub train_every: Option<u32>,
-    pub loss: Option<Loss>,
+    pub loss: Option<LossKind>,
     pub beta: Option<f64>,
     pub label_smoothing: Option<f64>,
     pub schedule: Option<Schedule>,
@@ -272,7 +148,7 @@ fn project_from_row(row: &AnyRow) -> Result<Project> {
         name: row.try_get("name")?,
         guidelines: row.try_get("guidelines")?,
         label_budget: row.try_get("label_budget")?,
-        strategy: Strategy::parse(&strategy).unwrap_or_default(),
+        strategy: strategy.parse().unwrap_or_default(),
         lease_seconds: row.try_get("lease_seconds")?,
         settings: serde_json::from_str(&settings).unwrap_or_default(),
         created_at: row.try_get("created_at")?,

@@ -5,8 +5,8 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::export::preference_of;
-use super::leases::Choice;
 use super::{Result, Store, new_id, now_ms};
+use crate::domain::{Choice, PairScores, ScoreParts, Strategy};
 
 /// Pending pairs nobody holds: what `/next` can still hand out.
 pub async fn count_free_pending(store: &Store, project_id: &str) -> Result<i64> {
@@ -54,10 +54,9 @@ pub struct GeneratedPair {
     pub completion_a: String,
     pub completion_b: String,
     pub model_version_id: String,
-    pub strategy: String,
-    /// Higher is served first; `None` (the random strategy) sorts after every score.
-    pub score: Option<f64>,
-    pub score_parts: serde_json::Value,
+    /// The strategy, every score and the rank that chose the pair; the strategy's serve score orders
+    /// the queue (higher first, `None`, the random strategy's, after every score).
+    pub score_parts: ScoreParts,
     /// Orders pairs of equal score: the acquisition's seeded rank, so ties are not broken by insertion.
     pub tie_key: f64,
 }
@@ -80,9 +79,9 @@ pub async fn insert_generated_pairs(
         .bind(&p.completion_a)
         .bind(&p.completion_b)
         .bind(&p.model_version_id)
-        .bind(&p.strategy)
-        .bind(p.score)
-        .bind(p.score_parts.to_string())
+        .bind(p.score_parts.strategy.as_str())
+        .bind(p.score_parts.strategy.serve_score(&p.score_parts.scores))
+        .bind(serde_json::to_string(&p.score_parts).expect("scores serialise"))
         .bind(p.tie_key)
         .bind(now_ms())
         .execute(&mut *tx)
@@ -129,21 +128,26 @@ pub async fn open_pairs(store: &Store, project_id: &str) -> Result<Vec<OpenPair>
 pub async fn rescore_pairs(
     store: &Store,
     model_version_id: &str,
-    strategy: &str,
-    scores: &[(String, Option<f64>, serde_json::Value)],
+    strategy: Strategy,
+    scores: &[(String, PairScores)],
 ) -> Result<u64> {
     let now = now_ms();
     let mut tx = store.begin_write().await?;
     let mut changed = 0;
-    for (id, score, parts) in scores {
+    for (id, scores) in scores {
+        let parts = ScoreParts {
+            strategy,
+            scores: *scores,
+            rank: None,
+        };
         let done = sqlx::query(
             "UPDATE pairs SET score = $1, score_parts = $2, model_version_id = $3, strategy = $4 \
              WHERE id = $5 AND status = 'pending' AND (lease_id IS NULL OR leased_until <= $6)",
         )
-        .bind(score)
-        .bind(parts.to_string())
+        .bind(strategy.serve_score(scores))
+        .bind(serde_json::to_string(&parts).expect("scores serialise"))
         .bind(model_version_id)
-        .bind(strategy)
+        .bind(strategy.as_str())
         .bind(id)
         .bind(now)
         .execute(&mut *tx)
@@ -177,7 +181,7 @@ pub async fn training_preferences(store: &Store, project_id: &str) -> Result<Vec
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let choice: String = r.try_get("choice")?;
-        let Some(choice) = Choice::parse(&choice) else {
+        let Ok(choice) = choice.parse::<Choice>() else {
             continue;
         };
         let split: String = r.try_get("split")?;

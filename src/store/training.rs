@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
 use super::{Result, Store, StoreError, new_id, now_ms, rfc3339};
+use crate::domain::{LossPoint, RunMetrics, StepMetrics, TrainedMetrics, VersionMetrics, WinRate};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModelVersion {
@@ -17,8 +18,7 @@ pub struct ModelVersion {
     pub path: String,
     /// Labels the version was trained on.
     pub labels_seen: i64,
-    #[schema(value_type = Object)]
-    pub metrics: serde_json::Value,
+    pub metrics: VersionMetrics,
     pub created_at: String,
 }
 
@@ -35,6 +35,10 @@ fn version_from_row(row: &AnyRow) -> Result<ModelVersion> {
     })
 }
 
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("metrics serialise")
+}
+
 /// The reference version for a model path, created on first use so that every generated pair can name
 /// the version that made it.
 pub async fn ensure_reference_version(store: &Store, path: &str) -> Result<ModelVersion> {
@@ -48,10 +52,20 @@ pub async fn ensure_reference_version(store: &Store, path: &str) -> Result<Model
     if let Some(row) = row {
         return version_from_row(&row);
     }
-    create_model_version(store, &new_id(), None, None, path, 0, serde_json::json!({})).await
+    create_model_version(
+        store,
+        &new_id(),
+        None,
+        None,
+        path,
+        0,
+        TrainedMetrics::default(),
+    )
+    .await
 }
 
-/// Records a version under `id` (the engine names a version before its weights are saved).
+/// Records a version under `id` (the engine names a version before its weights are saved), with the
+/// metrics of the run that trained it.
 pub async fn create_model_version(
     store: &Store,
     id: &str,
@@ -59,8 +73,9 @@ pub async fn create_model_version(
     parent_id: Option<&str>,
     path: &str,
     labels_seen: i64,
-    metrics: serde_json::Value,
+    trained: TrainedMetrics,
 ) -> Result<ModelVersion> {
+    let metrics = VersionMetrics { trained, win: None };
     sqlx::query(
         "INSERT INTO model_versions (id, project_id, parent_id, path, labels_seen, metrics, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -70,7 +85,7 @@ pub async fn create_model_version(
     .bind(parent_id)
     .bind(path)
     .bind(labels_seen)
-    .bind(metrics.to_string())
+    .bind(to_json(&metrics))
     .bind(now_ms())
     .execute(store.pool())
     .await?;
@@ -156,9 +171,9 @@ pub struct TrainingRun {
     pub step: i64,
     pub total_steps: i64,
     /// The latest step's metrics (loss, rewards/chosen, rewards/rejected, rewards/margins,
-    /// rewards/accuracies) and, at the end, held-out accuracy.
-    #[schema(value_type = Object)]
-    pub metrics: serde_json::Value,
+    /// rewards/accuracies), every step's loss, margin and accuracy under `history`, and at the end the
+    /// held-out metrics under `eval`.
+    pub metrics: RunMetrics,
     pub error: Option<String>,
     pub base_version_id: Option<String>,
     /// The version the run produced, once it succeeded.
@@ -179,7 +194,10 @@ fn run_from_row(row: &AnyRow) -> Result<TrainingRun> {
         status: RunStatus::parse(&status),
         step: row.try_get("step")?,
         total_steps: row.try_get("total_steps")?,
-        metrics: serde_json::from_str(&metrics).unwrap_or_default(),
+        metrics: RunMetrics {
+            trained: serde_json::from_str(&metrics).unwrap_or_default(),
+            history: Vec::new(),
+        },
         error: row.try_get("error")?,
         base_version_id: row.try_get("base_version_id")?,
         model_version: row.try_get("model_version_id")?,
@@ -208,15 +226,26 @@ pub async fn create_training_run(
     get_training_run(store, &id).await
 }
 
+/// A run with its loss curve.
 pub async fn get_training_run(store: &Store, id: &str) -> Result<TrainingRun> {
     let row = sqlx::query("SELECT * FROM training_runs WHERE id = $1")
         .bind(id)
         .fetch_optional(store.pool())
         .await?
         .ok_or(StoreError::NotFound("training run"))?;
-    run_from_row(&row)
+    let mut run = run_from_row(&row)?;
+    let steps = sqlx::query(
+        "SELECT run_id, step, loss, margins, accuracies FROM training_steps WHERE run_id = $1 \
+         ORDER BY step",
+    )
+    .bind(id)
+    .fetch_all(store.pool())
+    .await?;
+    run.metrics.history = steps.iter().map(loss_point).collect::<Result<_>>()?;
+    Ok(run)
 }
 
+/// A project's runs, newest first, each with its loss curve.
 pub async fn list_training_runs(store: &Store, project_id: &str) -> Result<Vec<TrainingRun>> {
     let rows = sqlx::query(
         "SELECT * FROM training_runs WHERE project_id = $1 ORDER BY created_at DESC, id",
@@ -224,7 +253,35 @@ pub async fn list_training_runs(store: &Store, project_id: &str) -> Result<Vec<T
     .bind(project_id)
     .fetch_all(store.pool())
     .await?;
-    rows.iter().map(run_from_row).collect()
+    let mut runs: Vec<TrainingRun> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
+    let steps = sqlx::query(
+        "SELECT s.run_id, s.step, s.loss, s.margins, s.accuracies FROM training_steps s \
+         JOIN training_runs r ON r.id = s.run_id WHERE r.project_id = $1 ORDER BY s.run_id, s.step",
+    )
+    .bind(project_id)
+    .fetch_all(store.pool())
+    .await?;
+    let mut by_run: std::collections::HashMap<String, Vec<LossPoint>> = Default::default();
+    for row in &steps {
+        let run_id: String = row.try_get("run_id")?;
+        by_run.entry(run_id).or_default().push(loss_point(row)?);
+    }
+    for run in &mut runs {
+        run.metrics.history = by_run.remove(&run.id).unwrap_or_default();
+    }
+    Ok(runs)
+}
+
+fn loss_point(row: &AnyRow) -> Result<LossPoint> {
+    let value = |name: &str| -> Result<f64> {
+        Ok(row.try_get::<Option<f64>, _>(name)?.unwrap_or(f64::NAN))
+    };
+    Ok(LossPoint {
+        step: row.try_get::<i64, _>("step")? as usize,
+        loss: value("loss")?,
+        margins: value("margins")?,
+        accuracies: value("accuracies")?,
+    })
 }
 
 pub async fn latest_training_run(store: &Store, project_id: &str) -> Result<Option<TrainingRun>> {
@@ -234,25 +291,68 @@ pub async fn latest_training_run(store: &Store, project_id: &str) -> Result<Opti
         .next())
 }
 
-/// Marks a run running (first call) and records its progress.
-pub async fn record_run_progress(
-    store: &Store,
-    id: &str,
-    step: i64,
-    total_steps: i64,
-    metrics: &serde_json::Value,
-) -> Result<()> {
+/// Marks a queued run running: it has its models and is about to compute or train.
+pub async fn mark_run_started(store: &Store, id: &str) -> Result<()> {
     sqlx::query(
-        "UPDATE training_runs SET status = 'running', step = $1, total_steps = $2, metrics = $3, \
-         started_at = COALESCE(started_at, $4) WHERE id = $5 AND status IN ('queued', 'running')",
+        "UPDATE training_runs SET status = 'running', started_at = COALESCE(started_at, $1) \
+         WHERE id = $2 AND status IN ('queued', 'running')",
     )
-    .bind(step)
-    .bind(total_steps)
-    .bind(metrics.to_string())
     .bind(now_ms())
     .bind(id)
     .execute(store.pool())
     .await?;
+    Ok(())
+}
+
+/// Records one optimizer step: the run's latest metrics, and a point of its loss curve.
+pub async fn record_run_step(store: &Store, id: &str, step: &StepMetrics) -> Result<()> {
+    let finite = |v: f64| v.is_finite().then_some(v);
+    let latest = TrainedMetrics {
+        last_step: Some(*step),
+        eval: None,
+    };
+    let mut tx = store.begin_write().await?;
+    let updated = sqlx::query(
+        "UPDATE training_runs SET status = 'running', step = $1, total_steps = $2, metrics = $3, \
+         started_at = COALESCE(started_at, $4) WHERE id = $5 AND status IN ('queued', 'running')",
+    )
+    .bind(step.step as i64)
+    .bind(step.total_steps as i64)
+    .bind(to_json(&latest))
+    .bind(now_ms())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() > 0 {
+        sqlx::query(
+            "INSERT INTO training_steps (run_id, step, loss, margins, accuracies) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(step.step as i64)
+        .bind(finite(step.loss))
+        .bind(finite(step.rewards.margins))
+        .bind(finite(step.rewards.accuracies))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records what a finished run reports: its step count, last step and held-out metrics.
+pub async fn record_run_result(
+    store: &Store,
+    id: &str,
+    steps: usize,
+    trained: &TrainedMetrics,
+) -> Result<()> {
+    sqlx::query("UPDATE training_runs SET step = $1, total_steps = $1, metrics = $2 WHERE id = $3")
+        .bind(steps as i64)
+        .bind(to_json(trained))
+        .bind(id)
+        .execute(store.pool())
+        .await?;
     Ok(())
 }
 
@@ -308,22 +408,12 @@ pub async fn queued_training_runs(store: &Store, project_id: &str) -> Result<Vec
     rows.iter().map(run_from_row).collect()
 }
 
-/// Merges `extra` into a version's metrics (the evaluation arrives after the version is recorded).
-pub async fn add_version_metrics(
-    store: &Store,
-    id: &str,
-    extra: &serde_json::Value,
-) -> Result<ModelVersion> {
+/// Stores a version's win rate against the reference (the evaluation comes after the version is recorded).
+pub async fn set_version_win_rate(store: &Store, id: &str, win: &WinRate) -> Result<ModelVersion> {
     let mut version = get_model_version(store, id).await?;
-    if let (Some(m), Some(e)) = (version.metrics.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            m.insert(k.clone(), v.clone());
-        }
-    } else {
-        version.metrics = extra.clone();
-    }
+    version.metrics.win = Some(*win);
     sqlx::query("UPDATE model_versions SET metrics = $1 WHERE id = $2")
-        .bind(version.metrics.to_string())
+        .bind(to_json(&version.metrics))
         .bind(id)
         .execute(store.pool())
         .await?;

@@ -8,15 +8,15 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
-use super::{AdminPage, Nav, PageError, PageResult, charts, page, when};
+use super::{AdminPage, CsrfForm, Nav, PageError, PageResult, charts, page, training_panel, when};
+use crate::domain::{LossKind, Schedule, Strategy};
 use crate::http::AppState;
 use crate::store::dashboard::project_overview;
 use crate::store::flags::list_flags;
 use crate::store::leases::project_stats;
 use crate::store::members::{add_member, list_members, remove_member};
 use crate::store::projects::{
-    Loss, Project, ProjectInput, Schedule, Strategy, create_project, get_project, list_projects,
-    update_project,
+    Project, ProjectInput, create_project, get_project, list_projects, update_project,
 };
 use crate::store::sessions::{create_login_link, login_url};
 use crate::store::users::{self, Role, User, UserKind};
@@ -28,7 +28,10 @@ pub fn router() -> Router<AppState> {
         .route("/admin/projects/{id}", get(dashboard))
         .route("/admin/projects/{id}/settings", post(save_settings))
         .route("/admin/projects/{id}/members", post(change_members))
-        .route("/admin/projects/{id}/train", post(super::model::train_now))
+        .route(
+            "/admin/projects/{id}/train",
+            post(training_panel::train_now),
+        )
         .route("/admin/users", post(new_user))
         .route("/admin/users/{id}/link", post(new_link))
         .route("/admin/users/{id}/revoke", post(revoke))
@@ -210,7 +213,7 @@ struct DashboardPage {
     losses: Vec<Choice>,
     schedules: Vec<Choice>,
     budget_field: String,
-    model: super::model::ModelSection,
+    training: training_panel::TrainingPanel,
     live: bool,
 }
 
@@ -218,6 +221,7 @@ fn percent(agree: i64, of: i64) -> String {
     format!("{:.0}% of {of}", 100.0 * agree as f64 / of as f64)
 }
 
+/// Every value of a setting, the project's marked selected.
 fn choices<T: Copy + PartialEq>(all: &[T], current: T, name: fn(T) -> &'static str) -> Vec<Choice> {
     all.iter()
         .map(|v| Choice {
@@ -225,20 +229,6 @@ fn choices<T: Copy + PartialEq>(all: &[T], current: T, name: fn(T) -> &'static s
             selected: *v == current,
         })
         .collect()
-}
-
-fn loss_name(l: Loss) -> &'static str {
-    match l {
-        Loss::Dpo => "dpo",
-        Loss::Ipo => "ipo",
-    }
-}
-
-fn schedule_name(s: Schedule) -> &'static str {
-    match s {
-        Schedule::Reset => "reset",
-        Schedule::Continue => "continue",
-    }
 }
 
 #[derive(Deserialize)]
@@ -299,11 +289,11 @@ async fn dashboard(
         .collect();
     let active_hours = o.hourly.len() as i64;
     let s = &project.settings;
-    let model = super::model::model_section(&state, &project.id).await?;
+    let training = training_panel::training_panel(&state, &project.id).await?;
     page(DashboardPage {
         nav: Nav::of(&session),
-        live: super::model::any_live(&model.runs),
-        model,
+        live: training_panel::any_live(&training.runs),
+        training,
         saved: q.saved.is_some(),
         labels: stats.labels,
         budget: project
@@ -343,23 +333,9 @@ async fn dashboard(
         members,
         candidates,
         flags,
-        strategies: choices(
-            &[
-                Strategy::Random,
-                Strategy::Entropy,
-                Strategy::Certainty,
-                Strategy::Uncertainty,
-                Strategy::Hybrid,
-            ],
-            project.strategy,
-            Strategy::as_str,
-        ),
-        losses: choices(&[Loss::Dpo, Loss::Ipo], s.loss, loss_name),
-        schedules: choices(
-            &[Schedule::Reset, Schedule::Continue],
-            s.schedule,
-            schedule_name,
-        ),
+        strategies: choices(Strategy::ALL, project.strategy, Strategy::as_str),
+        losses: choices(LossKind::ALL, s.loss, LossKind::as_str),
+        schedules: choices(Schedule::ALL, s.schedule, Schedule::as_str),
         budget_field: project
             .label_budget
             .map(|b| b.to_string())
@@ -461,25 +437,13 @@ async fn new_user(
     render_home(&state, &session, Some(link)).await
 }
 
-/// A form that carries nothing but the session's CSRF token.
-#[derive(Deserialize)]
-pub(super) struct CsrfForm {
-    csrf: String,
-}
-
-impl CsrfForm {
-    pub(super) fn token(&self) -> &str {
-        &self.csrf
-    }
-}
-
 async fn new_link(
     State(state): State<AppState>,
     AdminPage(session): AdminPage,
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> PageResult {
-    session.check_csrf(&f.csrf)?;
+    session.check_csrf(f.token())?;
     let user = users::get_user(&state.store, &id).await?;
     if user.revoked {
         return Err(PageError::Bad(format!("{} is revoked", user.name)));
@@ -498,7 +462,7 @@ async fn revoke(
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> PageResult {
-    session.check_csrf(&f.csrf)?;
+    session.check_csrf(f.token())?;
     if id == session.user.id {
         return Err(PageError::Bad("you cannot revoke yourself".into()));
     }

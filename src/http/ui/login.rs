@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
-use super::{Nav, PageResult, SignedIn, page};
+use super::{CsrfForm, Nav, PageResult, SignedIn, page};
 use crate::http::AppState;
 use crate::http::auth::{SESSION_COOKIE, cookie};
 use crate::store::leases::project_stats;
@@ -118,11 +118,6 @@ async fn login_link(
     }
 }
 
-#[derive(Deserialize)]
-struct CsrfForm {
-    csrf: String,
-}
-
 async fn logout(
     State(state): State<AppState>,
     SignedIn(session): SignedIn,
@@ -130,7 +125,7 @@ async fn logout(
     parts: axum::http::request::Parts,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
-    session.check_csrf(&form.csrf)?;
+    session.check_csrf(form.token())?;
     if let Some(secret) = cookie(&parts, SESSION_COOKIE) {
         sessions::delete_session(&state.store, secret).await?;
     }

@@ -10,7 +10,7 @@ mod annotate;
 pub mod charts;
 mod login;
 pub mod markdown;
-mod model;
+mod training_panel;
 
 use askama::Template;
 use axum::Router;
@@ -25,6 +25,19 @@ use super::auth::{same_secret, session_from_cookie};
 use crate::store::StoreError;
 use crate::store::sessions::Session;
 use crate::store::users::Role;
+
+/// A form that carries nothing but the session's CSRF token (sign-out, Train now, the people table's
+/// buttons).
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+impl CsrfForm {
+    fn token(&self) -> &str {
+        &self.csrf
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -1,13 +1,12 @@
-//! The dashboard's model section: the version serving the project, its training runs with live progress
+//! The dashboard's training panel: the version serving the project, its training runs with live progress
 //! and loss curves, a "train now" button, the win rate of each version against labels, and the
-//! acquisition scores of the pending pool.
+//! acquisition scores of the pending pool. It reads the same typed run metrics the REST API returns.
 
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect};
 
-use super::admin::CsrfForm;
-use super::{AdminPage, PageError, PageResult, charts};
+use super::{AdminPage, CsrfForm, PageError, PageResult, charts};
 use crate::engine::active_loop::current_policy;
 use crate::http::AppState;
 use crate::store::projects::get_project;
@@ -27,7 +26,7 @@ pub struct RunRow {
     pub when: String,
 }
 
-pub struct ModelSection {
+pub struct TrainingPanel {
     /// Whether this server runs a model at all.
     pub attached: bool,
     /// The version serving the project (short id) and the labels it was trained on.
@@ -42,14 +41,12 @@ pub struct ModelSection {
     pub scored_pending: usize,
 }
 
-fn metric(run: &TrainingRun, key: &str) -> String {
-    run.metrics
-        .get(key)
-        .and_then(|v| v.as_f64())
-        .map_or_else(|| "–".into(), |v| format!("{v:.3}"))
+fn metric(value: Option<f64>) -> String {
+    value.map_or_else(|| "–".into(), |v| format!("{v:.3}"))
 }
 
 fn run_row(run: &TrainingRun) -> RunRow {
+    let last = run.metrics.trained.last_step.as_ref();
     RunRow {
         id: run.id.clone(),
         status: run.status.as_str(),
@@ -59,32 +56,37 @@ fn run_row(run: &TrainingRun) -> RunRow {
         } else {
             "–".into()
         },
-        loss: metric(run, "loss"),
-        margin: metric(run, "rewards/margins"),
-        accuracy: metric(run, "rewards/accuracies"),
+        loss: metric(last.map(|m| m.loss)),
+        margin: metric(last.map(|m| m.rewards.margins)),
+        accuracy: metric(last.map(|m| m.rewards.accuracies)),
         error: run.error.clone().unwrap_or_default(),
         when: run.created_at.replace('T', " ").chars().take(16).collect(),
     }
 }
 
-pub async fn model_section(state: &AppState, project_id: &str) -> Result<ModelSection, PageError> {
+pub async fn training_panel(
+    state: &AppState,
+    project_id: &str,
+) -> Result<TrainingPanel, PageError> {
     let engine = state.active.as_ref().and_then(|l| l.engine());
     let policy = current_policy(&state.store, engine, project_id).await?;
     let versions = list_project_versions(&state.store, project_id).await?;
     let runs = list_training_runs(&state.store, project_id).await?;
     let loss_points: Vec<(f64, f64)> = runs
         .iter()
-        .find(|r| r.metrics.get("history").is_some())
-        .and_then(|r| r.metrics["history"].as_array())
-        .map(|h| {
-            h.iter()
-                .filter_map(|s| Some((s["step"].as_f64()?, s["loss"].as_f64()?)))
+        .find(|r| !r.metrics.history.is_empty())
+        .map(|r| {
+            r.metrics
+                .history
+                .iter()
+                .filter(|p| p.loss.is_finite())
+                .map(|p| (p.step as f64, p.loss))
                 .collect()
         })
         .unwrap_or_default();
     let win_points: Vec<(f64, f64)> = versions
         .iter()
-        .filter_map(|v| Some((v.labels_seen as f64, v.metrics.get("win_rate")?.as_f64()?)))
+        .filter_map(|v| Some((v.labels_seen as f64, v.metrics.win?.win_rate)))
         .collect();
     let scores = pending_scores(&state.store, project_id).await?;
     // Uncertainty stores negated certainty; the histogram shows magnitudes.
@@ -93,7 +95,7 @@ pub async fn model_section(state: &AppState, project_id: &str) -> Result<ModelSe
         .iter()
         .rev()
         .find(|v| Some(&v.id) == policy.as_ref().map(|p| &p.version_id));
-    Ok(ModelSection {
+    Ok(TrainingPanel {
         attached: engine.is_some(),
         version: policy.map_or_else(|| "–".into(), |p| p.version_id.chars().take(8).collect()),
         version_labels: current.map_or(0, |v| v.labels_seen),

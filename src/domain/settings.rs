@@ -1,0 +1,146 @@
+//! A project's active-learning settings: how completions are sampled, how much the strategies over-sample,
+//! and the DPO settings of its background runs. Every field has a default, so a project needs only a name.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{LossKind, Schedule, Strategy};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompletionSettings {
+    pub max_new_tokens: u32,
+    pub temperature: f64,
+    pub top_p: f64,
+}
+
+impl Default for CompletionSettings {
+    /// The paper's acquisition sampling: T = 0.7, top-p 1.0, completions of 16–24 tokens.
+    fn default() -> Self {
+        CompletionSettings {
+            max_new_tokens: 24,
+            temperature: 0.7,
+            top_p: 1.0,
+        }
+    }
+}
+
+/// Over-sampling per acquired pair: how many prompts a round draws (and entropy-scores, for the strategies
+/// that use entropy) and how many candidate pairs it certainty-scores, for every pair it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Oversample {
+    /// Prompts drawn per pair acquired (the paper: 32,768 / 128 = 256).
+    pub prompts: u32,
+    /// Candidate pairs certainty-scored per pair acquired (the paper: 4,096 / 128 = 32).
+    pub pairs: u32,
+}
+
+impl Oversample {
+    /// The paper's IMDB ratios: 32,768 prompts entropy-scored, 4,096 kept, 128 pairs acquired per round.
+    pub const PAPER: Oversample = Oversample {
+        prompts: 32_768 / 128,
+        pairs: 4_096 / 128,
+    };
+
+    /// The share of entropy-scored prompts that hybrid keeps: pairs / prompts (1/4 by default, 1/8 in the
+    /// paper), at most all of them.
+    pub fn keep_fraction(&self) -> f64 {
+        (self.pairs.max(1) as f64 / self.prompts.max(1) as f64).min(1.0)
+    }
+
+    /// Prompts a round draws from the pool to acquire `m` pairs with `strategy`: one per pair for random,
+    /// `pairs` per pair for the strategies that only certainty-score, `prompts` per pair for those that
+    /// entropy-score prompts first.
+    pub fn prompts_to_draw(&self, strategy: Strategy, m: usize) -> usize {
+        let per_pair = match strategy {
+            Strategy::Random => 1,
+            Strategy::Certainty | Strategy::Uncertainty => self.pairs.max(1),
+            Strategy::Entropy | Strategy::Hybrid => self.prompts.max(1),
+        };
+        m * per_pair as usize
+    }
+}
+
+impl Default for Oversample {
+    /// Small enough that a two-core CPU keeps up with a few annotators: 8 prompts and 2 pairs per pair.
+    fn default() -> Self {
+        Oversample {
+            prompts: 8,
+            pairs: 2,
+        }
+    }
+}
+
+/// The active-learning loop's settings. Every field has a default, so a project needs only a name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct LoopSettings {
+    pub seed: u64,
+    /// Labels between background DPO updates; 0 = only on demand.
+    pub train_every: u32,
+    pub loss: LossKind,
+    pub beta: f64,
+    pub label_smoothing: f64,
+    pub schedule: Schedule,
+    pub learning_rate: f64,
+    pub epochs: u32,
+    pub batch_size: u32,
+    pub completions: CompletionSettings,
+    pub oversample: Oversample,
+    pub entropy_samples: u32,
+    /// Wrap each prompt in the model's chat template (as one user turn) before generating, scoring
+    /// and training: for instruction-tuned models.
+    pub chat_template: bool,
+}
+
+impl Default for LoopSettings {
+    fn default() -> Self {
+        LoopSettings {
+            seed: 0,
+            train_every: 64,
+            loss: LossKind::Dpo,
+            beta: 0.2,
+            label_smoothing: 0.0,
+            schedule: Schedule::Reset,
+            learning_rate: 1e-6,
+            epochs: 2,
+            batch_size: 8,
+            completions: CompletionSettings::default(),
+            oversample: Oversample::default(),
+            entropy_samples: 4,
+            chat_template: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_draws_prompts_by_what_the_strategy_scores() {
+        let o = Oversample::default();
+        assert_eq!(o.prompts_to_draw(Strategy::Random, 4), 4);
+        assert_eq!(o.prompts_to_draw(Strategy::Certainty, 4), 8);
+        assert_eq!(o.prompts_to_draw(Strategy::Uncertainty, 4), 8);
+        assert_eq!(o.prompts_to_draw(Strategy::Hybrid, 4), 32);
+        assert_eq!(o.prompts_to_draw(Strategy::Entropy, 4), 32);
+        let zero = Oversample {
+            prompts: 0,
+            pairs: 0,
+        };
+        assert_eq!(zero.prompts_to_draw(Strategy::Hybrid, 3), 3);
+    }
+
+    #[test]
+    fn hybrid_keeps_pairs_over_prompts() {
+        assert_eq!(Oversample::default().keep_fraction(), 0.25);
+        assert_eq!(Oversample::PAPER.keep_fraction(), 0.125);
+        let more_pairs = Oversample {
+            prompts: 2,
+            pairs: 8,
+        };
+        assert_eq!(more_pairs.keep_fraction(), 1.0);
+    }
+}

@@ -1,0 +1,172 @@
+//! Deciding when a project's DPO run is due and starting it: a queued run (from `POST /train` or a
+//! restart's retry) goes first; otherwise a run is due once `train_every` labels arrived since the version
+//! serving was trained, or since the last automatic run started (so a failed run is not retried at once).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::Inner;
+use super::error::LoopResult;
+use crate::engine::EngineHandle;
+use crate::store::leases::count_labels;
+use crate::store::projects::Project;
+use crate::store::training::{self, TrainingRun};
+
+/// What the loop knows of runs in flight.
+#[derive(Default)]
+pub(super) struct Runs {
+    /// Cancel flags of the runs now training, by run id.
+    cancels: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Projects with a run in progress.
+    training: Mutex<HashSet<String>>,
+    /// Label count at which each project's last automatic run started, so that a run that fails (say,
+    /// on labels that are all ties) is not started again until `train_every` more labels arrive.
+    auto_started_at: Mutex<HashMap<String, i64>>,
+}
+
+impl Runs {
+    pub(super) fn is_training(&self, project_id: &str) -> bool {
+        self.training.lock().expect("lock").contains(project_id)
+    }
+
+    /// Asks a running run to stop between two steps; false when it is not running here.
+    pub(super) fn cancel(&self, run_id: &str) -> bool {
+        match self.cancels.lock().expect("lock").get(run_id) {
+            Some(flag) => {
+                flag.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A cancel flag for a run about to train.
+    pub(super) fn cancel_flag(&self, run_id: &str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.cancels
+            .lock()
+            .expect("lock")
+            .insert(run_id.to_string(), flag.clone());
+        flag
+    }
+}
+
+/// Whether an automatic run is due: `every` (`train_every`, 0 = never) labels since the later of the
+/// labels the serving version saw and the label count the last automatic run started at.
+pub(super) fn run_due(every: u32, labels: i64, version_saw: i64, last_auto_start: i64) -> bool {
+    every > 0 && labels - version_saw.max(last_auto_start) >= every as i64
+}
+
+/// The label count, when an automatic run is due for the project.
+async fn automatic_run_due(inner: &Inner, project: &Project) -> LoopResult<Option<i64>> {
+    if project.settings.train_every == 0 {
+        return Ok(None);
+    }
+    let labels = count_labels(inner.store.pool(), &project.id).await?;
+    let seen = training::latest_project_version(&inner.store, &project.id)
+        .await?
+        .map_or(0, |v| v.labels_seen);
+    let started = inner
+        .runs
+        .auto_started_at
+        .lock()
+        .expect("lock")
+        .get(&project.id)
+        .copied()
+        .unwrap_or(0);
+    Ok(run_due(project.settings.train_every, labels, seen, started).then_some(labels))
+}
+
+/// Whether the project has a run going, queued, or due by its label count.
+pub(super) async fn training_pending(inner: &Inner, project: &Project) -> LoopResult<bool> {
+    if inner.runs.is_training(&project.id)
+        || !training::queued_training_runs(&inner.store, &project.id)
+            .await?
+            .is_empty()
+    {
+        return Ok(true);
+    }
+    Ok(automatic_run_due(inner, project).await?.is_some())
+}
+
+/// Starts the project's next run in the background when one is queued or due.
+pub(super) async fn maybe_train(
+    inner: &Arc<Inner>,
+    engine: &EngineHandle,
+    project: &Project,
+) -> LoopResult<()> {
+    if inner.runs.is_training(&project.id) {
+        return Ok(());
+    }
+    let queued = training::queued_training_runs(&inner.store, &project.id).await?;
+    let run = match queued.into_iter().next() {
+        Some(run) => run,
+        None => {
+            let Some(labels) = automatic_run_due(inner, project).await? else {
+                return Ok(());
+            };
+            inner
+                .runs
+                .auto_started_at
+                .lock()
+                .expect("lock")
+                .insert(project.id.clone(), labels);
+            let current = super::current_policy(&inner.store, Some(engine), &project.id).await?;
+            training::create_training_run(
+                &inner.store,
+                &project.id,
+                current.as_ref().map(|p| p.version_id.as_str()),
+            )
+            .await?
+        }
+    };
+    inner
+        .runs
+        .training
+        .lock()
+        .expect("lock")
+        .insert(project.id.clone());
+    let (inner, engine, project) = (inner.clone(), engine.clone(), project.clone());
+    tokio::spawn(async move {
+        run_in_background(&inner, &engine, &project, &run).await;
+    });
+    Ok(())
+}
+
+async fn run_in_background(
+    inner: &Arc<Inner>,
+    engine: &EngineHandle,
+    project: &Project,
+    run: &TrainingRun,
+) {
+    if let Err(e) = super::record::run_training(inner, engine, project, run).await {
+        tracing::error!(run = %run.id, error = %e, "training run could not be recorded");
+    }
+    inner
+        .runs
+        .training
+        .lock()
+        .expect("lock")
+        .remove(&project.id);
+    inner.runs.cancels.lock().expect("lock").remove(&run.id);
+    inner.wake.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_due;
+
+    #[test]
+    fn a_run_is_due_every_train_every_labels() {
+        assert!(!run_due(0, 1_000, 0, 0), "0 means only on demand");
+        assert!(!run_due(32, 31, 0, 0));
+        assert!(run_due(32, 32, 0, 0));
+        // Counted from the labels the serving version saw.
+        assert!(!run_due(32, 63, 32, 0));
+        assert!(run_due(32, 64, 32, 0));
+        // A failed automatic run at 64 waits for 32 more labels, not just for the version's 32.
+        assert!(!run_due(32, 70, 32, 64));
+        assert!(run_due(32, 96, 32, 64));
+    }
+}
