@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
 use super::{Result, Store, StoreError, new_id, now_ms, rfc3339};
-use crate::domain::{LossPoint, RunMetrics, StepMetrics, TrainedMetrics, VersionMetrics, WinRate};
+use crate::domain::{named_enum, LossPoint, RunMetrics, StepMetrics, TrainedMetrics, VersionMetrics, WinRate};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModelVersion {
@@ -124,37 +124,18 @@ pub async fn list_project_versions(store: &Store, project_id: &str) -> Result<Ve
     rows.iter().map(version_from_row).collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
+named_enum! {
+    /// Where a training run is: queued, running, or ended one of three ways.
+    pub enum RunStatus ("run status") {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
 }
 
 impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Queued => "queued",
-            RunStatus::Running => "running",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-        }
-    }
-
-    fn parse(s: &str) -> RunStatus {
-        match s {
-            "queued" => RunStatus::Queued,
-            "running" => RunStatus::Running,
-            "succeeded" => RunStatus::Succeeded,
-            "cancelled" => RunStatus::Cancelled,
-            _ => RunStatus::Failed,
-        }
-    }
-
     pub fn is_finished(self) -> bool {
         matches!(
             self,
@@ -191,7 +172,8 @@ fn run_from_row(row: &AnyRow) -> Result<TrainingRun> {
     Ok(TrainingRun {
         id: row.try_get("id")?,
         project_id: row.try_get("project_id")?,
-        status: RunStatus::parse(&status),
+        // The column's CHECK allows only these names; anything else would be a run that cannot go on.
+        status: status.parse().unwrap_or(RunStatus::Failed),
         step: row.try_get("step")?,
         total_steps: row.try_get("total_steps")?,
         metrics: RunMetrics {

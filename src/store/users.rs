@@ -8,45 +8,21 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Result, Store, StoreError, new_id, now_ms};
+use crate::domain::named_enum;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Admin,
-    Annotator,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Annotator => "annotator",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "annotator" => Some(Role::Annotator),
-            _ => None,
-        }
+named_enum! {
+    /// What a user may do: admins everything, annotators label the projects they are members of.
+    pub enum Role ("role") {
+        Admin = "admin",
+        Annotator = "annotator",
     }
 }
 
-/// Who gave a judgment: a person, or an AI judge answering leases by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum UserKind {
-    Human,
-    Ai,
-}
-
-impl UserKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UserKind::Human => "human",
-            UserKind::Ai => "ai",
-        }
+named_enum! {
+    /// Who gave a judgment: a person, or an AI judge answering leases by itself.
+    pub enum UserKind ("user kind") {
+        Human = "human",
+        Ai = "ai",
     }
 }
 
@@ -67,13 +43,8 @@ fn user_from_row(row: &AnyRow) -> Result<User> {
     Ok(User {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| StoreError::Invalid(format!("unknown role {role:?} in database")))?,
-        kind: if kind == "ai" {
-            UserKind::Ai
-        } else {
-            UserKind::Human
-        },
+        role: role.parse()?,
+        kind: kind.parse()?,
         created_at: row.try_get("created_at")?,
         revoked: revoked_at.is_some(),
     })

@@ -427,7 +427,7 @@ async fn new_user(
     Form(f): Form<NewUserForm>,
 ) -> PageResult {
     session.check_csrf(&f.csrf)?;
-    let role = Role::parse(&f.role).ok_or_else(|| PageError::Bad("unknown role".into()))?;
+    let role: Role = f.role.parse().map_err(|e| PageError::Bad(format!("{e}")))?;
     let (user, _token) = users::create_user(&state.store, &f.name, role, UserKind::Human).await?;
     let code = create_login_link(&state.store, &user.id).await?;
     let link = NewLink {
