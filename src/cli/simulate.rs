@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use serde_json::json;
 
-use crate::domain::{CompletionSettings, Oversample, Strategy};
+use crate::domain::{CompletionSettings, JudgeKind, Oversample, Strategy};
 use crate::engine::active_loop::{ActiveLoop, LoopConfig};
 use crate::engine::{EngineConfig, EngineHandle};
+use crate::judge::JudgeSettings;
 use crate::learn::data::read_prompts;
 use crate::store::Store;
 use crate::store::items::{Split, insert_prompts};
@@ -157,13 +157,11 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             let project = create_project(&store, run_settings(&args, strategy, seed)).await?;
             insert_prompts(&store, &project.id, train, Split::Train).await?;
             insert_prompts(&store, &project.id, eval, Split::Eval).await?;
-            create_judge(
-                &store,
-                &project.id,
-                "sentiment",
-                &json!({"rate_per_minute": 1.0e6}),
-            )
-            .await?;
+            let judge = JudgeSettings {
+                rate_per_minute: 1.0e6,
+                http: None,
+            };
+            create_judge(&store, &project.id, JudgeKind::Sentiment, &judge.to_json()).await?;
             let mut reported = 0;
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;

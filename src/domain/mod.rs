@@ -165,6 +165,16 @@ impl Choice {
     }
 }
 
+named_enum! {
+    /// What kind of AI judge answers a project's pairs.
+    pub enum JudgeKind ("judge kind") {
+        /// Prefers the more positive completion (VADER, built in).
+        Sentiment = "sentiment",
+        /// An OpenAI-compatible chat-completions endpoint.
+        Http = "http",
+    }
+}
+
 /// Every score a candidate pair can be chosen by. `entropy` is the prompt's (shared by all pairs of that
 /// prompt) and is `None` when the strategy did not need it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]

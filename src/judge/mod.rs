@@ -4,7 +4,33 @@
 pub mod http;
 pub mod sentiment;
 
+use serde::{Deserialize, Serialize};
+
 use crate::domain::Choice;
+use http::HttpJudgeSettings;
+
+/// Answers per minute of a judge attached without a rate.
+pub const DEFAULT_RATE_PER_MINUTE: f64 = 60.0;
+
+/// What is stored with an attached judge: how fast it answers, and for an HTTP judge its endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgeSettings {
+    #[serde(default = "default_rate")]
+    pub rate_per_minute: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpJudgeSettings>,
+}
+
+fn default_rate() -> f64 {
+    DEFAULT_RATE_PER_MINUTE
+}
+
+impl JudgeSettings {
+    /// The settings as the store keeps them.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("judge settings serialise")
+    }
+}
 
 /// What a judge said about one comparison, and why.
 #[derive(Debug, Clone, PartialEq)]

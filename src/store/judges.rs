@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use super::users::{Role, UserKind, create_user};
 use super::{Result, Store, StoreError, new_id, now_ms, rfc3339};
+use crate::domain::JudgeKind;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Judge {
@@ -15,7 +16,7 @@ pub struct Judge {
     pub project_id: String,
     /// The user the judge answers as.
     pub user_id: String,
-    pub kind: String,
+    pub kind: JudgeKind,
     #[schema(value_type = Object)]
     pub settings: serde_json::Value,
     pub created_at: String,
@@ -27,7 +28,7 @@ fn judge_from_row(row: &AnyRow) -> Result<Judge> {
         id: row.try_get("id")?,
         project_id: row.try_get("project_id")?,
         user_id: row.try_get("user_id")?,
-        kind: row.try_get("kind")?,
+        kind: row.try_get::<String, _>("kind")?.parse()?,
         settings: serde_json::from_str(&settings).unwrap_or_default(),
         created_at: rfc3339(row.try_get("created_at")?),
     })
@@ -36,7 +37,7 @@ fn judge_from_row(row: &AnyRow) -> Result<Judge> {
 pub async fn create_judge(
     store: &Store,
     project_id: &str,
-    kind: &str,
+    kind: JudgeKind,
     settings: &serde_json::Value,
 ) -> Result<Judge> {
     let id = new_id();
@@ -48,7 +49,7 @@ pub async fn create_judge(
     .bind(&id)
     .bind(project_id)
     .bind(&user.id)
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(settings.to_string())
     .bind(now_ms())
     .execute(store.pool())

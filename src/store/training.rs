@@ -6,7 +6,9 @@ use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
 use super::{Result, Store, StoreError, new_id, now_ms, rfc3339};
-use crate::domain::{named_enum, LossPoint, RunMetrics, StepMetrics, TrainedMetrics, VersionMetrics, WinRate};
+use crate::domain::{
+    LossPoint, RunMetrics, StepMetrics, TrainedMetrics, VersionMetrics, WinRate, named_enum,
+};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModelVersion {

@@ -23,8 +23,6 @@ pub enum LoopError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("judge {judge}: unknown kind {kind:?}")]
-    UnknownJudgeKind { judge: String, kind: String },
 }
 
 pub type LoopResult<T> = Result<T, LoopError>;

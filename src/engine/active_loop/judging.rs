@@ -6,16 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::error::{LoopError, LoopResult};
-use crate::judge::http::{HttpJudge, HttpJudgeSettings};
+use crate::domain::JudgeKind;
+use crate::judge::JudgeSettings;
+use crate::judge::http::HttpJudge;
 use crate::judge::sentiment::SentimentJudge;
 use crate::store::Store;
 use crate::store::judges::{Judge, list_judges};
 use crate::store::leases::{JudgmentInput, lease_next_pair, record_judgment, release_lease};
 use crate::store::projects::Project;
 use crate::store::users::get_user;
-
-/// Answers per minute of a judge whose settings do not say.
-const DEFAULT_RATE_PER_MINUTE: f64 = 60.0;
 
 /// The judges' state that outlives a tick.
 #[derive(Default)]
@@ -39,13 +38,15 @@ pub(super) fn spend_credit(
     (answers as usize, topped - answers)
 }
 
+fn settings(judge: &Judge) -> LoopResult<JudgeSettings> {
+    serde_json::from_value(judge.settings.clone()).map_err(|source| LoopError::JudgeSettings {
+        judge: judge.id.clone(),
+        source,
+    })
+}
+
 impl Judges {
-    fn allowance(&self, judge: &Judge) -> usize {
-        let rate = judge
-            .settings
-            .get("rate_per_minute")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(DEFAULT_RATE_PER_MINUTE);
+    fn allowance(&self, judge: &Judge, rate: f64) -> usize {
         let mut credits = self.credit.lock().expect("lock");
         let (credit, since) = credits
             .entry(judge.id.clone())
@@ -61,12 +62,13 @@ impl Judges {
         if let Some(j) = judges.get(&judge.id) {
             return Ok(j.clone());
         }
-        let settings: HttpJudgeSettings = serde_json::from_value(judge.settings["http"].clone())
-            .map_err(|source| LoopError::JudgeSettings {
+        let Some(http) = settings(judge)?.http else {
+            return Err(LoopError::JudgeSettings {
                 judge: judge.id.clone(),
-                source,
-            })?;
-        let j = Arc::new(HttpJudge::new(settings));
+                source: serde::de::Error::missing_field("http"),
+            });
+        };
+        let j = Arc::new(HttpJudge::new(http));
         judges.insert(judge.id.clone(), j.clone());
         Ok(j)
     }
@@ -74,7 +76,8 @@ impl Judges {
     /// Every judge of the project answers as many leases as its credit allows.
     pub(super) async fn answer(&self, store: &Store, project: &Project) -> LoopResult<()> {
         for judge in list_judges(store, &project.id).await? {
-            for _ in 0..self.allowance(&judge) {
+            let rate = settings(&judge)?.rate_per_minute;
+            for _ in 0..self.allowance(&judge, rate) {
                 if !self.answer_one(store, project, &judge).await? {
                     break;
                 }
@@ -94,9 +97,9 @@ impl Judges {
         let Some(lease) = lease_next_pair(store, project, &user, &[]).await? else {
             return Ok(false);
         };
-        let verdict = match judge.kind.as_str() {
-            "sentiment" => self.sentiment.judge(&lease.left, &lease.right),
-            "http" => {
+        let verdict = match judge.kind {
+            JudgeKind::Sentiment => self.sentiment.judge(&lease.left, &lease.right),
+            JudgeKind::Http => {
                 let http = self.http_judge(judge)?;
                 let shown_a_first = rand::random::<bool>();
                 let answer = http
@@ -119,12 +122,6 @@ impl Judges {
                         });
                     }
                 }
-            }
-            other => {
-                return Err(LoopError::UnknownJudgeKind {
-                    judge: judge.id.clone(),
-                    kind: other.to_string(),
-                });
             }
         };
         let input = JudgmentInput {

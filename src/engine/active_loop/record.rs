@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 
 use super::Inner;
 use super::error::LoopResult;
+use crate::domain::JudgeKind;
 use crate::engine::{EngineError, EngineHandle, PolicyRef, RescoreRequest, TrainRequest};
 use crate::learn::Progress;
 use crate::store::judges::list_judges;
@@ -152,7 +153,7 @@ async fn evaluate_version(
     let judged = list_judges(&inner.store, &project.id)
         .await?
         .iter()
-        .any(|j| j.kind == "sentiment");
+        .any(|j| j.kind == JudgeKind::Sentiment);
     if prompts.is_empty() || !judged {
         return Ok(());
     }

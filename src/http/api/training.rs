@@ -7,6 +7,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::domain::JudgeKind;
 use crate::engine::active_loop::{ActiveLoop, current_policy};
 use crate::engine::{EngineError, GenerateRequest, PolicyRef};
 use crate::http::AppState;
@@ -14,6 +15,7 @@ use crate::http::auth::Admin;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 use crate::judge::http::HttpJudgeSettings;
+use crate::judge::{DEFAULT_RATE_PER_MINUTE, JudgeSettings};
 use crate::store::judges::{self, Judge};
 use crate::store::projects::get_project;
 use crate::store::training::{self, ModelVersion, TrainingRun};
@@ -214,7 +216,7 @@ pub struct JudgeInput {
     /// OpenAI-compatible chat-completions endpoint; then also "url", "model", and optionally
     /// "api_key_env" (the NAME of the server's environment variable holding the key),
     /// "prompt_template", "max_retries", "timeout_seconds".
-    pub kind: String,
+    pub kind: JudgeKind,
     /// Answers per minute (default 60).
     pub rate_per_minute: Option<f64>,
     /// The kind's own settings.
@@ -233,36 +235,36 @@ pub async fn attach_judge(
     ApiJson(input): ApiJson<JudgeInput>,
 ) -> ApiResult<(StatusCode, Json<Judge>)> {
     let project = get_project(&state.store, &id).await?;
-    let rate = input.rate_per_minute.unwrap_or(60.0);
+    let rate = input.rate_per_minute.unwrap_or(DEFAULT_RATE_PER_MINUTE);
     if !(rate > 0.0 && rate <= 6000.0) {
         return Err(ApiError::Unprocessable(
             "rate_per_minute must be in (0, 6000]".into(),
         ));
     }
-    let settings = match input.kind.as_str() {
-        "sentiment" => {
+    let http = match input.kind {
+        JudgeKind::Sentiment => {
             if let Some(field) = input.settings.keys().next() {
                 return Err(ApiError::Unprocessable(format!(
                     "unknown field `{field}` for a sentiment judge"
                 )));
             }
-            serde_json::json!({"rate_per_minute": rate})
+            None
         }
-        "http" => {
+        JudgeKind::Http => {
             let http: HttpJudgeSettings =
                 serde_json::from_value(serde_json::Value::Object(input.settings))
                     .map_err(|e| ApiError::Unprocessable(format!("http judge: {e}")))?;
             http.validate()
                 .map_err(|e| ApiError::Unprocessable(format!("http judge: {e}")))?;
-            serde_json::json!({"rate_per_minute": rate, "http": http})
-        }
-        other => {
-            return Err(ApiError::Unprocessable(format!(
-                "unknown judge kind {other:?}: use \"sentiment\" or \"http\""
-            )));
+            Some(http)
         }
     };
-    let judge = judges::create_judge(&state.store, &project.id, &input.kind, &settings).await?;
+    let settings = JudgeSettings {
+        rate_per_minute: rate,
+        http,
+    };
+    let judge =
+        judges::create_judge(&state.store, &project.id, input.kind, &settings.to_json()).await?;
     if let Some(l) = &state.active {
         l.wake();
     }
