@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::projects::Project;
 use super::users::User;
-use super::{Dialect, Result, Store, StoreError, new_id, now_ms};
+use super::{Dialect, Result, Store, StoreError, new_id};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -173,7 +173,7 @@ pub async fn lease_next_pair(
     user: &User,
     exclude: &[String],
 ) -> Result<Option<LeasedPair>> {
-    let now = now_ms();
+    let now = store.clock().now_ms();
     let mut tx = store.begin_write().await?;
     lock_project(&mut tx, store, &project.id).await?;
 
@@ -382,7 +382,7 @@ pub async fn record_judgment(
         ));
     }
 
-    let now = now_ms();
+    let now = store.clock().now_ms();
     let id = new_id();
     let seconds = (now - lease.created_at).max(0) as f64 / 1000.0;
     sqlx::query(
@@ -437,7 +437,7 @@ pub async fn extend_lease(store: &Store, lease_id: &str, user: &User) -> Result<
         .bind(&lease.project_id)
         .fetch_one(&mut *tx)
         .await?;
-    let expires = now_ms() + seconds * 1000;
+    let expires = store.clock().now_ms() + seconds * 1000;
     sqlx::query("UPDATE leases SET expires_at = $1, status = 'active' WHERE id = $2")
         .bind(expires)
         .bind(&lease.id)
@@ -481,7 +481,7 @@ pub struct Undo {
 
 /// Takes back the caller's latest current judgment in the project and leases its pair to them again.
 pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -> Result<Undo> {
-    let now = now_ms();
+    let now = store.clock().now_ms();
     let mut tx = store.begin_write().await?;
     lock_project(&mut tx, store, &project.id).await?;
     let row = sqlx::query(

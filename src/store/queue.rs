@@ -15,7 +15,7 @@ pub async fn count_free_pending(store: &Store, project_id: &str) -> Result<i64> 
          AND (lease_id IS NULL OR leased_until <= $2)",
     )
     .bind(project_id)
-    .bind(now_ms())
+    .bind(store.clock().now_ms())
     .fetch_one(store.pool())
     .await?;
     super::int(&row, "n")
@@ -109,7 +109,7 @@ pub async fn open_pairs(store: &Store, project_id: &str) -> Result<Vec<OpenPair>
          ORDER BY p.created_at",
     )
     .bind(project_id)
-    .bind(now_ms())
+    .bind(store.clock().now_ms())
     .fetch_all(store.pool())
     .await?;
     rows.iter()
@@ -132,7 +132,7 @@ pub async fn rescore_pairs(
     strategy: &str,
     scores: &[(String, Option<f64>, serde_json::Value)],
 ) -> Result<u64> {
-    let now = now_ms();
+    let now = store.clock().now_ms();
     let mut tx = store.begin_write().await?;
     let mut changed = 0;
     for (id, score, parts) in scores {
