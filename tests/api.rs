@@ -408,7 +408,7 @@ async fn same_lease_until_answered_and_expiry_reclaims(b: Backend) {
     let app = TestApp::new(b).await;
     let (a1, a2) = (app.annotator("a1").await, app.annotator("a2").await);
     let project = app
-        .create_project(json!({"name": "p", "lease_seconds": 1}))
+        .create_project(json!({"name": "p", "lease_seconds": 60}))
         .await;
     app.import(&project, "pairs", &pairs_ndjson(1)).await;
     let (_, first) = app.next(&project, &a1).await;
@@ -423,7 +423,20 @@ async fn same_lease_until_answered_and_expiry_reclaims(b: Backend) {
         StatusCode::NO_CONTENT,
         "a leased pair is not handed to another"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let leased_pairs = async || {
+        let uri = format!("/api/v1/projects/{project}/stats");
+        app.json("GET", &uri, &app.admin, None).await.1["leased_pairs"].clone()
+    };
+    assert_eq!(leased_pairs().await, json!(1));
+    // Let the lease run out on the store's clock rather than the wall clock.
+    app.store
+        .clock()
+        .advance(std::time::Duration::from_secs(61));
+    assert_eq!(
+        leased_pairs().await,
+        json!(0),
+        "an expired lease holds nothing"
+    );
     let (status, taken) = app.next(&project, &a2).await;
     assert_eq!(
         status,

@@ -1,6 +1,6 @@
 //! The pages in a real browser: headless Chromium, driven over WebDriver (chromedriver) against the real
 //! server on 127.0.0.1:0, on SQLite and (with TEST_DATABASE_URL) PostgreSQL. Skips with a note when
-//! chromedriver is absent; CI installs it. Screenshots land in <target>/screenshots/.
+//! chromedriver or Chromium is absent (fails instead under PREFLOOP_TEST_STRICT=1); CI installs them. Screenshots land in <target>/screenshots/.
 
 mod common;
 
@@ -72,11 +72,23 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `None` (and a note on stderr) when this machine has no chromedriver or Chromium.
+/// `None` (and a note on stderr) when this machine has no chromedriver or Chromium; a panic instead
+/// under PREFLOOP_TEST_STRICT=1.
 async fn start(backend: Backend) -> Option<Browser> {
-    let (Some(driver_path), Some(chrome)) = (chromedriver(), chromium()) else {
-        eprintln!("chromedriver or chromium not found: browser test skipped (CI installs them)");
-        return None;
+    let (driver_path, chrome) = match (chromedriver(), chromium()) {
+        (Some(driver), Some(chrome)) => (driver, chrome),
+        (driver, _) => {
+            let missing = match driver {
+                None => "chromedriver (or Chromium) is not on PATH",
+                Some(_) => "Chromium is not on PATH",
+            };
+            common::skip_unless_strict(
+                missing,
+                "install them (Debian: apt-get install chromium chromium-driver) or set CHROMEDRIVER \
+                 and CHROMIUM to their paths",
+            );
+            return None;
+        }
     };
     let test_app = TestApp::new(backend).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

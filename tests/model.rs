@@ -1,5 +1,8 @@
 //! Model engine tests: tiny random llama models built here, no download. Tests against the demo SmolLM2 GGUF
-//! run when it is present (PREFLOOP_DEMO_MODEL or ./prefloop-data/models/...) and print a note otherwise.
+//! run when it is present (PREFLOOP_DEMO_MODEL or ./prefloop-data/models/...) and print a note otherwise
+//! (or fail, under PREFLOOP_TEST_STRICT=1).
+
+mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -809,9 +812,9 @@ fn demo_model_path() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!(
-            "note: {} not found; skipping the SmolLM2 test (run scripts/fetch-demo-assets.sh)",
-            p.display()
+        common::skip_unless_strict(
+            &format!("the demo model {} is missing", p.display()),
+            "run scripts/fetch-demo-assets.sh ./prefloop-data, or set PREFLOOP_DEMO_MODEL to a GGUF file",
         );
         None
     }

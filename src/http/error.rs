@@ -6,6 +6,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::engine::EngineError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,17 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Forbidden(m) => ApiError::Forbidden(m),
             StoreError::Invalid(m) => ApiError::Unprocessable(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A full model queue is a 429 (retry later); a cancelled job is a conflict.
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Busy => ApiError::TooManyRequests(e.to_string()),
+            EngineError::Cancelled => ApiError::Conflict(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

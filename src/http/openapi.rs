@@ -18,9 +18,9 @@ use super::api;
         api::leases::release, api::leases::undo,
         api::export::export,
         api::users::create_user, api::users::list_users, api::users::revoke_user,
-        api::training::start_training, api::training::list_runs, api::training::list_versions, api::training::get_run,
-        api::training::cancel_run, api::training::generate, api::training::attach_judge,
-        api::training::list_judges, api::training::detach_judge,
+        api::runs::start_training, api::runs::list_runs, api::runs::list_versions, api::runs::get_run,
+        api::runs::cancel_run, api::generate::generate, api::judges::attach_judge,
+        api::judges::list_judges, api::judges::detach_judge,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -344,7 +344,7 @@ pub async fn count_pairs(store: &Store, project_id: &str) -> Result<PairCounts> 
          FROM pairs WHERE project_id = $1",
     )
     .bind(project_id)
-    .bind(now_ms())
+    .bind(store.clock().now_ms())
     .fetch_one(store.pool())
     .await?;
     let get = |name: &str| super::int(&row, name);

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::projects::Project;
 use super::users::User;
-use super::{Dialect, Result, Store, StoreError, new_id, now_ms};
+use super::{Dialect, Result, Store, StoreError, new_id};
 use crate::domain::Choice;
 
 /// A pair handed to one annotator, with the order its completions are shown in.
@@ -142,7 +142,7 @@ pub async fn lease_next_pair(
     user: &User,
     exclude: &[String],
 ) -> Result<Option<LeasedPair>> {
-    let now = now_ms();
+    let now = store.clock().now_ms();
     let mut tx = store.begin_write().await?;
     lock_project(&mut tx, store, &project.id).await?;
 
@@ -351,7 +351,7 @@ pub async fn record_judgment(
         ));
     }
 
-    let now = now_ms();
+    let now = store.clock().now_ms();
     let id = new_id();
     let seconds = (now - lease.created_at).max(0) as f64 / 1000.0;
     sqlx::query(
@@ -406,7 +406,7 @@ pub async fn extend_lease(store: &Store, lease_id: &str, user: &User) -> Result<
         .bind(&lease.project_id)
         .fetch_one(&mut *tx)
         .await?;
-    let expires = now_ms() + seconds * 1000;
+    let expires = store.clock().now_ms() + seconds * 1000;
     sqlx::query("UPDATE leases SET expires_at = $1, status = 'active' WHERE id = $2")
         .bind(expires)
         .bind(&lease.id)
@@ -450,7 +450,7 @@ pub struct Undo {
 
 /// Takes back the caller's latest current judgment in the project and leases its pair to them again.
 pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -> Result<Undo> {
-    let now = now_ms();
+    let now = store.clock().now_ms();
     let mut tx = store.begin_write().await?;
     lock_project(&mut tx, store, &project.id).await?;
     let row = sqlx::query(
@@ -502,51 +502,4 @@ pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -
     };
     tx.commit().await?;
     Ok(Undo { undone, lease })
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ProjectStats {
-    pub labels: i64,
-    pub label_budget: Option<i64>,
-    /// Labels left to spend; absent when the budget is unlimited.
-    pub remaining: Option<i64>,
-    pub pending_pairs: i64,
-    pub leased_pairs: i64,
-    pub labelled_pairs: i64,
-    pub prompts: i64,
-    /// People and judges who have given at least one current judgment.
-    pub annotators: i64,
-    pub skips: i64,
-    pub ties: i64,
-    pub both_bad: i64,
-}
-
-pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectStats> {
-    let counts = super::items::count_pairs(store, &project.id).await?;
-    let row = sqlx::query(
-        "SELECT \
-           COALESCE(SUM(CASE WHEN choice <> 'skip' THEN 1 ELSE 0 END), 0) AS labels, \
-           COALESCE(SUM(CASE WHEN choice = 'skip' THEN 1 ELSE 0 END), 0) AS skips, \
-           COALESCE(SUM(CASE WHEN choice = 'tie' THEN 1 ELSE 0 END), 0) AS ties, \
-           COALESCE(SUM(CASE WHEN choice = 'both_bad' THEN 1 ELSE 0 END), 0) AS both_bad, \
-           COUNT(DISTINCT user_id) AS annotators \
-         FROM judgments WHERE project_id = $1 AND superseded_at IS NULL",
-    )
-    .bind(&project.id)
-    .fetch_one(store.pool())
-    .await?;
-    let labels = super::int(&row, "labels")?;
-    Ok(ProjectStats {
-        labels,
-        label_budget: project.label_budget,
-        remaining: project.label_budget.map(|b| (b - labels).max(0)),
-        pending_pairs: counts.pending,
-        leased_pairs: counts.leased,
-        labelled_pairs: counts.labelled,
-        prompts: counts.prompts,
-        annotators: super::int(&row, "annotators")?,
-        skips: super::int(&row, "skips")?,
-        ties: super::int(&row, "ties")?,
-        both_bad: super::int(&row, "both_bad")?,
-    })
 }

@@ -20,6 +20,8 @@ pub mod users;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -69,11 +71,33 @@ pub enum Dialect {
     Postgres,
 }
 
-/// The database: a pool and the dialect it speaks. Cheap to clone.
+/// The database: a pool, the dialect it speaks and the clock leases expire by. Cheap to clone; clones
+/// share the clock.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    clock: Clock,
+}
+
+/// The time leases are given, compared and expire by: the system clock plus an offset that is zero
+/// unless a test moves it forward, so a test can let a lease run out without waiting for it.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    /// Milliseconds since the Unix epoch, as this clock sees it.
+    pub fn now_ms(&self) -> i64 {
+        now_ms() + self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Moves this clock (and every clone of its store) forward by `by`, for tests.
+    pub fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).expect("advance by less than 292 million years");
+        self.offset_ms.fetch_add(ms, Ordering::Relaxed);
+    }
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -134,7 +158,11 @@ impl Store {
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Store { pool, dialect })
+        Ok(Store {
+            pool,
+            dialect,
+            clock: Clock::default(),
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -143,6 +171,11 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// The clock of lease expiry (`leases`, and the free-pair queries in `queue`).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// A transaction that will write. SQLite must take the write lock up front (`BEGIN IMMEDIATE`):
@@ -159,7 +192,8 @@ impl Store {
     }
 }
 
-/// Milliseconds since the Unix epoch: the unit of every time column.
+/// Milliseconds since the Unix epoch: the unit of every time column. Lease times go through
+/// `Store::clock` instead, which tests can move forward.
 pub fn now_ms() -> i64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -195,4 +229,17 @@ pub(crate) fn int(row: &sqlx::any::AnyRow, name: &str) -> Result<i64> {
 /// A 0/1 flag column. Flags are BIGINT in both schemas: sqlx's Any driver cannot read SQLite booleans.
 pub(crate) fn flag(row: &sqlx::any::AnyRow, name: &str) -> Result<bool> {
     Ok(int(row, name)? != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_of_a_clock_move_together() {
+        let clock = Clock::default();
+        let before = clock.now_ms();
+        clock.clone().advance(Duration::from_secs(90));
+        assert!(clock.now_ms() >= before + 90_000);
+    }
 }

@@ -15,7 +15,7 @@ pub async fn count_free_pending(store: &Store, project_id: &str) -> Result<i64> 
          AND (lease_id IS NULL OR leased_until <= $2)",
     )
     .bind(project_id)
-    .bind(now_ms())
+    .bind(store.clock().now_ms())
     .fetch_one(store.pool())
     .await?;
     super::int(&row, "n")
@@ -108,7 +108,7 @@ pub async fn open_pairs(store: &Store, project_id: &str) -> Result<Vec<OpenPair>
          ORDER BY p.created_at",
     )
     .bind(project_id)
-    .bind(now_ms())
+    .bind(store.clock().now_ms())
     .fetch_all(store.pool())
     .await?;
     rows.iter()
@@ -131,7 +131,7 @@ pub async fn rescore_pairs(
     strategy: Strategy,
     scores: &[(String, PairScores)],
 ) -> Result<u64> {
-    let now = now_ms();
+    let now = store.clock().now_ms();
     let mut tx = store.begin_write().await?;
     let mut changed = 0;
     for (id, scores) in scores {

@@ -1,5 +1,6 @@
 //! Test harness: the real router over a real database. SQLite in a temp dir always; PostgreSQL (a fresh
-//! database per test) when TEST_DATABASE_URL is set.
+//! database per test) when TEST_DATABASE_URL is set. `skip_unless_strict` is the one place a test that
+//! lacks a dependency (PostgreSQL, Chromium, the demo model) decides between skipping and failing.
 #![allow(dead_code)]
 
 use axum::Router;
@@ -26,8 +27,23 @@ pub enum Backend {
     Postgres,
 }
 
+/// Whether `PREFLOOP_TEST_STRICT` is set (to anything but empty or "0"): then no test may skip.
+pub fn strict() -> bool {
+    std::env::var("PREFLOOP_TEST_STRICT").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Called by a test about to skip because `missing` is absent; `install` says how to get it. Prints a
+/// note and returns, so the caller can return; under `PREFLOOP_TEST_STRICT=1` (as `.ci/run` sets) it
+/// panics instead, so that a green run cannot hide a test that never ran.
+pub fn skip_unless_strict(missing: &str, install: &str) {
+    if strict() {
+        panic!("{missing}, and PREFLOOP_TEST_STRICT is set, so this test may not skip: {install}");
+    }
+    eprintln!("{missing}: test skipped ({install}; PREFLOOP_TEST_STRICT=1 makes this a failure)");
+}
+
 /// Generates one test per database: `NAME::sqlite` always, `NAME::postgres` which skips (with a note)
-/// when TEST_DATABASE_URL is not set.
+/// when TEST_DATABASE_URL is not set, or fails under `PREFLOOP_TEST_STRICT=1`.
 #[macro_export]
 macro_rules! db_tests {
     ($($name:ident),* $(,)?) => {$(
@@ -39,7 +55,11 @@ macro_rules! db_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn postgres() {
                 if std::env::var("TEST_DATABASE_URL").is_err() {
-                    eprintln!("TEST_DATABASE_URL not set: PostgreSQL variant skipped");
+                    $crate::common::skip_unless_strict(
+                        "TEST_DATABASE_URL is not set",
+                        "start PostgreSQL (Debian: apt-get install postgresql) and set \
+                         TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres, or run .ci/run",
+                    );
                     return;
                 }
                 super::$name($crate::common::Backend::Postgres).await;

@@ -13,8 +13,8 @@ use crate::http::AppState;
 use crate::http::auth::{Admin, AuthUser};
 use crate::http::error::ApiResult;
 use crate::http::extract::ApiJson;
-use crate::store::leases::{ProjectStats, project_stats};
 use crate::store::projects::{self, Project, ProjectInput};
+use crate::store::stats::{ProjectStats, project_stats};
 use crate::store::training::{TrainingRun, latest_training_run};
 
 pub fn router() -> Router<AppState> {

@@ -13,12 +13,12 @@ use crate::domain::{LossKind, Schedule, Strategy};
 use crate::http::AppState;
 use crate::store::dashboard::project_overview;
 use crate::store::flags::list_flags;
-use crate::store::leases::project_stats;
 use crate::store::members::{add_member, list_members, remove_member};
 use crate::store::projects::{
     Project, ProjectInput, create_project, get_project, list_projects, update_project,
 };
 use crate::store::sessions::{create_login_link, login_url};
+use crate::store::stats::project_stats;
 use crate::store::users::{self, Role, User, UserKind};
 
 pub fn router() -> Router<AppState> {

@@ -15,9 +15,10 @@ use crate::http::auth::AuthUser;
 use crate::http::error::ApiResult;
 use crate::http::extract::{ApiJson, OptionalJson};
 use crate::store::flags::flag_leased_pair;
-use crate::store::leases::{self, LeasedPair, project_stats};
+use crate::store::leases::{self, LeasedPair};
 use crate::store::members::ensure_access;
 use crate::store::projects::get_project;
+use crate::store::stats::project_stats;
 
 pub fn router() -> Router<AppState> {
     Router::new()

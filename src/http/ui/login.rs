@@ -11,9 +11,9 @@ use serde::Deserialize;
 use super::{CsrfForm, Nav, PageResult, SignedIn, page};
 use crate::http::AppState;
 use crate::http::auth::{SESSION_COOKIE, cookie};
-use crate::store::leases::project_stats;
 use crate::store::members::projects_for_user;
 use crate::store::sessions::{self, SESSION_MS};
+use crate::store::stats::project_stats;
 use crate::store::users::{User, find_user_by_token};
 
 pub fn router() -> Router<AppState> {
