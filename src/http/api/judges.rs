@@ -8,11 +8,11 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::TAG;
+use crate::domain::JudgeKind;
 use crate::http::AppState;
 use crate::http::auth::Admin;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
-use crate::domain::JudgeKind;
 use crate::judge::http::HttpJudgeSettings;
 use crate::judge::{DEFAULT_RATE_PER_MINUTE, JudgeSettings};
 use crate::store::judges::{self, Judge};
