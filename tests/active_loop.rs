@@ -20,6 +20,7 @@ use sqlx::Row;
 
 db_tests!(
     loop_generates_scores_serves_trains_and_rescores,
+    a_run_that_does_not_beat_the_serving_version_is_not_installed,
     restart_retries_an_interrupted_run,
     a_full_model_queue_answers_429,
 );
@@ -76,6 +77,35 @@ async fn with_queue(
     active
 }
 
+/// A session cookie for the admin, signed in with their token.
+async fn admin_cookie(app: &TestApp) -> String {
+    let (status, _, headers) = app
+        .call_with_headers(
+            "POST",
+            "/login",
+            None,
+            Some(format!("token={}", app.admin).into_bytes()),
+            &[("content-type", "application/x-www-form-urlencoded")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A page as the holder of `cookie` sees it.
+async fn page(app: &TestApp, path: &str, cookie: &str) -> (StatusCode, String) {
+    let (status, body) = app
+        .call("GET", path, None, None, &[("cookie", cookie)])
+        .await;
+    (status, String::from_utf8(body).unwrap())
+}
+
 async fn wait_for(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
@@ -90,7 +120,8 @@ async fn wait_for(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
 const LOOP_PROJECT: &str = r#"{"name": "loop", "strategy": "certainty", "label_budget": 6, "train_every": 4,
   "epochs": 1, "batch_size": 2, "learning_rate": 0.001, "beta": 0.5,
   "completions": {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0},
-  "oversample": {"prompts": 2, "pairs": 2}, "entropy_samples": 2, "seed": 3}"#;
+  "oversample": {"prompts": 2, "pairs": 2}, "entropy_samples": 2, "seed": 3,
+  "install_only_if_better": false}"#;
 
 async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
     let models = tempfile::tempdir().unwrap();
@@ -210,9 +241,19 @@ async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    wait_for("a trained version", 180, async || {
+    // Rounds count decisive labels; once the budget is spent, a last run trains on what is left. Wait
+    // until a version has seen every decisive label, so no run is still to come.
+    let versions_url = format!("/api/v1/projects/{project}/model-versions");
+    wait_for("every decisive label trained on", 180, async || {
         let (_, s) = app.json("GET", &stats, &app.admin, None).await;
-        s["training"]["status"] == "succeeded" && s["model_version"] != reference.as_str()
+        let (_, v) = app.json("GET", &versions_url, &app.admin, None).await;
+        let seen = v
+            .as_array()
+            .and_then(|v| v.last())
+            .map(|v| v["decisive_seen"].clone());
+        s["training"]["status"] == "succeeded"
+            && s["model_version"] != reference.as_str()
+            && seen == Some(s["decisive_labels"].clone())
     })
     .await;
     let (_, s) = app.json("GET", &stats, &app.admin, None).await;
@@ -282,34 +323,9 @@ async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
     assert_eq!(status, StatusCode::NO_CONTENT);
 
     // The admin dashboard shows the version, the run with its loss curve, the win rate and the scores.
-    let (status, _, headers) = app
-        .call_with_headers(
-            "POST",
-            "/login",
-            None,
-            Some(format!("token={}", app.admin).into_bytes()),
-            &[("content-type", "application/x-www-form-urlencoded")],
-        )
-        .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
-    let cookie = headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let (status, page) = app
-        .call(
-            "GET",
-            &format!("/admin/projects/{project}"),
-            None,
-            None,
-            &[("cookie", &cookie)],
-        )
-        .await;
+    let cookie = admin_cookie(&app).await;
+    let (status, page) = page(&app, &format!("/admin/projects/{project}"), &cookie).await;
     assert_eq!(status, StatusCode::OK);
-    let page = String::from_utf8(page).unwrap();
     assert!(
         page.contains(&format!("Serving version <code>{}</code>", &version[..8])),
         "dashboard names the version"
@@ -664,4 +680,122 @@ async fn a_server_killed_during_training_resumes() {
         .await;
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+async fn a_run_that_does_not_beat_the_serving_version_is_not_installed(b: Backend) {
+    use prefloop::domain::{EvalMetrics, RewardStats, TrainedMetrics};
+    use prefloop::store::training::{NewVersion, create_model_version};
+
+    let models = tempfile::tempdir().unwrap();
+    let mut app = TestApp::new(b).await;
+    let project = app
+        .create_project(
+            json!({"name": "bar", "train_every": 4, "epochs": 1, "batch_size": 2,
+            "learning_rate": 0.001}),
+        )
+        .await;
+    let _active = with_loop(&mut app, models.path()).await;
+    // A version serving the project already answers every held-out pair right: no run can beat it.
+    let reference_path: String =
+        sqlx::query_scalar("SELECT path FROM model_versions WHERE project_id IS NULL")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    let perfect = TrainedMetrics {
+        last_step: None,
+        eval: Some(EvalMetrics {
+            step: 1,
+            pairs: 2,
+            loss: 0.1,
+            rewards: RewardStats {
+                accuracies: 1.0,
+                ..Default::default()
+            },
+        }),
+    };
+    create_model_version(
+        &app.store,
+        &NewVersion {
+            id: "perfect",
+            project_id: Some(&project),
+            parent_id: None,
+            path: &reference_path,
+            labels_seen: 0,
+            decisive_seen: 0,
+            trained: perfect,
+            installed: true,
+        },
+    )
+    .await
+    .unwrap();
+    // Two pairs are held out: their prompts are in the eval split.
+    let held_out =
+        "{\"prompt\": \"p4\", \"split\": \"eval\"}\n{\"prompt\": \"p5\", \"split\": \"eval\"}\n";
+    assert_eq!(
+        app.import(&project, "prompts", held_out).await["inserted"],
+        2
+    );
+    let pairs: String = (0..6)
+        .map(|i| {
+            json!({"prompt": format!("p{i}"), "completion_a": "a wonderful film",
+                "completion_b": "a dull film"})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    assert_eq!(app.import(&project, "pairs", &pairs).await["inserted"], 6);
+    let ann = app.annotator("ann").await;
+    let stats = format!("/api/v1/projects/{project}/stats");
+    for _ in 0..6 {
+        let (status, l) = app.next(&project, &ann).await;
+        assert_eq!(status, StatusCode::OK, "{l}");
+        let choice = if l["left"] == "a wonderful film" {
+            "left"
+        } else {
+            "right"
+        };
+        app.judge(l["lease_id"].as_str().unwrap(), &ann, choice)
+            .await;
+    }
+    wait_for("the run to finish", 120, async || {
+        app.json("GET", &stats, &app.admin, None).await.1["training"]["status"] == "succeeded"
+    })
+    .await;
+    let (_, s) = app.json("GET", &stats, &app.admin, None).await;
+    assert_eq!(
+        s["model_version"], "perfect",
+        "the better version keeps serving"
+    );
+    assert_eq!(s["decisive_labels"], 6);
+    let new_id = s["training"]["model_version"].as_str().unwrap().to_string();
+    let (_, versions) = app
+        .json(
+            "GET",
+            &format!("/api/v1/projects/{project}/model-versions"),
+            &app.admin,
+            None,
+        )
+        .await;
+    let new = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == new_id.as_str())
+        .expect("the run's version is recorded");
+    assert_eq!(new["installed"], false, "{new}");
+    let reason = new["not_installed_reason"].as_str().unwrap();
+    assert!(reason.contains("held-out DPO accuracy"), "{reason}");
+    assert!(
+        reason.contains("not above the serving version's 1.000"),
+        "{reason}"
+    );
+
+    // The dashboard says why.
+    let cookie = admin_cookie(&app).await;
+    let (status, page) = page(&app, &format!("/admin/projects/{project}"), &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("not installed: its held-out DPO accuracy"),
+        "{page}"
+    );
 }

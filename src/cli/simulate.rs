@@ -19,7 +19,9 @@ use crate::learn::data::read_prompts;
 use crate::store::Store;
 use crate::store::items::{Split, insert_prompts};
 use crate::store::judges::create_judge;
+use crate::store::leases::count_labels;
 use crate::store::projects::{ProjectInput, create_project};
+use crate::store::stats::count_decisive_labels;
 use crate::store::training::{
     RunStatus, ensure_reference_version, latest_training_run, list_project_versions,
 };
@@ -86,6 +88,8 @@ struct Row {
     strategy: String,
     seed: u64,
     labels: i64,
+    /// Of the labels, those that trained DPO (left or right).
+    decisive: i64,
     win_rate: f64,
     reward: f64,
 }
@@ -149,7 +153,6 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     };
     let _active = ActiveLoop::start(store.clone(), Some(engine), config).await?;
 
-    let rounds = args.labels / args.round;
     let mut rows = Vec::new();
     for &strategy in &strategies {
         for seed in 0..args.seeds {
@@ -168,22 +171,30 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
                 let versions = list_project_versions(&store, &project.id).await?;
                 let evaluated: Vec<_> = versions
                     .iter()
-                    .filter_map(|v| Some((v.labels_seen, v.metrics.win?)))
+                    .filter_map(|v| Some((v.labels_seen, v.decisive_seen, v.metrics.win?)))
                     .collect();
-                for (labels, win) in evaluated.iter().skip(reported) {
+                for (labels, decisive, win) in evaluated.iter().skip(reported) {
                     eprintln!(
-                        "{} seed {seed}: {labels} labels, win rate {:.3} ({:.0} s)",
+                        "{} seed {seed}: {labels} labels ({decisive} decisive), win rate {:.3} ({:.0} s)",
                         strategy.as_str(),
                         win.win_rate,
                         started.elapsed().as_secs_f64()
                     );
                 }
                 reported = evaluated.len();
-                if evaluated.len() >= rounds {
-                    rows.extend(evaluated.iter().map(|(labels, win)| Row {
+                // Rounds count decisive labels, so ties make a run's rounds fewer than labels / round:
+                // it is done once the budget is spent and a last, evaluated version saw every decisive one.
+                let spent = count_labels(store.pool(), &project.id).await? >= args.labels as i64;
+                let decisive = count_decisive_labels(&store, &project.id).await?;
+                let done = spent
+                    && evaluated.len() == versions.len()
+                    && versions.last().is_some_and(|v| v.decisive_seen == decisive);
+                if done {
+                    rows.extend(evaluated.iter().map(|(labels, decisive, win)| Row {
                         strategy: strategy.as_str().to_string(),
                         seed,
                         labels: *labels,
+                        decisive: *decisive,
                         win_rate: win.win_rate,
                         reward: win.mean_reward,
                     }));
@@ -232,16 +243,18 @@ fn run_settings(args: &SimulateArgs, strategy: Strategy, seed: u64) -> ProjectIn
             pairs: args.oversample_pairs,
         }),
         entropy_samples: Some(args.entropy_samples),
+        // The paper's protocol: each round is acquired by the policy trained on every label before it.
+        install_only_if_better: Some(false),
         ..Default::default()
     }
 }
 
 fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
-    let mut out = String::from("strategy,seed,labels,win_rate,reward\n");
+    let mut out = String::from("strategy,seed,labels,win_rate,reward,decisive\n");
     for r in rows {
         out.push_str(&format!(
-            "{},{},{},{:.4},{:.4}\n",
-            r.strategy, r.seed, r.labels, r.win_rate, r.reward
+            "{},{},{},{:.4},{:.4},{}\n",
+            r.strategy, r.seed, r.labels, r.win_rate, r.reward, r.decisive
         ));
     }
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))

@@ -92,6 +92,9 @@ pub struct LoopSettings {
     /// Wrap each prompt in the model's chat template (as one user turn) before generating, scoring
     /// and training: for instruction-tuned models.
     pub chat_template: bool,
+    /// Install a trained version only when it beats the one serving (win rate on the eval prompts
+    /// when the project measures it, else held-out DPO accuracy); otherwise every run's version serves.
+    pub install_only_if_better: bool,
 }
 
 impl Default for LoopSettings {
@@ -110,6 +113,7 @@ impl Default for LoopSettings {
             oversample: Oversample::default(),
             entropy_samples: 4,
             chat_template: false,
+            install_only_if_better: true,
         }
     }
 }

@@ -47,6 +47,7 @@ pub struct ProjectInput {
     pub oversample: Option<Oversample>,
     pub entropy_samples: Option<u32>,
     pub chat_template: Option<bool>,
+    pub install_only_if_better: Option<bool>,
 }
 
 /// Tells "absent" (keep) from an explicit `null` (clear) for PATCH.
@@ -91,7 +92,8 @@ impl ProjectInput {
             completions,
             oversample,
             entropy_samples,
-            chat_template
+            chat_template,
+            install_only_if_better
         );
         p.validate()
     }

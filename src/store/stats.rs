@@ -10,10 +10,14 @@ use super::{Result, Store};
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProjectStats {
     pub labels: i64,
+    /// Labels that teach DPO a preference (left or right): what a round of `train_every` counts.
+    pub decisive_labels: i64,
     pub label_budget: Option<i64>,
     /// Labels left to spend; absent when the budget is unlimited.
     pub remaining: Option<i64>,
     pub pending_pairs: i64,
+    /// Pending pairs nobody holds: what `/next` can hand out now.
+    pub ready_pairs: i64,
     pub leased_pairs: i64,
     pub labelled_pairs: i64,
     pub prompts: i64,
@@ -22,7 +26,12 @@ pub struct ProjectStats {
     pub skips: i64,
     pub ties: i64,
     pub both_bad: i64,
+    /// Pairs the model made per minute, over the last ten minutes.
+    pub pairs_per_minute: f64,
 }
+
+/// The window `pairs_per_minute` is measured over.
+const PRODUCTION_WINDOW_MS: i64 = 10 * 60 * 1000;
 
 /// A project's labelling progress: labels against the budget, pairs by state, and how the current
 /// judgments split. What `/stats`, the dashboard and the workbench show.
@@ -34,6 +43,7 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
            COALESCE(SUM(CASE WHEN choice = 'skip' THEN 1 ELSE 0 END), 0) AS skips, \
            COALESCE(SUM(CASE WHEN choice = 'tie' THEN 1 ELSE 0 END), 0) AS ties, \
            COALESCE(SUM(CASE WHEN choice = 'both_bad' THEN 1 ELSE 0 END), 0) AS both_bad, \
+           COALESCE(SUM(CASE WHEN choice IN ('left', 'right') THEN 1 ELSE 0 END), 0) AS decisive, \
            COUNT(DISTINCT user_id) AS annotators \
          FROM judgments WHERE project_id = $1 AND superseded_at IS NULL",
     )
@@ -41,11 +51,20 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
     .fetch_one(store.pool())
     .await?;
     let labels = super::int(&row, "labels")?;
+    let made: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND source = 'generated' AND created_at >= $2",
+    )
+    .bind(&project.id)
+    .bind(store.clock().now_ms() - PRODUCTION_WINDOW_MS)
+    .fetch_one(store.pool())
+    .await?;
     Ok(ProjectStats {
         labels,
+        decisive_labels: super::int(&row, "decisive")?,
         label_budget: project.label_budget,
         remaining: project.label_budget.map(|b| (b - labels).max(0)),
         pending_pairs: counts.pending,
+        ready_pairs: counts.pending - counts.leased,
         leased_pairs: counts.leased,
         labelled_pairs: counts.labelled,
         prompts: counts.prompts,
@@ -53,7 +72,20 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
         skips: super::int(&row, "skips")?,
         ties: super::int(&row, "ties")?,
         both_bad: super::int(&row, "both_bad")?,
+        pairs_per_minute: made as f64 / (PRODUCTION_WINDOW_MS / 60_000) as f64,
     })
+}
+
+/// Decisive labels (left or right, not undone) of a project: what rounds of `train_every` count.
+pub async fn count_decisive_labels(store: &Store, project_id: &str) -> Result<i64> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM judgments WHERE project_id = $1 AND superseded_at IS NULL \
+         AND choice IN ('left', 'right')",
+    )
+    .bind(project_id)
+    .fetch_one(store.pool())
+    .await?;
+    Ok(n)
 }
 
 pub struct DatabaseGauges {

@@ -20,8 +20,30 @@ pub struct ModelVersion {
     pub path: String,
     /// Labels the version was trained on.
     pub labels_seen: i64,
+    /// Of those, the decisive ones (left or right): what a round of `train_every` counts.
+    pub decisive_seen: i64,
+    /// Whether the version serves (or served) its project. A run that did not beat the version then
+    /// serving is kept, with the reason, but never installed.
+    pub installed: bool,
+    pub not_installed_reason: Option<String>,
     pub metrics: VersionMetrics,
     pub created_at: String,
+}
+
+/// A version about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewVersion<'a> {
+    /// The engine names a version before its weights are saved.
+    pub id: &'a str,
+    pub project_id: Option<&'a str>,
+    pub parent_id: Option<&'a str>,
+    pub path: &'a str,
+    pub labels_seen: i64,
+    pub decisive_seen: i64,
+    /// The metrics of the run that trained it.
+    pub trained: TrainedMetrics,
+    /// False for a trained version until its evaluation decides whether it serves.
+    pub installed: bool,
 }
 
 fn version_from_row(row: &AnyRow) -> Result<ModelVersion> {
@@ -32,6 +54,9 @@ fn version_from_row(row: &AnyRow) -> Result<ModelVersion> {
         parent_id: row.try_get("parent_id")?,
         path: row.try_get("path")?,
         labels_seen: row.try_get("labels_seen")?,
+        decisive_seen: row.try_get("decisive_seen")?,
+        installed: super::flag(row, "installed")?,
+        not_installed_reason: row.try_get("not_installed_reason")?,
         metrics: serde_json::from_str(&metrics).unwrap_or_default(),
         created_at: rfc3339(row.try_get("created_at")?),
     })
@@ -54,44 +79,66 @@ pub async fn ensure_reference_version(store: &Store, path: &str) -> Result<Model
     if let Some(row) = row {
         return version_from_row(&row);
     }
+    let id = new_id();
     create_model_version(
         store,
-        &new_id(),
-        None,
-        None,
-        path,
-        0,
-        TrainedMetrics::default(),
+        &NewVersion {
+            id: &id,
+            project_id: None,
+            parent_id: None,
+            path,
+            labels_seen: 0,
+            decisive_seen: 0,
+            trained: TrainedMetrics::default(),
+            installed: true,
+        },
     )
     .await
 }
 
-/// Records a version under `id` (the engine names a version before its weights are saved), with the
-/// metrics of the run that trained it.
-pub async fn create_model_version(
-    store: &Store,
-    id: &str,
-    project_id: Option<&str>,
-    parent_id: Option<&str>,
-    path: &str,
-    labels_seen: i64,
-    trained: TrainedMetrics,
-) -> Result<ModelVersion> {
-    let metrics = VersionMetrics { trained, win: None };
+/// Records a version.
+pub async fn create_model_version(store: &Store, v: &NewVersion<'_>) -> Result<ModelVersion> {
+    let metrics = VersionMetrics {
+        trained: v.trained,
+        win: None,
+    };
     sqlx::query(
-        "INSERT INTO model_versions (id, project_id, parent_id, path, labels_seen, metrics, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO model_versions (id, project_id, parent_id, path, labels_seen, decisive_seen, \
+         installed, metrics, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
-    .bind(id)
-    .bind(project_id)
-    .bind(parent_id)
-    .bind(path)
-    .bind(labels_seen)
+    .bind(v.id)
+    .bind(v.project_id)
+    .bind(v.parent_id)
+    .bind(v.path)
+    .bind(v.labels_seen)
+    .bind(v.decisive_seen)
+    .bind(v.installed as i64)
     .bind(to_json(&metrics))
     .bind(now_ms())
     .execute(store.pool())
     .await?;
-    get_model_version(store, id).await
+    get_model_version(store, v.id).await
+}
+
+/// Makes a trained version serve its project.
+pub async fn install_version(store: &Store, id: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE model_versions SET installed = 1, not_installed_reason = NULL WHERE id = $1",
+    )
+    .bind(id)
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
+/// Keeps a trained version out of service, saying why.
+pub async fn reject_version(store: &Store, id: &str, reason: &str) -> Result<()> {
+    sqlx::query("UPDATE model_versions SET installed = 0, not_installed_reason = $1 WHERE id = $2")
+        .bind(reason)
+        .bind(id)
+        .execute(store.pool())
+        .await?;
+    Ok(())
 }
 
 pub async fn get_model_version(store: &Store, id: &str) -> Result<ModelVersion> {
@@ -103,8 +150,23 @@ pub async fn get_model_version(store: &Store, id: &str) -> Result<ModelVersion> 
     version_from_row(&row)
 }
 
-/// The newest version trained for the project, if any (otherwise the project is served by the reference).
+/// The version serving the project: its newest installed one, if any (otherwise the reference serves).
 pub async fn latest_project_version(
+    store: &Store,
+    project_id: &str,
+) -> Result<Option<ModelVersion>> {
+    let row = sqlx::query(
+        "SELECT * FROM model_versions WHERE project_id = $1 AND installed = 1 \
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+    )
+    .bind(project_id)
+    .fetch_optional(store.pool())
+    .await?;
+    row.as_ref().map(version_from_row).transpose()
+}
+
+/// The newest version trained for the project, installed or not: what the last run saw.
+pub async fn latest_trained_version(
     store: &Store,
     project_id: &str,
 ) -> Result<Option<ModelVersion>> {

@@ -1,5 +1,6 @@
 //! One training run from start to record: train on every labelled pair, store each step as it happens,
-//! record the new version, evaluate it against the reference, and re-score the free pending pairs with it.
+//! record the new version, evaluate it against the reference, install it when it beats the version
+//! serving (or always, when the project says so), and re-score the free pending pairs with it.
 
 use std::sync::Arc;
 
@@ -7,14 +8,15 @@ use tokio::sync::mpsc;
 
 use super::Inner;
 use super::error::LoopResult;
-use crate::domain::JudgeKind;
+use crate::domain::{JudgeKind, VersionMetrics};
 use crate::engine::{EngineError, EngineHandle, PolicyRef, RescoreRequest, TrainRequest};
 use crate::learn::Progress;
 use crate::store::judges::list_judges;
 use crate::store::leases::count_labels;
 use crate::store::projects::Project;
 use crate::store::queue;
-use crate::store::training::{self, RunStatus, TrainingRun};
+use crate::store::stats::count_decisive_labels;
+use crate::store::training::{self, NewVersion, RunStatus, TrainingRun};
 use crate::store::{Store, new_id};
 
 /// Most held-out prompts one evaluation uses.
@@ -29,6 +31,7 @@ pub(super) async fn run_training(
     let store = &inner.store;
     let preferences = queue::training_preferences(store, &project.id).await?;
     let labels = count_labels(store.pool(), &project.id).await?;
+    let decisive = count_decisive_labels(store, &project.id).await?;
     if preferences.iter().all(|p| p.eval) {
         let msg = "no labelled pairs to train on: ties, both-bad and skips teach no preference";
         training::finish_training_run(store, &run.id, RunStatus::Failed, Some(msg), None).await?;
@@ -65,12 +68,16 @@ pub(super) async fn run_training(
     };
     training::create_model_version(
         store,
-        &version_id,
-        Some(&project.id),
-        Some(&current.version_id),
-        &done.path,
-        labels,
-        done.metrics,
+        &NewVersion {
+            id: &version_id,
+            project_id: Some(&project.id),
+            parent_id: Some(&current.version_id),
+            path: &done.path,
+            labels_seen: labels,
+            decisive_seen: decisive,
+            trained: done.metrics,
+            installed: false,
+        },
     )
     .await?;
     training::record_run_result(store, &run.id, done.steps, &done.metrics).await?;
@@ -90,10 +97,54 @@ pub(super) async fn run_training(
     if let Err(e) = evaluate_version(inner, engine, project, &policy).await {
         tracing::warn!(project = %project.name, error = %e, "evaluating the new version failed");
     }
+    let new = training::get_model_version(store, &policy.version_id).await?;
+    let serving = training::latest_project_version(store, &project.id).await?;
+    let verdict = if project.settings.install_only_if_better {
+        improvement(&new.metrics, serving.as_ref().map(|v| &v.metrics))
+    } else {
+        Ok(())
+    };
+    if let Err(reason) = verdict {
+        training::reject_version(store, &policy.version_id, &reason).await?;
+        tracing::info!(project = %project.name, version = %policy.version_id, %reason, "new version not installed");
+        return Ok(());
+    }
+    training::install_version(store, &policy.version_id).await?;
     if let Err(e) = rescore_open_pairs(inner, engine, project, &policy).await {
         tracing::warn!(project = %project.name, error = %e, "re-scoring after training failed");
     }
     Ok(())
+}
+
+/// What a version chance-level against the reference scores, by either measure: the reference itself
+/// (whose implicit rewards are all zero) serves until a version beats it.
+const CHANCE: f64 = 0.5;
+
+/// Whether a new version beats the one serving (`None`: the reference): by win rate against the reference
+/// when the new version has one, else by held-out DPO accuracy, else (nothing to judge by) it does.
+/// `Err` says why it does not.
+pub(super) fn improvement(
+    new: &VersionMetrics,
+    serving: Option<&VersionMetrics>,
+) -> Result<(), String> {
+    let (what, new_score, old_score) = if let Some(win) = new.win {
+        let old = serving.and_then(|m| m.win).map_or(CHANCE, |w| w.win_rate);
+        ("win rate against the reference", win.win_rate, old)
+    } else if let Some(eval) = new.trained.eval {
+        let old = serving
+            .and_then(|m| m.trained.eval)
+            .map_or(CHANCE, |e| e.rewards.accuracies);
+        ("held-out DPO accuracy", eval.rewards.accuracies, old)
+    } else {
+        return Ok(());
+    };
+    if new_score > old_score {
+        Ok(())
+    } else {
+        Err(format!(
+            "not installed: its {what} {new_score:.3} is not above the serving version's {old_score:.3}"
+        ))
+    }
 }
 
 /// Stores every optimizer step as the trainer reports it, until the run ends.
@@ -171,4 +222,56 @@ async fn evaluate_version(
     training::set_version_win_rate(&inner.store, &policy.version_id, &result).await?;
     tracing::info!(project = %project.name, version = %policy.version_id, win_rate = result.win_rate, "evaluated");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::improvement;
+    use crate::domain::{EvalMetrics, RewardStats, TrainedMetrics, VersionMetrics, WinRate};
+
+    fn version(win_rate: Option<f64>, accuracy: Option<f64>) -> VersionMetrics {
+        VersionMetrics {
+            trained: TrainedMetrics {
+                last_step: None,
+                eval: accuracy.map(|a| EvalMetrics {
+                    step: 1,
+                    pairs: 8,
+                    loss: 0.6,
+                    rewards: RewardStats {
+                        accuracies: a,
+                        ..Default::default()
+                    },
+                }),
+            },
+            win: win_rate.map(|w| WinRate {
+                win_rate: w,
+                wins: 0,
+                ties: 0,
+                losses: 0,
+                mean_reward: 0.0,
+                eval_prompts: 64,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_version_serves_only_when_it_beats_the_one_serving() {
+        // Against the reference, chance is the bar.
+        assert!(improvement(&version(Some(0.56), None), None).is_ok());
+        let even = improvement(&version(Some(0.5), None), None).unwrap_err();
+        assert!(
+            even.contains("win rate against the reference 0.500"),
+            "{even}"
+        );
+        // Against a trained version, its own win rate is.
+        let serving = version(Some(0.61), Some(0.9));
+        assert!(improvement(&version(Some(0.6), Some(1.0)), Some(&serving)).is_err());
+        assert!(improvement(&version(Some(0.62), Some(0.1)), Some(&serving)).is_ok());
+        // Without a win rate, held-out accuracy decides.
+        assert!(improvement(&version(None, Some(0.75)), Some(&serving)).is_err());
+        assert!(improvement(&version(None, Some(0.95)), Some(&serving)).is_ok());
+        assert!(improvement(&version(None, Some(0.6)), None).is_ok());
+        // Nothing to judge by: the new version serves.
+        assert!(improvement(&version(None, None), Some(&serving)).is_ok());
+    }
 }

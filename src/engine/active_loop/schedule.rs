@@ -1,6 +1,8 @@
 //! Deciding when a project's DPO run is due and starting it: a queued run (from `POST /train` or a
-//! restart's retry) goes first; otherwise a run is due once `train_every` labels arrived since the version
-//! serving was trained, or since the last automatic run started (so a failed run is not retried at once).
+//! restart's retry) goes first; otherwise a run is due once `train_every` decisive labels (left or right:
+//! ties, both-bad and skips teach DPO nothing) arrived since the last trained version saw, or since the
+//! last automatic run started (so a failed run is not retried at once); and once more when the budget is
+//! spent with decisive labels no run has seen.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +13,7 @@ use super::error::LoopResult;
 use crate::engine::EngineHandle;
 use crate::store::leases::count_labels;
 use crate::store::projects::Project;
+use crate::store::stats::count_decisive_labels;
 use crate::store::training::{self, TrainingRun};
 
 /// What the loop knows of runs in flight.
@@ -20,8 +23,8 @@ pub(super) struct Runs {
     cancels: Mutex<HashMap<String, Arc<AtomicBool>>>,
     /// Projects with a run in progress.
     training: Mutex<HashSet<String>>,
-    /// Label count at which each project's last automatic run started, so that a run that fails (say,
-    /// on labels that are all ties) is not started again until `train_every` more labels arrive.
+    /// Decisive label count at which each project's last automatic run started, so that a run that
+    /// fails is not started again until `train_every` more arrive.
     auto_started_at: Mutex<HashMap<String, i64>>,
 }
 
@@ -52,21 +55,33 @@ impl Runs {
     }
 }
 
-/// Whether an automatic run is due: `every` (`train_every`, 0 = never) labels since the later of the
-/// labels the serving version saw and the label count the last automatic run started at.
-pub(super) fn run_due(every: u32, labels: i64, version_saw: i64, last_auto_start: i64) -> bool {
-    every > 0 && labels - version_saw.max(last_auto_start) >= every as i64
+/// Whether an automatic run is due: `every` (`train_every`, 0 = never) decisive labels since the later
+/// of what the last trained version saw and the count the last automatic run started at; or, once the
+/// budget is spent, any decisive label since then (the last, shorter round).
+pub(super) fn run_due(
+    every: u32,
+    decisive: i64,
+    version_saw: i64,
+    last_auto_start: i64,
+    budget_spent: bool,
+) -> bool {
+    let new = decisive - version_saw.max(last_auto_start);
+    every > 0 && (new >= every as i64 || (budget_spent && new > 0))
 }
 
-/// The label count, when an automatic run is due for the project.
+/// The decisive label count, when an automatic run is due for the project.
 async fn automatic_run_due(inner: &Inner, project: &Project) -> LoopResult<Option<i64>> {
     if project.settings.train_every == 0 {
         return Ok(None);
     }
-    let labels = count_labels(inner.store.pool(), &project.id).await?;
-    let seen = training::latest_project_version(&inner.store, &project.id)
+    let decisive = count_decisive_labels(&inner.store, &project.id).await?;
+    let budget_spent = match project.label_budget {
+        Some(budget) => count_labels(inner.store.pool(), &project.id).await? >= budget,
+        None => false,
+    };
+    let seen = training::latest_trained_version(&inner.store, &project.id)
         .await?
-        .map_or(0, |v| v.labels_seen);
+        .map_or(0, |v| v.decisive_seen);
     let started = inner
         .runs
         .auto_started_at
@@ -75,7 +90,14 @@ async fn automatic_run_due(inner: &Inner, project: &Project) -> LoopResult<Optio
         .get(&project.id)
         .copied()
         .unwrap_or(0);
-    Ok(run_due(project.settings.train_every, labels, seen, started).then_some(labels))
+    let due = run_due(
+        project.settings.train_every,
+        decisive,
+        seen,
+        started,
+        budget_spent,
+    );
+    Ok(due.then_some(decisive))
 }
 
 /// Whether the project has a run going, queued, or due by its label count.
@@ -103,7 +125,7 @@ pub(super) async fn maybe_train(
     let run = match queued.into_iter().next() {
         Some(run) => run,
         None => {
-            let Some(labels) = automatic_run_due(inner, project).await? else {
+            let Some(decisive) = automatic_run_due(inner, project).await? else {
                 return Ok(());
             };
             inner
@@ -111,7 +133,7 @@ pub(super) async fn maybe_train(
                 .auto_started_at
                 .lock()
                 .expect("lock")
-                .insert(project.id.clone(), labels);
+                .insert(project.id.clone(), decisive);
             let current = super::current_policy(&inner.store, Some(engine), &project.id).await?;
             training::create_training_run(
                 &inner.store,
@@ -158,15 +180,29 @@ mod tests {
     use super::run_due;
 
     #[test]
-    fn a_run_is_due_every_train_every_labels() {
-        assert!(!run_due(0, 1_000, 0, 0), "0 means only on demand");
-        assert!(!run_due(32, 31, 0, 0));
-        assert!(run_due(32, 32, 0, 0));
-        // Counted from the labels the serving version saw.
-        assert!(!run_due(32, 63, 32, 0));
-        assert!(run_due(32, 64, 32, 0));
+    fn a_run_is_due_every_train_every_decisive_labels() {
+        assert!(!run_due(0, 1_000, 0, 0, false), "0 means only on demand");
+        assert!(!run_due(32, 31, 0, 0, false));
+        assert!(run_due(32, 32, 0, 0, false));
+        // Counted from the labels the last trained version saw.
+        assert!(!run_due(32, 63, 32, 0, false));
+        assert!(run_due(32, 64, 32, 0, false));
         // A failed automatic run at 64 waits for 32 more labels, not just for the version's 32.
-        assert!(!run_due(32, 70, 32, 64));
-        assert!(run_due(32, 96, 32, 64));
+        assert!(!run_due(32, 70, 32, 64, false));
+        assert!(run_due(32, 96, 32, 64, false));
+    }
+
+    #[test]
+    fn a_spent_budget_trains_once_more_on_what_is_left() {
+        assert!(run_due(32, 40, 32, 0, true), "8 decisive labels no run saw");
+        assert!(
+            !run_due(32, 40, 40, 0, true),
+            "all seen: nothing more to learn"
+        );
+        assert!(
+            !run_due(32, 40, 32, 40, true),
+            "that last run already started"
+        );
+        assert!(!run_due(0, 40, 32, 0, true), "on demand only");
     }
 }

@@ -11,7 +11,9 @@ use crate::engine::active_loop::current_policy;
 use crate::http::AppState;
 use crate::store::projects::get_project;
 use crate::store::queue::pending_scores;
-use crate::store::training::{RunStatus, TrainingRun, list_project_versions, list_training_runs};
+use crate::store::training::{
+    ModelVersion, RunStatus, TrainingRun, list_project_versions, list_training_runs,
+};
 
 /// One training run as the dashboard lists it.
 pub struct RunRow {
@@ -23,6 +25,8 @@ pub struct RunRow {
     pub margin: String,
     pub accuracy: String,
     pub error: String,
+    /// Why the run's version does not serve, when it did not beat the one serving.
+    pub not_installed: String,
     pub when: String,
 }
 
@@ -32,6 +36,7 @@ pub struct TrainingPanel {
     /// The version serving the project (short id) and the labels it was trained on.
     pub version: String,
     pub version_labels: i64,
+    pub version_decisive: i64,
     pub runs: Vec<RunRow>,
     /// The latest run's loss curve (SVG), when it has steps.
     pub loss_chart: String,
@@ -45,8 +50,13 @@ fn metric(value: Option<f64>) -> String {
     value.map_or_else(|| "–".into(), |v| format!("{v:.3}"))
 }
 
-fn run_row(run: &TrainingRun) -> RunRow {
+fn run_row(run: &TrainingRun, versions: &[ModelVersion]) -> RunRow {
     let last = run.metrics.trained.last_step.as_ref();
+    let not_installed = versions
+        .iter()
+        .find(|v| Some(&v.id) == run.model_version.as_ref())
+        .and_then(|v| v.not_installed_reason.clone())
+        .unwrap_or_default();
     RunRow {
         id: run.id.clone(),
         status: run.status.as_str(),
@@ -60,6 +70,7 @@ fn run_row(run: &TrainingRun) -> RunRow {
         margin: metric(last.map(|m| m.rewards.margins)),
         accuracy: metric(last.map(|m| m.rewards.accuracies)),
         error: run.error.clone().unwrap_or_default(),
+        not_installed,
         when: run.created_at.replace('T', " ").chars().take(16).collect(),
     }
 }
@@ -99,7 +110,12 @@ pub async fn training_panel(
         attached: engine.is_some(),
         version: policy.map_or_else(|| "–".into(), |p| p.version_id.chars().take(8).collect()),
         version_labels: current.map_or(0, |v| v.labels_seen),
-        runs: runs.iter().take(10).map(run_row).collect(),
+        version_decisive: current.map_or(0, |v| v.decisive_seen),
+        runs: runs
+            .iter()
+            .take(10)
+            .map(|r| run_row(r, &versions))
+            .collect(),
         loss_chart: charts::line_chart(&loss_points, None, "training loss", "steps"),
         win_chart: charts::line_chart(
             &win_points,
