@@ -1,6 +1,7 @@
 // The annotator workbench. Holds up to two leases: the pair on screen and the next one, fetched while the
 // first is read, so an answer moves on at once. Leases are kept alive while the page is open and given back
-// when it closes. Every call carries the session's CSRF token.
+// when it closes. Every call carries the session's CSRF token. When no pair is free but more are coming
+// (the model is preparing them), it says so and keeps asking with a long wait until one arrives.
 (() => {
   "use strict";
   const bench = document.getElementById("bench");
@@ -9,11 +10,21 @@
   const leaseSeconds = Number(bench.dataset.leaseSeconds) || 600;
   const $ = (id) => document.getElementById(id);
 
+  const WAIT_SECONDS = 20;   // how long one request waits for a pair on the server
+  const answeredKey = `prefloop:answered:${project}`;
+
   let queue = [];        // leases held, [0] is on screen
-  let answered = 0;      // answers given on this page
+  let answered = Number(sessionStorage.getItem(answeredKey)) || 0;  // answers in this tab, kept over reloads
   let busy = false;      // an answer or undo is being sent
   let prefetching = null;
-  let doneReason = null;
+  let doneReason = null; // why the last request brought no pair: "budget", "coming" or "empty"
+  let coming = null;     // what the model is preparing, and when we heard it
+  let waitTicker = null;
+
+  function setAnswered(n) {
+    answered = Math.max(0, n);
+    sessionStorage.setItem(answeredKey, String(answered));
+  }
 
   async function call(path, body) {
     const resp = await fetch(path, {
@@ -40,10 +51,34 @@
     $("remaining").textContent = remaining === null || remaining === undefined ? "no limit" : String(remaining);
   }
 
+  function showWaiting() {
+    const secs = coming ? Math.round((coming.round_seconds || 0) + (Date.now() - coming.at) / 1000) : 0;
+    let text = "Fetching the next pair.";
+    if (coming && coming.pairs_coming > 0) {
+      text = `The model is making ${coming.pairs_coming} pair${coming.pairs_coming === 1 ? "" : "s"}: ${secs} s so far.`;
+    } else if (coming && coming.generating) {
+      text = "The model is about to prepare the next pairs.";
+    } else if (coming) {
+      text = "The pairs left are with other annotators; one comes back here if its lease runs out or is given back.";
+    }
+    $("waiting-text").textContent = text;
+  }
+
   function render() {
     $("answered").textContent = String(answered);
     const cur = queue[0];
     $("loading").hidden = true;
+    // No pair on screen, but one is on its way (a request is out, or the model is preparing pairs).
+    const waiting = !cur && (doneReason === "coming" || prefetching !== null);
+    $("waiting").hidden = !waiting;
+    if (waiting && !waitTicker) waitTicker = setInterval(showWaiting, 1000);
+    if (!waiting && waitTicker) { clearInterval(waitTicker); waitTicker = null; }
+    if (waiting) {
+      $("work").hidden = true;
+      $("done").hidden = true;
+      showWaiting();
+      return;
+    }
     if (!cur) {
       $("work").hidden = true;
       $("done").hidden = false;
@@ -70,20 +105,30 @@
     }
   }
 
-  async function fetchNext() {
-    const data = await call(`/ui/api/projects/${project}/next`, { exclude: queue.map((l) => l.lease_id) });
+  async function fetchNext(wait) {
+    const data = await call(`/ui/api/projects/${project}/next?wait=${wait}`,
+      { exclude: queue.map((l) => l.lease_id) });
     setRemaining(data.remaining);
     if (data.lease && !queue.some((l) => l.lease_id === data.lease.lease_id)) queue.push(data.lease);
-    if (!data.lease) doneReason = data.reason;
+    doneReason = data.lease ? null : data.reason;
+    coming = data.lease ? null : {
+      generating: data.generating, pairs_coming: data.pairs_coming, round_seconds: data.round_seconds, at: Date.now(),
+    };
     return data.lease;
   }
 
-  // Keeps one pair ready behind the one on screen.
+  // Keeps one pair ready behind the one on screen; while pairs are coming, keeps asking (each request
+  // waits on the server) until one arrives.
   function prefetch() {
     if (prefetching || queue.length >= 2) return prefetching;
-    prefetching = fetchNext()
-      .catch((e) => say(`Could not fetch the next pair: ${e.message}`, true))
-      .finally(() => { prefetching = null; render(); });
+    let failed = false;
+    prefetching = fetchNext(WAIT_SECONDS)
+      .catch((e) => { failed = true; say(`Could not fetch the next pair: ${e.message}`, true); })
+      .finally(() => {
+        prefetching = null;
+        render();
+        if (queue.length < 2 && (doneReason === "coming" || failed)) setTimeout(prefetch, failed ? 5000 : 250);
+      });
     return prefetching;
   }
 
@@ -95,16 +140,15 @@
     try {
       await call(`/api/v1/leases/${lease.lease_id}/judgment`, { choice, rationale: text || null });
       queue.shift();
-      answered += 1;
+      setAnswered(answered + 1);
       say(`Saved: ${label(choice)}.`);
-      if (!queue[0]) await (prefetching || prefetch());
-      render();
       prefetch();
+      render();
     } catch (e) {
       if (e.status === 409) {
         say("That pair's lease ran out and went to someone else; here is another.", true);
         queue.shift();
-        await (prefetching || prefetch());
+        prefetch();
         render();
       } else {
         say(`Not saved: ${e.message}`, true);
@@ -122,9 +166,8 @@
     if (busy) return;
     busy = true;
     try {
-      if (prefetching) await prefetching;
       const data = await call(`/ui/api/projects/${project}/undo`);
-      answered = Math.max(0, answered - 1);
+      setAnswered(answered - 1);
       if (data.lease) {
         queue = queue.filter((l) => l.lease_id !== data.lease.lease_id);
         queue.unshift(data.lease);
@@ -234,7 +277,7 @@
   setInterval(heartbeat, Math.max(5, Math.min(60, leaseSeconds / 3)) * 1000);
   window.addEventListener("pagehide", () => { queue.forEach((l) => release(l, true)); queue = []; });
 
-  fetchNext()
+  fetchNext(0)
     .then(() => { render(); prefetch(); })
     .catch((e) => { $("loading").textContent = `Could not fetch a pair: ${e.message}`; });
 })();

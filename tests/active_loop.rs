@@ -21,6 +21,7 @@ use sqlx::Row;
 db_tests!(
     loop_generates_scores_serves_trains_and_rescores,
     a_run_that_does_not_beat_the_serving_version_is_not_installed,
+    a_waiting_next_gets_the_pair_the_model_makes,
     restart_retries_an_interrupted_run,
     a_full_model_queue_answers_429,
 );
@@ -798,4 +799,49 @@ async fn a_run_that_does_not_beat_the_serving_version_is_not_installed(b: Backen
         page.contains("not installed: its held-out DPO accuracy"),
         "{page}"
     );
+}
+
+async fn a_waiting_next_gets_the_pair_the_model_makes(b: Backend) {
+    let models = tempfile::tempdir().unwrap();
+    let mut app = TestApp::new(b).await;
+    let _active = with_loop(&mut app, models.path()).await;
+    let project = app
+        .create_project(json!({"name": "fresh", "completions": {"max_new_tokens": 4}}))
+        .await;
+    let ann = app.annotator("ann").await;
+    // Nothing yet, and no prompts: nothing will come.
+    let (status, _, headers) = app
+        .call_with_headers(
+            "POST",
+            &format!("/api/v1/projects/{project}/next?wait=0"),
+            Some(&ann),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        headers.get("retry-after").is_none(),
+        "no prompts, no pairs: finished"
+    );
+    let prompts: String = ["The film", "A quiet story", "This sequel"]
+        .iter()
+        .map(|p| json!({"prompt": p}).to_string() + "\n")
+        .collect();
+    app.import(&project, "prompts", &prompts).await;
+    let stats = format!("/api/v1/projects/{project}/stats");
+    let (_, s) = app.json("GET", &stats, &app.admin, None).await;
+    assert_eq!(s["generating"], true, "{s}");
+    // The request waits while the model makes the first round, and answers with one of its pairs.
+    let (status, lease) = app
+        .json(
+            "POST",
+            &format!("/api/v1/projects/{project}/next?wait=30"),
+            &ann,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{lease}");
+    let (_, s) = app.json("GET", &stats, &app.admin, None).await;
+    assert!(s["pairs_per_minute"].as_f64().unwrap() > 0.0, "{s}");
 }

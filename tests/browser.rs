@@ -23,6 +23,7 @@ db_tests!(
     annotator_answers_with_the_keyboard,
     admin_imports_and_reads_the_dashboard,
     script_in_a_completion_is_shown_as_text,
+    the_workbench_waits_for_a_pair_and_goes_on_by_itself,
 );
 
 fn chromedriver() -> Option<PathBuf> {
@@ -748,4 +749,75 @@ async fn script_in_a_completion_is_shown_as_text(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn the_workbench_waits_for_a_pair_and_goes_on_by_itself(backend: Backend) {
+    let Some(b) = start(backend).await else {
+        return;
+    };
+    let project = b
+        .app
+        .create_project(json!({"name": "wait", "lease_seconds": 600}))
+        .await;
+    b.app.import(&project, "pairs", &pairs_ndjson(1)).await;
+    // Another annotator holds the only pair.
+    let holder = b.app.annotator("holder").await;
+    let (_, held) = b.app.next(&project, &holder).await;
+    let lease = held["lease_id"].as_str().unwrap().to_string();
+
+    let token = b.app.annotator("eve").await;
+    b.sign_in_with_token(&token).await;
+    b.goto(&format!("/projects/{project}/annotate")).await;
+    b.wait_for(
+        "the waiting screen",
+        "return !document.getElementById('waiting').hidden && document.getElementById('done').hidden",
+    )
+    .await;
+    assert!(
+        b.text("#waiting-text").await.contains("other annotators"),
+        "it says where the pairs are"
+    );
+    b.screenshot("workbench-waiting", backend).await;
+
+    // The holder gives the pair back: the page shows it without a reload.
+    let (status, _) = b
+        .app
+        .call(
+            "POST",
+            &format!("/api/v1/leases/{lease}/release"),
+            Some(&holder),
+            None,
+            &[],
+        )
+        .await;
+    assert!(status.is_success());
+    let pair = b.shown_pair_after("").await;
+    assert_eq!(pair, held["pair_id"].as_str().unwrap());
+    assert!(
+        b.js("return document.getElementById('waiting').hidden")
+            .await
+            .as_bool()
+            .unwrap()
+    );
+
+    // The answer counts, and the count survives a reload; with nothing left the page says so.
+    b.press('1').await;
+    b.wait_for(
+        "the done screen",
+        "return !document.getElementById('done').hidden",
+    )
+    .await;
+    assert_eq!(b.answered().await, "1");
+    b.goto(&format!("/projects/{project}/annotate")).await;
+    b.wait_for(
+        "the done screen again",
+        "return !document.getElementById('done').hidden",
+    )
+    .await;
+    assert_eq!(
+        b.answered().await,
+        "1",
+        "answered this session survives a reload"
+    );
+    assert_eq!(b.text("#done-title").await, "Nothing left to label");
 }

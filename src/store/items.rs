@@ -340,7 +340,8 @@ pub async fn count_pairs(store: &Store, project_id: &str) -> Result<PairCounts> 
            COALESCE(SUM(CASE WHEN status = 'labelled' THEN 1 ELSE 0 END), 0) AS labelled, \
            COALESCE(SUM(CASE WHEN status = 'pending' AND lease_id IS NOT NULL AND leased_until > $2 \
                              THEN 1 ELSE 0 END), 0) AS leased, \
-           (SELECT COUNT(*) FROM prompts WHERE project_id = $1) AS prompts \
+           (SELECT COUNT(*) FROM prompts WHERE project_id = $1) AS prompts, \
+           (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = 'train') AS train_prompts \
          FROM pairs WHERE project_id = $1",
     )
     .bind(project_id)
@@ -353,6 +354,7 @@ pub async fn count_pairs(store: &Store, project_id: &str) -> Result<PairCounts> 
         labelled: get("labelled")?,
         leased: get("leased")?,
         prompts: get("prompts")?,
+        train_prompts: get("train_prompts")?,
     })
 }
 
@@ -362,4 +364,6 @@ pub struct PairCounts {
     pub labelled: i64,
     pub leased: i64,
     pub prompts: i64,
+    /// Prompts in the train split: what the model draws rounds from.
+    pub train_prompts: i64,
 }

@@ -21,6 +21,8 @@ pub struct ProjectStats {
     pub leased_pairs: i64,
     pub labelled_pairs: i64,
     pub prompts: i64,
+    /// Prompts in the train split: what the model draws new pairs from.
+    pub train_prompts: i64,
     /// People and judges who have given at least one current judgment.
     pub annotators: i64,
     pub skips: i64,
@@ -68,6 +70,7 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
         leased_pairs: counts.leased,
         labelled_pairs: counts.labelled,
         prompts: counts.prompts,
+        train_prompts: counts.train_prompts,
         annotators: super::int(&row, "annotators")?,
         skips: super::int(&row, "skips")?,
         ties: super::int(&row, "ties")?,

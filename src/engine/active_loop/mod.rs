@@ -20,12 +20,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio::sync::Notify;
+use utoipa::ToSchema;
 
 pub use error::LoopError;
 
 use super::{EngineHandle, PolicyRef};
-use crate::store::projects::list_projects;
+use crate::store::projects::{Project, list_projects};
+use crate::store::stats::ProjectStats;
 use crate::store::training::{self, RunStatus, TrainingRun};
 use crate::store::{Store, StoreError};
 
@@ -67,6 +70,36 @@ struct Inner {
     wake: Notify,
     runs: schedule::Runs,
     judges: judging::Judges,
+    supply: supply::Supply,
+}
+
+/// What an annotator can expect from a project that has no pair for them now.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, ToSchema)]
+pub struct Outlook {
+    /// The model is making pairs for the project: it has a model, budget left and prompts to draw.
+    pub generating: bool,
+    /// Pairs the round in the making will bring (0 when none is).
+    pub pairs_coming: usize,
+    /// How long that round has taken so far.
+    pub round_seconds: Option<f64>,
+    /// Nothing more will come: the budget is spent, or no pair is left and none is being made.
+    pub finished: bool,
+}
+
+impl Outlook {
+    /// Seconds a client should wait before asking again: about one pair's production time at the
+    /// recent rate, between 1 and 30 (`None` when the project is finished).
+    pub fn retry_after(&self, pairs_per_minute: f64) -> Option<u64> {
+        if self.finished {
+            return None;
+        }
+        let per_pair = if pairs_per_minute > 0.0 {
+            60.0 / pairs_per_minute
+        } else {
+            5.0
+        };
+        Some(per_pair.ceil().clamp(1.0, 30.0) as u64)
+    }
 }
 
 impl ActiveLoop {
@@ -95,6 +128,7 @@ impl ActiveLoop {
             wake: Notify::new(),
             runs: schedule::Runs::default(),
             judges: judging::Judges::default(),
+            supply: supply::Supply::default(),
         });
         let task = inner.clone();
         tokio::spawn(async move {
@@ -119,6 +153,25 @@ impl ActiveLoop {
 
     pub fn engine(&self) -> Option<&EngineHandle> {
         self.inner.engine.as_ref()
+    }
+
+    /// Completes when the loop stores new pairs for any project: a waiting `/next` looks again.
+    /// Enable it (`Notified::enable`) before looking, so pairs stored in between are not missed.
+    pub fn pairs_stored(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.supply.stored.notified()
+    }
+
+    /// What is coming for a project whose stats are `stats`.
+    pub fn outlook(&self, project: &Project, stats: &ProjectStats) -> Outlook {
+        let budget_left = stats.remaining != Some(0);
+        let generating = self.has_model() && budget_left && stats.train_prompts > 0;
+        let round = self.inner.supply.round(&project.id);
+        Outlook {
+            generating,
+            pairs_coming: round.map_or(0, |r| r.0),
+            round_seconds: round.map(|r| r.1),
+            finished: !budget_left || (!generating && stats.pending_pairs == 0),
+        }
     }
 
     /// Queues a DPO update of the project; it starts at the next tick (at once if the loop is idle).

@@ -2,6 +2,12 @@
 //! budget is left, a round of prompts is drawn, the current policy generates and scores candidate pairs,
 //! and the strategy's best are stored for annotation with every score that chose them.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
 use super::Inner;
 use super::error::LoopResult;
 use super::schedule::training_pending;
@@ -11,6 +17,54 @@ use crate::store::items::count_pairs;
 use crate::store::leases::count_labels;
 use crate::store::projects::Project;
 use crate::store::queue::{self, GeneratedPair};
+
+/// Rounds in the making, and the signal that pairs were stored.
+#[derive(Default)]
+pub(super) struct Supply {
+    /// Per project: pairs the round being acquired will bring, and when it started.
+    rounds: Mutex<HashMap<String, (usize, Instant)>>,
+    pub(super) stored: Notify,
+}
+
+impl Supply {
+    /// The project's round in the making: (pairs it brings, seconds so far).
+    pub(super) fn round(&self, project_id: &str) -> Option<(usize, f64)> {
+        let rounds = self.rounds.lock().expect("lock");
+        rounds
+            .get(project_id)
+            .map(|(n, since)| (*n, since.elapsed().as_secs_f64()))
+    }
+}
+
+/// Marks a round in the making for as long as it lives.
+struct RoundGuard<'a> {
+    supply: &'a Supply,
+    project_id: String,
+}
+
+impl<'a> RoundGuard<'a> {
+    fn start(supply: &'a Supply, project_id: &str, pairs: usize) -> Self {
+        supply
+            .rounds
+            .lock()
+            .expect("lock")
+            .insert(project_id.to_string(), (pairs, Instant::now()));
+        RoundGuard {
+            supply,
+            project_id: project_id.to_string(),
+        }
+    }
+}
+
+impl Drop for RoundGuard<'_> {
+    fn drop(&mut self) {
+        self.supply
+            .rounds
+            .lock()
+            .expect("lock")
+            .remove(&self.project_id);
+    }
+}
 
 /// A new seed per round, fixed by the project's seed and how many pairs it has had so far.
 pub(super) fn round_seed(project_seed: u64, pairs_so_far: u64) -> u64 {
@@ -56,6 +110,7 @@ pub(super) async fn fill_pool(
         strategy: project.strategy,
         seed: round_seed(s.seed, (counts.pending + counts.labelled) as u64),
     };
+    let round = RoundGuard::start(&inner.supply, &project.id, m);
     let pairs = match engine.acquire(req).await {
         Ok(p) => p,
         // The model thread is full of other work: the next tick tries again.
@@ -79,6 +134,8 @@ pub(super) async fn fill_pool(
         })
         .collect();
     queue::insert_generated_pairs(store, &project.id, &generated).await?;
+    drop(round);
+    inner.supply.stored.notify_waiters();
     tracing::info!(project = %project.name, pairs = generated.len(), version = %policy.version_id, "acquired pairs");
     Ok(())
 }

@@ -1,20 +1,26 @@
 //! The annotation queue: lease the next pair, answer it, keep it alive, give it back, undo.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use tokio::time::Instant;
+use utoipa::{IntoParams, ToSchema};
 
+use crate::engine::active_loop::Outlook;
 use crate::http::AppState;
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{ApiJson, OptionalJson};
+use crate::http::extract::{ApiJson, ApiQuery, OptionalJson};
 use crate::store::leases::{self, Judgment, JudgmentInput, LeasedPair, Undo};
 use crate::store::members::ensure_access;
-use crate::store::projects::get_project;
+use crate::store::projects::{Project, get_project};
+use crate::store::stats::{ProjectStats, project_stats};
+use crate::store::users::User;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -33,21 +39,130 @@ pub struct NextRequest {
     pub exclude: Vec<String>,
 }
 
-/// Lease the most informative free pair to the caller (200), or 204 when nothing is left or the label
-/// budget is spent. Asking again before answering returns the same lease.
-#[utoipa::path(post, path = "/api/v1/projects/{id}/next", request_body(content = Option<NextRequest>),
-    responses((status = 200, body = LeasedPair), (status = 204, description = "nothing to label"), (status = 404)))]
+/// The longest a `/next` may wait for a pair.
+pub const MAX_WAIT_SECONDS: u64 = 30;
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NextQuery {
+    /// Seconds to wait for a pair when none is free now (0 to 30, default 0).
+    #[serde(default)]
+    pub wait: u64,
+}
+
+impl NextQuery {
+    pub fn wait(&self) -> ApiResult<Duration> {
+        if self.wait > MAX_WAIT_SECONDS {
+            return Err(ApiError::Unprocessable(format!(
+                "wait must be 0 to {MAX_WAIT_SECONDS} seconds, got {}",
+                self.wait
+            )));
+        }
+        Ok(Duration::from_secs(self.wait))
+    }
+}
+
+/// What a `/next` found: a pair, or why there is none and what is coming.
+pub enum NextOutcome {
+    Leased(LeasedPair),
+    Nothing {
+        stats: ProjectStats,
+        /// What the model is preparing; absent when the server runs no model.
+        outlook: Option<Outlook>,
+        /// Seconds to wait before asking again while more is coming; `None` when the project is
+        /// finished for now.
+        retry_after: Option<u64>,
+    },
+}
+
+/// When to ask again, or `None` when nothing more will come: without a model, pairs only come back
+/// from leases others hold (`own` are the caller's), while budget is left.
+fn retry_after(stats: &ProjectStats, outlook: Option<&Outlook>, own: usize) -> Option<u64> {
+    match outlook {
+        Some(o) => o.retry_after(stats.pairs_per_minute),
+        None => {
+            let others = stats.leased_pairs.saturating_sub(own as i64) > 0;
+            (stats.remaining != Some(0) && others).then_some(5)
+        }
+    }
+}
+
+/// How long a waiting `/next` sleeps between looks when nothing wakes it: pairs can also come back
+/// by a release or an expired lease, which send no signal.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
+
+/// Leases the caller the best free pair, waiting up to `wait` for one while more are coming.
+pub async fn lease_or_wait(
+    state: &AppState,
+    project: &Project,
+    user: &User,
+    exclude: &[String],
+    wait: Duration,
+) -> ApiResult<NextOutcome> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let stored = state.active.as_ref().map(|l| l.pairs_stored());
+        let mut stored = std::pin::pin!(stored);
+        if let Some(n) = stored.as_mut().as_pin_mut() {
+            n.enable();
+        }
+        if let Some(leased) = leases::lease_next_pair(&state.store, project, user, exclude).await? {
+            return Ok(NextOutcome::Leased(leased));
+        }
+        let stats = project_stats(&state.store, project).await?;
+        let outlook = state.active.as_ref().map(|l| l.outlook(project, &stats));
+        let retry = retry_after(&stats, outlook.as_ref(), exclude.len());
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || retry.is_none() {
+            return Ok(NextOutcome::Nothing {
+                stats,
+                outlook,
+                retry_after: retry,
+            });
+        }
+        let nap = tokio::time::sleep(left.min(LOOK_AGAIN));
+        match stored.as_mut().as_pin_mut() {
+            Some(n) => {
+                tokio::select! {
+                    _ = n => {}
+                    _ = nap => {}
+                }
+            }
+            None => nap.await,
+        }
+    }
+}
+
+/// Lease the most informative free pair to the caller (200), or 204 when there is none. With `wait`,
+/// waits that many seconds for a pair first. A 204 carries `Retry-After` (seconds) while more pairs are
+/// coming (the model is producing and budget remains, or pairs held by others may come back) and none
+/// when the project is finished (budget spent, or no prompts and no pairs left). Asking again before
+/// answering returns the same lease.
+#[utoipa::path(post, path = "/api/v1/projects/{id}/next", params(NextQuery),
+    request_body(content = Option<NextRequest>),
+    responses((status = 200, body = LeasedPair),
+              (status = 204, description = "nothing to label now; Retry-After when more is coming"),
+              (status = 404), (status = 422, description = "wait out of range")))]
 pub async fn next_pair(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<NextQuery>,
     OptionalJson(req): OptionalJson<NextRequest>,
 ) -> ApiResult<Response> {
+    let wait = query.wait()?;
     let project = get_project(&state.store, &id).await?;
     ensure_access(&state.store, &project.id, &user).await?;
-    match leases::lease_next_pair(&state.store, &project, &user, &req.exclude).await? {
-        Some(leased) => Ok(Json(leased).into_response()),
-        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    match lease_or_wait(&state, &project, &user, &req.exclude, wait).await? {
+        NextOutcome::Leased(leased) => Ok(Json(leased).into_response()),
+        NextOutcome::Nothing { retry_after, .. } => {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            if let Some(secs) = retry_after {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Ok(resp)
+        }
     }
 }
 

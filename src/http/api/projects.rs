@@ -79,6 +79,10 @@ pub struct StatsResponse {
     pub model_version: Option<String>,
     /// The project's latest training run.
     pub training: Option<TrainingRun>,
+    /// Whether the model is making pairs for the project (it has a model, budget left, prompts).
+    pub generating: bool,
+    /// Pairs the round in the making will bring (0 when none is).
+    pub pairs_coming: usize,
 }
 
 /// Labels spent and left, pairs pending, annotators, the current model version and the latest training
@@ -95,8 +99,12 @@ pub async fn get_stats(
     let model_version = current_policy(&state.store, engine, &project.id)
         .await?
         .map(|p| p.version_id);
+    let stats = project_stats(&state.store, &project).await?;
+    let outlook = state.active.as_ref().map(|l| l.outlook(&project, &stats));
     Ok(Json(StatsResponse {
-        stats: project_stats(&state.store, &project).await?,
+        generating: outlook.is_some_and(|o| o.generating),
+        pairs_coming: outlook.map_or(0, |o| o.pairs_coming),
+        stats,
         model_version,
         training: latest_training_run(&state.store, &project.id).await?,
     }))

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{Nav, PageResult, SignedIn, markdown, page};
 use crate::http::AppState;
-use crate::http::api::leases::NextRequest;
+use crate::http::api::leases::{NextOutcome, NextQuery, NextRequest, lease_or_wait};
 use crate::http::auth::AuthUser;
 use crate::http::error::ApiResult;
-use crate::http::extract::{ApiJson, OptionalJson};
+use crate::http::extract::{ApiJson, ApiQuery, OptionalJson};
 use crate::store::flags::flag_leased_pair;
 use crate::store::leases::{self, LeasedPair};
 use crate::store::members::ensure_access;
@@ -83,33 +83,57 @@ impl From<LeasedPair> for ShownPair {
 #[derive(Serialize)]
 struct NextAnswer {
     lease: Option<ShownPair>,
-    labels: i64,
     remaining: Option<i64>,
-    /// Why there is no lease: "budget" (spent) or "empty" (nothing pending for you).
+    /// Why there is no lease: "budget" (spent), "coming" (the model is preparing pairs, or others'
+    /// leases may come back: ask again) or "empty" (nothing left for you).
     reason: Option<&'static str>,
+    /// While "coming": pairs the round in the making brings, and how long it has taken so far.
+    pairs_coming: usize,
+    round_seconds: Option<f64>,
+    /// Whether the model is making pairs (else what comes back comes from others' leases).
+    generating: bool,
 }
 
 async fn next_pair(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<NextQuery>,
     OptionalJson(req): OptionalJson<NextRequest>,
 ) -> ApiResult<Json<NextAnswer>> {
+    let wait = query.wait()?;
     let project = get_project(&state.store, &id).await?;
     ensure_access(&state.store, &project.id, &user).await?;
-    let lease = leases::lease_next_pair(&state.store, &project, &user, &req.exclude).await?;
-    let stats = project_stats(&state.store, &project).await?;
-    let reason = match (&lease, stats.remaining) {
-        (Some(_), _) => None,
-        (None, Some(0)) => Some("budget"),
-        (None, _) => Some("empty"),
+    let answer = match lease_or_wait(&state, &project, &user, &req.exclude, wait).await? {
+        NextOutcome::Leased(lease) => {
+            let stats = project_stats(&state.store, &project).await?;
+            NextAnswer {
+                lease: Some(ShownPair::from(lease)),
+                remaining: stats.remaining,
+                reason: None,
+                pairs_coming: 0,
+                round_seconds: None,
+                generating: false,
+            }
+        }
+        NextOutcome::Nothing {
+            stats,
+            outlook,
+            retry_after,
+        } => NextAnswer {
+            lease: None,
+            remaining: stats.remaining,
+            reason: Some(match (stats.remaining, retry_after) {
+                (Some(0), _) => "budget",
+                (_, Some(_)) => "coming",
+                (_, None) => "empty",
+            }),
+            pairs_coming: outlook.map_or(0, |o| o.pairs_coming),
+            round_seconds: outlook.and_then(|o| o.round_seconds),
+            generating: outlook.is_some_and(|o| o.generating),
+        },
     };
-    Ok(Json(NextAnswer {
-        lease: lease.map(ShownPair::from),
-        labels: stats.labels,
-        remaining: stats.remaining,
-        reason,
-    }))
+    Ok(Json(answer))
 }
 
 #[derive(Serialize)]
