@@ -79,6 +79,19 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
     })
 }
 
+/// Answers (judgments of any kind, skips included) given in the project since `since_ms`: the demand
+/// the loop sizes its buffer of ready pairs to.
+pub async fn answers_since(store: &Store, project_id: &str, since_ms: i64) -> Result<i64> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM judgments WHERE project_id = $1 AND created_at >= $2",
+    )
+    .bind(project_id)
+    .bind(since_ms)
+    .fetch_one(store.pool())
+    .await?;
+    Ok(n)
+}
+
 /// Decisive labels (left or right, not undone) of a project: what rounds of `train_every` count.
 pub async fn count_decisive_labels(store: &Store, project_id: &str) -> Result<i64> {
     let n: i64 = sqlx::query_scalar(

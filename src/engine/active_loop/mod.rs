@@ -245,9 +245,9 @@ async fn tick(inner: &Arc<Inner>) -> Result<(), StoreError> {
         let Some(engine) = &inner.engine else {
             continue;
         };
-        if let Err(e) = supply::fill_pool(inner, engine, &project).await {
-            tracing::warn!(project = %project.name, error = %e, "could not acquire new pairs");
-        }
+        // Filling runs beside the tick (one task per project at a time), so a long round delays
+        // neither the judges nor the start of a training run.
+        supply::spawn_fill(inner, engine, &project);
         if let Err(e) = schedule::maybe_train(inner, engine, &project).await {
             tracing::warn!(project = %project.name, error = %e, "could not start training");
         }

@@ -118,42 +118,63 @@ pub(super) async fn maybe_train(
     engine: &EngineHandle,
     project: &Project,
 ) -> LoopResult<()> {
-    if inner.runs.is_training(&project.id) {
-        return Ok(());
-    }
-    let queued = training::queued_training_runs(&inner.store, &project.id).await?;
-    let run = match queued.into_iter().next() {
-        Some(run) => run,
-        None => {
-            let Some(decisive) = automatic_run_due(inner, project).await? else {
-                return Ok(());
-            };
-            inner
-                .runs
-                .auto_started_at
-                .lock()
-                .expect("lock")
-                .insert(project.id.clone(), decisive);
-            let current = super::current_policy(&inner.store, Some(engine), &project.id).await?;
-            training::create_training_run(
-                &inner.store,
-                &project.id,
-                current.as_ref().map(|p| p.version_id.as_str()),
-            )
-            .await?
-        }
-    };
-    inner
+    // Claimed before deciding, so a filling task that waits for training never sees a gap between
+    // "due" and "running".
+    if !inner
         .runs
         .training
         .lock()
         .expect("lock")
-        .insert(project.id.clone());
+        .insert(project.id.clone())
+    {
+        return Ok(());
+    }
+    let run = match next_run(inner, engine, project).await {
+        Ok(Some(run)) => run,
+        other => {
+            inner
+                .runs
+                .training
+                .lock()
+                .expect("lock")
+                .remove(&project.id);
+            return other.map(|_| ());
+        }
+    };
     let (inner, engine, project) = (inner.clone(), engine.clone(), project.clone());
     tokio::spawn(async move {
         run_in_background(&inner, &engine, &project, &run).await;
     });
     Ok(())
+}
+
+/// The queued run to start, or a new automatic one when it is due.
+async fn next_run(
+    inner: &Inner,
+    engine: &EngineHandle,
+    project: &Project,
+) -> LoopResult<Option<TrainingRun>> {
+    let queued = training::queued_training_runs(&inner.store, &project.id).await?;
+    if let Some(run) = queued.into_iter().next() {
+        return Ok(Some(run));
+    }
+    let Some(decisive) = automatic_run_due(inner, project).await? else {
+        return Ok(None);
+    };
+    inner
+        .runs
+        .auto_started_at
+        .lock()
+        .expect("lock")
+        .insert(project.id.clone(), decisive);
+    let current = super::current_policy(&inner.store, Some(engine), &project.id).await?;
+    let run = training::create_training_run(
+        &inner.store,
+        &project.id,
+        current.as_ref().map(|p| p.version_id.as_str()),
+    )
+    .await?;
+    Ok(Some(run))
 }
 
 async fn run_in_background(

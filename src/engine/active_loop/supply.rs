@@ -1,9 +1,12 @@
-//! Keeping a project's pool of pairs filled: when fewer free pairs than the low-water mark are pending and
-//! budget is left, a round of prompts is drawn, the current policy generates and scores candidate pairs,
-//! and the strategy's best are stored for annotation with every score that chose them.
+//! Keeping a project's pool of pairs filled ahead of demand. The buffer of ready pairs is sized to what
+//! annotators take (answers in the last minutes × how long a round takes now, twice over, so a slow round
+//! or a burst does not empty it); when fewer free pairs than that are pending and budget is left, a round
+//! of prompts is drawn, the current policy generates and scores candidate pairs in one batch, and the
+//! strategy's best are stored for annotation with every score that chose them. Round times are measured,
+//! so a training run competing for the cores makes the buffer deeper by itself.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::Notify;
@@ -17,16 +20,68 @@ use crate::store::items::count_pairs;
 use crate::store::leases::count_labels;
 use crate::store::projects::Project;
 use crate::store::queue::{self, GeneratedPair};
+use crate::store::stats::answers_since;
 
-/// Rounds in the making, and the signal that pairs were stored.
+/// The window demand is measured over.
+const DEMAND_WINDOW_MS: i64 = 5 * 60 * 1000;
+/// Most pairs one round acquires: bigger rounds batch better, but the first pair waits for the whole.
+const MAX_ROUND: usize = 16;
+/// Most ready pairs kept per project, however high the demand.
+const MAX_BUFFER: usize = 256;
+/// What a round of one pair is assumed to take before any was measured.
+const FIRST_ROUND_SECONDS_PER_PAIR: f64 = 10.0;
+
+/// Rounds in the making, how long rounds take, and the signal that pairs were stored.
 #[derive(Default)]
 pub(super) struct Supply {
     /// Per project: pairs the round being acquired will bring, and when it started.
     rounds: Mutex<HashMap<String, (usize, Instant)>>,
+    /// Per project: seconds per acquired pair, averaged over recent rounds.
+    pace: Mutex<HashMap<String, f64>>,
+    /// Per project: the buffer the last tick aimed for, to log when it changes.
+    targets: Mutex<HashMap<String, usize>>,
+    /// Projects with a filling task running.
+    filling: Mutex<HashSet<String>>,
     pub(super) stored: Notify,
 }
 
+/// How many ready pairs to keep: what annotators take (`answers_per_minute`) while a round of `round`
+/// pairs is made (`seconds_per_pair` each), twice over, and at least `low_water`.
+pub(super) fn buffer_target(
+    answers_per_minute: f64,
+    seconds_per_pair: f64,
+    low_water: usize,
+    round: usize,
+) -> usize {
+    let round_seconds = seconds_per_pair * round.max(1) as f64;
+    let needed = (answers_per_minute / 60.0 * round_seconds * 2.0).ceil();
+    (needed as usize).clamp(low_water, MAX_BUFFER.max(low_water))
+}
+
+/// Pairs the next round acquires: what the buffer lacks, at least the configured round size, at most
+/// `MAX_ROUND`.
+pub(super) fn round_size(target: usize, free: usize, configured: usize) -> usize {
+    target
+        .saturating_sub(free)
+        .clamp(configured.max(1), MAX_ROUND.max(configured))
+}
+
 impl Supply {
+    fn seconds_per_pair(&self, project_id: &str) -> f64 {
+        let pace = self.pace.lock().expect("lock");
+        pace.get(project_id)
+            .copied()
+            .unwrap_or(FIRST_ROUND_SECONDS_PER_PAIR)
+    }
+
+    /// Folds a finished round into the project's pace (recent rounds weigh most).
+    fn record_round(&self, project_id: &str, pairs: usize, seconds: f64) {
+        let per_pair = seconds / pairs.max(1) as f64;
+        let mut pace = self.pace.lock().expect("lock");
+        let p = pace.entry(project_id.to_string()).or_insert(per_pair);
+        *p = 0.5 * *p + 0.5 * per_pair;
+    }
+
     /// The project's round in the making: (pairs it brings, seconds so far).
     pub(super) fn round(&self, project_id: &str) -> Option<(usize, f64)> {
         let rounds = self.rounds.lock().expect("lock");
@@ -73,11 +128,32 @@ pub(super) fn round_seed(project_seed: u64, pairs_so_far: u64) -> u64 {
         .wrapping_add(pairs_so_far)
 }
 
-pub(super) async fn fill_pool(
-    inner: &Inner,
-    engine: &EngineHandle,
-    project: &Project,
-) -> LoopResult<()> {
+/// Starts filling the project's pool in the background, unless a filling task already runs for it.
+pub(super) fn spawn_fill(inner: &Arc<Inner>, engine: &EngineHandle, project: &Project) {
+    if !inner
+        .supply
+        .filling
+        .lock()
+        .expect("lock")
+        .insert(project.id.clone())
+    {
+        return;
+    }
+    let (inner, engine, project) = (inner.clone(), engine.clone(), project.clone());
+    tokio::spawn(async move {
+        if let Err(e) = fill_pool(&inner, &engine, &project).await {
+            tracing::warn!(project = %project.name, error = %e, "could not acquire new pairs");
+        }
+        inner
+            .supply
+            .filling
+            .lock()
+            .expect("lock")
+            .remove(&project.id);
+    });
+}
+
+async fn fill_pool(inner: &Inner, engine: &EngineHandle, project: &Project) -> LoopResult<()> {
     let store = &inner.store;
     if let Some(budget) = project.label_budget
         && count_labels(store.pool(), &project.id).await? >= budget
@@ -85,7 +161,23 @@ pub(super) async fn fill_pool(
         return Ok(());
     }
     let free = queue::count_free_pending(store, &project.id).await? as usize;
-    if free >= inner.config.low_water {
+    let now = store.clock().now_ms();
+    let answers = answers_since(store, &project.id, now - DEMAND_WINDOW_MS).await?;
+    let per_minute = answers as f64 / (DEMAND_WINDOW_MS / 60_000) as f64;
+    let pace = inner.supply.seconds_per_pair(&project.id);
+    let configured = inner.config.round_size.max(1);
+    let target = buffer_target(per_minute, pace, inner.config.low_water, configured);
+    let previous = inner
+        .supply
+        .targets
+        .lock()
+        .expect("lock")
+        .insert(project.id.clone(), target);
+    if previous != Some(target) {
+        tracing::info!(project = %project.name, target, answers_per_minute = per_minute,
+            seconds_per_pair = pace, "buffer of ready pairs resized");
+    }
+    if free >= target {
         return Ok(());
     }
     if inner.config.wait_for_training && training_pending(inner, project).await? {
@@ -94,7 +186,7 @@ pub(super) async fn fill_pool(
     let Some(policy) = super::current_policy(store, Some(engine), &project.id).await? else {
         return Ok(());
     };
-    let m = inner.config.round_size.max(1);
+    let m = round_size(target, free, configured);
     let s = &project.settings;
     let wanted = s.oversample.prompts_to_draw(project.strategy, m);
     let prompts = queue::draw_prompts(store, &project.id, wanted as i64).await?;
@@ -111,6 +203,7 @@ pub(super) async fn fill_pool(
         seed: round_seed(s.seed, (counts.pending + counts.labelled) as u64),
     };
     let round = RoundGuard::start(&inner.supply, &project.id, m);
+    let started = Instant::now();
     let pairs = match engine.acquire(req).await {
         Ok(p) => p,
         // The model thread is full of other work: the next tick tries again.
@@ -135,14 +228,41 @@ pub(super) async fn fill_pool(
         .collect();
     queue::insert_generated_pairs(store, &project.id, &generated).await?;
     drop(round);
+    let seconds = started.elapsed().as_secs_f64();
+    inner
+        .supply
+        .record_round(&project.id, generated.len(), seconds);
     inner.supply.stored.notify_waiters();
-    tracing::info!(project = %project.name, pairs = generated.len(), version = %policy.version_id, "acquired pairs");
+    tracing::info!(project = %project.name, pairs = generated.len(), seconds,
+        version = %policy.version_id, free_before = free, target, "acquired pairs");
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::round_seed;
+
+    use super::{buffer_target, round_size};
+
+    #[test]
+    fn the_buffer_follows_demand_and_round_time() {
+        // Nobody answering: the low-water mark.
+        assert_eq!(buffer_target(0.0, 10.0, 4, 4), 4);
+        // Two people at 12 a minute, a 4-pair round at 12 s a pair (48 s): 24 / 60 × 48 × 2 = 38.4.
+        assert_eq!(buffer_target(24.0, 12.0, 4, 4), 39);
+        // Slower rounds (a training run on the same cores) ask for more.
+        assert!(buffer_target(24.0, 30.0, 4, 4) > buffer_target(24.0, 12.0, 4, 4));
+        // Capped.
+        assert_eq!(buffer_target(10_000.0, 60.0, 4, 4), super::MAX_BUFFER);
+    }
+
+    #[test]
+    fn rounds_grow_to_what_the_buffer_lacks() {
+        assert_eq!(round_size(4, 3, 4), 4, "at least the configured round");
+        assert_eq!(round_size(14, 4, 4), 10);
+        assert_eq!(round_size(200, 0, 4), super::MAX_ROUND);
+        assert_eq!(round_size(4, 10, 4), 4);
+    }
 
     #[test]
     fn every_round_has_its_own_repeatable_seed() {
