@@ -10,6 +10,7 @@ use sqlx::{Any, Row, Transaction};
 use utoipa::ToSchema;
 
 use super::projects::Project;
+use super::text::check_storable;
 use super::users::User;
 use super::{Dialect, Result, Store, StoreError, new_id};
 use crate::domain::Choice;
@@ -324,6 +325,10 @@ pub async fn record_judgment(
         return Err(StoreError::Invalid(format!(
             "rationale is over the limit of {MAX_RATIONALE_BYTES} bytes"
         )));
+    }
+    // AI judges' rationales come from another server, not through a JSON body's check.
+    if let Some(r) = &input.rationale {
+        check_storable("rationale", r)?;
     }
     let mut tx = store.begin_write().await?;
     let lease = own_lease(&mut tx, lease_id, user).await?;

@@ -5,6 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
+use super::text::check_storable;
 use super::{Result, Store, StoreError, new_id, now_ms};
 use crate::domain::{CompletionSettings, LoopSettings, LossKind, Oversample, Schedule, Strategy};
 
@@ -101,6 +102,9 @@ impl Project {
     fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(StoreError::Invalid(m.to_string()));
         let s = &self.settings;
+        // Forms and the CLI reach here without a JSON body's check.
+        check_storable("name", &self.name)?;
+        check_storable("guidelines", &self.guidelines)?;
         if self.name.is_empty() || self.name.len() > 200 {
             return bad("name must be 1 to 200 characters");
         }

@@ -1,0 +1,133 @@
+//! Issue 12, the store's part: what the store refuses and what it guards against, over the real router,
+//! on SQLite and (with TEST_DATABASE_URL) PostgreSQL.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{Backend, TestApp};
+use serde_json::{Value, json};
+
+db_tests!(nul_characters_are_refused_by_field_and_by_line,);
+
+fn assert_names(status: StatusCode, e: &Value, field: &str) {
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["error_type"], "validation", "{e}");
+    let message = e["error"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("\"{field}\"")) && message.contains("NUL"),
+        "{e}"
+    );
+}
+
+async fn nul_characters_are_refused_by_field_and_by_line(b: Backend) {
+    let app = TestApp::new(b).await;
+    let nul = "before\u{0}after";
+
+    // JSON bodies: a 422 naming the field, nothing stored.
+    for body in [
+        json!({"name": nul}),
+        json!({"name": "p", "guidelines": nul}),
+    ] {
+        let field = if body["name"] == nul {
+            "name"
+        } else {
+            "guidelines"
+        };
+        let (status, e) = app
+            .json("POST", "/api/v1/projects", &app.admin, Some(body))
+            .await;
+        assert_names(status, &e, field);
+    }
+    let (status, e) = app
+        .json(
+            "POST",
+            "/api/v1/users",
+            &app.admin,
+            Some(json!({"name": nul, "role": "annotator"})),
+        )
+        .await;
+    assert_names(status, &e, "name");
+    let project = app.create_project(json!({"name": "p"})).await;
+    let (status, e) = app
+        .json(
+            "PATCH",
+            &format!("/api/v1/projects/{project}"),
+            &app.admin,
+            Some(json!({"guidelines": nul})),
+        )
+        .await;
+    assert_names(status, &e, "guidelines");
+
+    // NDJSON: that line is refused by number, the others are stored.
+    let pairs = [
+        json!({"prompt": "one", "completion_a": "a", "completion_b": "b"}),
+        json!({"prompt": nul, "completion_a": "a", "completion_b": "b"}),
+        json!({"prompt": "three", "completion_a": "a", "completion_b": nul}),
+        json!({"prompt": "four", "completion_a": "a", "completion_b": "b"}),
+    ];
+    let body: String = pairs.iter().map(|p| format!("{p}\n")).collect();
+    let report = app.import(&project, "pairs", &body).await;
+    assert_eq!(report["inserted"], 2, "{report}");
+    let rejected = report["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 2, "{report}");
+    assert_eq!(rejected[0]["line"], 2);
+    assert!(
+        rejected[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"prompt\"")
+    );
+    assert_eq!(rejected[1]["line"], 3);
+    assert!(
+        rejected[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"completion_b\"")
+    );
+    let prompts = format!(
+        "{}\n{}\n",
+        json!({"prompt": "fine"}),
+        json!({"prompt": nul})
+    );
+    let report = app.import(&project, "prompts", &prompts).await;
+    assert_eq!(report["inserted"], 1, "{report}");
+    assert_eq!(report["rejected"][0]["line"], 2, "{report}");
+
+    // A rationale or a flag note: 422, and the lease is still there to answer properly.
+    let ada = app.annotator("ada").await;
+    let (status, leased) = app.next(&project, &ada).await;
+    assert_eq!(status, StatusCode::OK, "{leased}");
+    let lease = leased["lease_id"].as_str().unwrap();
+    let (status, e) = app
+        .json(
+            "POST",
+            &format!("/api/v1/leases/{lease}/judgment"),
+            &ada,
+            Some(json!({"choice": "left", "rationale": nul})),
+        )
+        .await;
+    assert_names(status, &e, "rationale");
+    let (status, e) = app
+        .json(
+            "POST",
+            &format!("/ui/api/leases/{lease}/flag"),
+            &ada,
+            Some(json!({"note": nul})),
+        )
+        .await;
+    assert_names(status, &e, "note");
+    let (status, j) = app.judge(lease, &ada, "left").await;
+    assert_eq!(status, StatusCode::CREATED, "{j}");
+
+    // A path or query: a 400 in our format, never a 500.
+    for uri in [
+        "/api/v1/projects/ab%00cd".to_string(),
+        format!("/api/v1/projects/{project}/stats?x=%00"),
+    ] {
+        let (status, e) = app.json("GET", &uri, &app.admin, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {e}");
+        assert_eq!(e["error_type"], "bad_request", "{e}");
+    }
+    let (status, e) = app.judge("ab%00cd", &ada, "left").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+}
