@@ -7,7 +7,10 @@ use axum::http::StatusCode;
 use common::{Backend, TestApp};
 use serde_json::{Value, json};
 
-db_tests!(nul_characters_are_refused_by_field_and_by_line,);
+db_tests!(
+    nul_characters_are_refused_by_field_and_by_line,
+    identical_judgments_sent_together_are_one_judgment,
+);
 
 fn assert_names(status: StatusCode, e: &Value, field: &str) {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
@@ -130,4 +133,44 @@ async fn nul_characters_are_refused_by_field_and_by_line(b: Backend) {
     }
     let (status, e) = app.judge("ab%00cd", &ada, "left").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+}
+
+async fn identical_judgments_sent_together_are_one_judgment(b: Backend) {
+    let app = TestApp::new(b).await;
+    let project = app.create_project(json!({"name": "p"})).await;
+    const ROUNDS: usize = 30;
+    const SENDERS: usize = 4;
+    app.import(&project, "pairs", &pairs_ndjson(ROUNDS)).await;
+    let ada = app.annotator("ada").await;
+    for round in 0..ROUNDS {
+        let (status, leased) = app.next(&project, &ada).await;
+        assert_eq!(status, StatusCode::OK, "{leased}");
+        let lease = leased["lease_id"].as_str().unwrap();
+        // A double click, or a client retrying before the first answer came back.
+        let answers =
+            futures::future::join_all((0..SENDERS).map(|_| app.judge(lease, &ada, "left"))).await;
+        let created = answers
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::CREATED)
+            .count();
+        for (status, j) in &answers {
+            assert!(
+                *status == StatusCode::CREATED || *status == StatusCode::OK,
+                "round {round}: {status} {j}"
+            );
+            assert_eq!(j["id"], answers[0].1["id"], "round {round}: one judgment");
+        }
+        assert_eq!(created, 1, "round {round}: {answers:?}");
+    }
+    assert_eq!(app.export(&project, "full").await.len(), ROUNDS);
+}
+
+fn pairs_ndjson(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let pair =
+                json!({"prompt": format!("prompt {i}"), "completion_a": "a", "completion_b": "b"});
+            format!("{pair}\n")
+        })
+        .collect()
 }

@@ -265,8 +265,20 @@ struct LeaseRow {
     created_at: i64,
 }
 
-async fn get_lease(tx: &mut Transaction<'static, Any>, lease_id: &str) -> Result<LeaseRow> {
-    let row = sqlx::query("SELECT * FROM leases WHERE id = $1")
+/// The lease row, locked until the transaction ends: every later call on one lease (answer, heartbeat,
+/// release) runs after the one before it has committed. SQLite's `BEGIN IMMEDIATE` already serialises
+/// every writer; PostgreSQL's READ COMMITTED would let two identical answers both find no judgment and
+/// both insert one, the second failing on the unique `lease_id`.
+async fn get_lease(
+    tx: &mut Transaction<'static, Any>,
+    store: &Store,
+    lease_id: &str,
+) -> Result<LeaseRow> {
+    let query = match store.dialect() {
+        Dialect::Sqlite => "SELECT * FROM leases WHERE id = $1",
+        Dialect::Postgres => "SELECT * FROM leases WHERE id = $1 FOR UPDATE",
+    };
+    let row = sqlx::query(query)
         .bind(lease_id)
         .fetch_optional(&mut **tx)
         .await?
@@ -284,10 +296,11 @@ async fn get_lease(tx: &mut Transaction<'static, Any>, lease_id: &str) -> Result
 /// The lease of `user`, or `Forbidden` when it is someone else's.
 async fn own_lease(
     tx: &mut Transaction<'static, Any>,
+    store: &Store,
     lease_id: &str,
     user: &User,
 ) -> Result<LeaseRow> {
-    let lease = get_lease(tx, lease_id).await?;
+    let lease = get_lease(tx, store, lease_id).await?;
     if lease.user_id != user.id {
         return Err(StoreError::Forbidden(
             "this lease belongs to another annotator".into(),
@@ -331,7 +344,7 @@ pub async fn record_judgment(
         check_storable("rationale", r)?;
     }
     let mut tx = store.begin_write().await?;
-    let lease = own_lease(&mut tx, lease_id, user).await?;
+    let lease = own_lease(&mut tx, store, lease_id, user).await?;
 
     let existing = sqlx::query("SELECT * FROM judgments WHERE lease_id = $1")
         .bind(lease_id)
@@ -403,7 +416,7 @@ pub async fn record_judgment(
 /// Keeps a lease alive for another lease period; returns the new expiry (ms).
 pub async fn extend_lease(store: &Store, lease_id: &str, user: &User) -> Result<LeasedPair> {
     let mut tx = store.begin_write().await?;
-    let lease = own_lease(&mut tx, lease_id, user).await?;
+    let lease = own_lease(&mut tx, store, lease_id, user).await?;
     if !pair_held_by(&mut tx, &lease).await? {
         return Err(StoreError::Conflict("this lease has ended".into()));
     }
@@ -430,7 +443,7 @@ pub async fn extend_lease(store: &Store, lease_id: &str, user: &User) -> Result<
 /// Gives a lease up unanswered (the page was closed): its pair is free for anyone at once.
 pub async fn release_lease(store: &Store, lease_id: &str, user: &User) -> Result<()> {
     let mut tx = store.begin_write().await?;
-    let lease = own_lease(&mut tx, lease_id, user).await?;
+    let lease = own_lease(&mut tx, store, lease_id, user).await?;
     if pair_held_by(&mut tx, &lease).await? {
         sqlx::query("UPDATE pairs SET lease_id = NULL, leased_until = NULL WHERE id = $1")
             .bind(&lease.pair_id)
