@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 db_tests!(
     nul_characters_are_refused_by_field_and_by_line,
     identical_judgments_sent_together_are_one_judgment,
+    undoing_a_skip_never_takes_the_pair_from_someone_else,
 );
 
 fn assert_names(status: StatusCode, e: &Value, field: &str) {
@@ -163,6 +164,116 @@ async fn identical_judgments_sent_together_are_one_judgment(b: Backend) {
         assert_eq!(created, 1, "round {round}: {answers:?}");
     }
     assert_eq!(app.export(&project, "full").await.len(), ROUNDS);
+}
+
+async fn undo(app: &TestApp, project: &str, token: &str) -> Value {
+    let (status, undo) = app
+        .json(
+            "POST",
+            &format!("/api/v1/projects/{project}/undo"),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{undo}");
+    assert!(undo["undone"]["superseded_at"].is_string(), "{undo}");
+    undo
+}
+
+/// A leases the project's one pair and skips it; the lease's pair id.
+async fn skip_first(app: &TestApp, project: &str, token: &str) -> String {
+    let (status, leased) = app.next(project, token).await;
+    assert_eq!(status, StatusCode::OK, "{leased}");
+    let (status, j) = app
+        .judge(leased["lease_id"].as_str().unwrap(), token, "skip")
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{j}");
+    leased["pair_id"].as_str().unwrap().to_string()
+}
+
+async fn undoing_a_skip_never_takes_the_pair_from_someone_else(b: Backend) {
+    let app = TestApp::new(b).await;
+    let ada = app.annotator("ada").await;
+    let bob = app.annotator("bob").await;
+
+    // Untouched since: the skip's pair comes back to the one who skipped it.
+    let project = app.create_project(json!({"name": "untouched"})).await;
+    app.import(&project, "pairs", &pairs_ndjson(1)).await;
+    let pair = skip_first(&app, &project, &ada).await;
+    assert_eq!(undo(&app, &project, &ada).await["lease"]["pair_id"], pair);
+
+    // Labelled by someone else since: the skip is superseded, the pair stays theirs, one label.
+    let project = app.create_project(json!({"name": "labelled"})).await;
+    app.import(&project, "pairs", &pairs_ndjson(1)).await;
+    skip_first(&app, &project, &ada).await;
+    let (_, leased) = app.next(&project, &bob).await;
+    let (status, _) = app
+        .judge(leased["lease_id"].as_str().unwrap(), &bob, "left")
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let u = undo(&app, &project, &ada).await;
+    assert_eq!(u["undone"]["choice"], "skip");
+    assert!(u["lease"].is_null(), "{u}");
+    let (status, next) = app.next(&project, &ada).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{next}");
+    assert_eq!(app.export(&project, "trl").await.len(), 1);
+
+    // Leased by someone else since, even if given back: not handed to the undoer.
+    let project = app.create_project(json!({"name": "released"})).await;
+    app.import(&project, "pairs", &pairs_ndjson(1)).await;
+    skip_first(&app, &project, &ada).await;
+    let (_, leased) = app.next(&project, &bob).await;
+    let bob_lease = leased["lease_id"].as_str().unwrap();
+    let u = undo(&app, &project, &ada).await;
+    assert!(u["lease"].is_null(), "held by bob: {u}");
+    let (status, _) = app.judge(bob_lease, &bob, "right").await;
+    assert_eq!(status, StatusCode::CREATED, "bob's lease is still his");
+    let project = app.create_project(json!({"name": "given back"})).await;
+    app.import(&project, "pairs", &pairs_ndjson(1)).await;
+    skip_first(&app, &project, &ada).await;
+    let (_, leased) = app.next(&project, &bob).await;
+    let (status, _) = app
+        .call(
+            "POST",
+            &format!(
+                "/api/v1/leases/{}/release",
+                leased["lease_id"].as_str().unwrap()
+            ),
+            Some(&bob),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let u = undo(&app, &project, &ada).await;
+    assert!(u["lease"].is_null(), "{u}");
+
+    // The budget is spent by open leases: a skip's undo does not open one more.
+    let project = app
+        .create_project(json!({"name": "budget", "label_budget": 1}))
+        .await;
+    app.import(&project, "pairs", &pairs_ndjson(2)).await;
+    let (_, first) = app.next(&project, &ada).await;
+    app.judge(first["lease_id"].as_str().unwrap(), &ada, "skip")
+        .await;
+    let (status, second) = app.next(&project, &ada).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(second["pair_id"], first["pair_id"]);
+    let u = undo(&app, &project, &ada).await;
+    assert!(u["lease"].is_null(), "the one label left is promised: {u}");
+    app.judge(second["lease_id"].as_str().unwrap(), &ada, "left")
+        .await;
+    let (status, _) = app.next(&project, &ada).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, stats) = app
+        .json(
+            "GET",
+            &format!("/api/v1/projects/{project}/stats"),
+            &app.admin,
+            None,
+        )
+        .await;
+    assert_eq!(stats["labels"], 1, "{stats}");
 }
 
 fn pairs_ndjson(n: usize) -> String {
