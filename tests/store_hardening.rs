@@ -11,6 +11,7 @@ db_tests!(
     nul_characters_are_refused_by_field_and_by_line,
     identical_judgments_sent_together_are_one_judgment,
     undoing_a_skip_never_takes_the_pair_from_someone_else,
+    a_removed_member_loses_the_lease_they_hold,
 );
 
 fn assert_names(status: StatusCode, e: &Value, field: &str) {
@@ -274,6 +275,52 @@ async fn undoing_a_skip_never_takes_the_pair_from_someone_else(b: Backend) {
         )
         .await;
     assert_eq!(stats["labels"], 1, "{stats}");
+}
+
+async fn a_removed_member_loses_the_lease_they_hold(b: Backend) {
+    use prefloop::store::members::{add_member, remove_member};
+    use prefloop::store::users::{Role, UserKind, create_user};
+    let app = TestApp::new(b).await;
+    let project = app.create_project(json!({"name": "closed"})).await;
+    app.import(&project, "pairs", &pairs_ndjson(1)).await;
+    let (ada, ada_token) = create_user(&app.store, "ada", Role::Annotator, UserKind::Human)
+        .await
+        .unwrap();
+    let (bob, bob_token) = create_user(&app.store, "bob", Role::Annotator, UserKind::Human)
+        .await
+        .unwrap();
+    for user in [&ada, &bob] {
+        add_member(&app.store, &project, &user.id).await.unwrap();
+    }
+    let (status, leased) = app.next(&project, &ada_token).await;
+    assert_eq!(status, StatusCode::OK, "{leased}");
+    let lease = leased["lease_id"].as_str().unwrap();
+    remove_member(&app.store, &project, &ada.id).await.unwrap();
+
+    let (status, e) = app
+        .json(
+            "POST",
+            &format!("/api/v1/leases/{lease}/heartbeat"),
+            &ada_token,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    assert_eq!(e["error_type"], "forbidden");
+    assert!(e["error"].as_str().unwrap().contains("assigned"), "{e}");
+    let (status, e) = app.judge(lease, &ada_token, "left").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+
+    // The pair is back in the pool at once, not when the lease would have run out.
+    let (status, next) = app.next(&project, &bob_token).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    assert_eq!(next["pair_id"], leased["pair_id"]);
+    let (status, _) = app
+        .judge(next["lease_id"].as_str().unwrap(), &bob_token, "right")
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let full = app.export(&project, "full").await;
+    assert_eq!(full.len(), 1, "{full:?}");
 }
 
 fn pairs_ndjson(n: usize) -> String {

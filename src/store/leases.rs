@@ -10,6 +10,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use utoipa::ToSchema;
 
+use super::members::may_access;
 use super::projects::Project;
 use super::text::check_storable;
 use super::users::User;
@@ -456,18 +457,43 @@ pub async fn extend_lease(store: &Store, lease_id: &str, user: &User) -> Result<
 pub async fn release_lease(store: &Store, lease_id: &str, user: &User) -> Result<()> {
     let mut tx = store.begin_write().await?;
     let lease = own_lease(&mut tx, store, lease_id, user).await?;
-    if pair_held_by(&mut tx, &lease).await? {
+    release_held(&mut tx, &lease).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Frees the lease's pair for anyone, when the pair still waits for this lease.
+async fn release_held(tx: &mut Transaction<'static, Any>, lease: &LeaseRow) -> Result<()> {
+    if pair_held_by(tx, lease).await? {
         sqlx::query("UPDATE pairs SET lease_id = NULL, leased_until = NULL WHERE id = $1")
             .bind(&lease.pair_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         sqlx::query("UPDATE leases SET status = 'released' WHERE id = $1")
             .bind(&lease.id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(())
+}
+
+/// `Forbidden` unless `user` may still work on the project of their lease, by the rule `/next` applies
+/// (`members::can_access`): someone removed from a project since taking a lease may not answer or keep
+/// it, and its pair goes back to the pool at once instead of waiting for the lease to run out. The HTTP
+/// layer asks this before an annotator's answer or heartbeat; AI judges work on the projects they are
+/// attached to and are not members.
+pub async fn ensure_lease_access(store: &Store, lease_id: &str, user: &User) -> Result<()> {
+    let mut tx = store.begin_write().await?;
+    let lease = own_lease(&mut tx, store, lease_id, user).await?;
+    if may_access(&mut *tx, &lease.project_id, user).await? {
+        tx.commit().await?;
+        return Ok(());
+    }
+    release_held(&mut tx, &lease).await?;
+    tx.commit().await?;
+    Err(StoreError::Forbidden(
+        "you are no longer assigned to this project: this lease was handed back".into(),
+    ))
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
