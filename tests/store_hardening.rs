@@ -12,6 +12,7 @@ db_tests!(
     identical_judgments_sent_together_are_one_judgment,
     undoing_a_skip_never_takes_the_pair_from_someone_else,
     a_removed_member_loses_the_lease_they_hold,
+    a_bom_and_multibyte_names_are_read_as_text,
 );
 
 fn assert_names(status: StatusCode, e: &Value, field: &str) {
@@ -321,6 +322,51 @@ async fn a_removed_member_loses_the_lease_they_hold(b: Backend) {
     assert_eq!(status, StatusCode::CREATED);
     let full = app.export(&project, "full").await;
     assert_eq!(full.len(), 1, "{full:?}");
+}
+
+async fn a_bom_and_multibyte_names_are_read_as_text(b: Backend) {
+    let app = TestApp::new(b).await;
+    // "é" is two bytes: 150 characters are 300 bytes, and the limits count characters.
+    let name = "é".repeat(150);
+    let project = app.create_project(json!({"name": name})).await;
+    let (status, e) = app
+        .json(
+            "POST",
+            "/api/v1/projects",
+            &app.admin,
+            Some(json!({"name": "é".repeat(201)})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("characters"), "{e}");
+    let (status, e) = app
+        .json(
+            "POST",
+            "/api/v1/users",
+            &app.admin,
+            Some(json!({"name": name, "role": "annotator"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{e}");
+    let (status, e) = app
+        .json(
+            "POST",
+            "/api/v1/users",
+            &app.admin,
+            Some(json!({"name": "é".repeat(201), "role": "annotator"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+
+    // Files saved by some Windows editors start with a byte order mark.
+    let body = format!("\u{feff}{}", pairs_ndjson(2));
+    let report = app.import(&project, "pairs", &body).await;
+    assert_eq!(report["inserted"], 2, "{report}");
+    assert_eq!(report["rejected"], json!([]), "{report}");
+    let report = app
+        .import(&project, "prompts", "\u{feff}{\"prompt\": \"hello\"}\n")
+        .await;
+    assert_eq!(report["inserted"], 1, "{report}");
 }
 
 fn pairs_ndjson(n: usize) -> String {

@@ -165,8 +165,10 @@ fn parse_line(kind: ImportKind, line: &[u8]) -> Result<NewItem, String> {
 }
 
 /// Splits an NDJSON body into valid items (with their line numbers) and rejected lines.
-/// Blank lines are neither. Nothing here touches the database.
+/// Blank lines are neither. A UTF-8 byte order mark at the start (some editors write one) is not part
+/// of line 1. Nothing here touches the database.
 pub fn parse_ndjson(kind: ImportKind, body: &[u8]) -> (Vec<(usize, NewItem)>, Vec<RejectedLine>) {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let mut items = Vec::new();
     let mut rejected = Vec::new();
     for (i, raw) in body.split(|&b| b == b'\n').enumerate() {

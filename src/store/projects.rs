@@ -105,7 +105,7 @@ impl Project {
         // Forms and the CLI reach here without a JSON body's check.
         check_storable("name", &self.name)?;
         check_storable("guidelines", &self.guidelines)?;
-        if self.name.is_empty() || self.name.len() > 200 {
+        if self.name.is_empty() || self.name.chars().count() > 200 {
             return bad("name must be 1 to 200 characters");
         }
         if self.guidelines.len() > 200_000 {

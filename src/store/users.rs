@@ -70,7 +70,7 @@ pub async fn create_user(
 ) -> Result<(User, String)> {
     let name = name.trim();
     check_storable("name", name)?;
-    if name.is_empty() || name.len() > 200 {
+    if name.is_empty() || name.chars().count() > 200 {
         return Err(StoreError::Invalid(
             "user name must be 1 to 200 characters".into(),
         ));
