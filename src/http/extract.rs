@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::store::text::{find_nul_in_json, nul_message};
 
 /// A JSON body, parsed whatever the content type says. Malformed JSON is a 400; well-formed JSON of the
 /// wrong shape (a missing or unknown field, a wrong type) is a 422 whose message names the field.
@@ -37,11 +38,17 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     }
 }
 
+/// Parses a JSON body; a string anywhere in it that holds U+0000 is a 422 naming its field, since the
+/// database could not store it (`store::text`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+    let value = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
         _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
-    })
+    })?;
+    match find_nul_in_json(bytes) {
+        Some(field) => Err(ApiError::Unprocessable(nul_message(&field))),
+        None => Ok(value),
+    }
 }
 
 /// A body that could not be read: over the size limit (413) or broken off.

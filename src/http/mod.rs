@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -77,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi::document))
         .merge(api::router(&state))
         .merge(ui::router())
+        .layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::count_requests,
@@ -84,6 +86,20 @@ pub fn app(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(metrics::panic_response))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A path or query holding `%00` would reach the database as U+0000, which it cannot store or compare
+/// (`store::text`): refused before any handler binds it.
+async fn refuse_nul_in_uri(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri = req.uri().path_and_query().map_or("", |p| p.as_str());
+    if uri.contains("%00") {
+        return error::ApiError::BadRequest(
+            "the request path or query contains a NUL character (%00), which no name or id holds"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {

@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Any, Transaction};
 use utoipa::ToSchema;
 
+use super::text::{find_nul_in_json, nul_message};
 use super::{Result, Store, new_id, now_ms};
 
 /// Longest accepted line of an import, in bytes.
@@ -126,12 +127,18 @@ fn parse_line(kind: ImportKind, line: &[u8]) -> Result<NewItem, String> {
     }
     let text = std::str::from_utf8(line)
         .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
+    // After the typed parse, so that a line with several faults reports its shape first.
+    let storable = || match find_nul_in_json(line) {
+        Some(field) => Err(nul_message(&field)),
+        None => Ok(()),
+    };
     let meta_text = |m: Option<serde_json::Map<String, serde_json::Value>>| {
         serde_json::Value::Object(m.unwrap_or_default()).to_string()
     };
     match kind {
         ImportKind::Prompts => {
             let l: PromptLine = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            storable()?;
             check_text("prompt", &l.prompt)?;
             Ok(NewItem::Prompt {
                 text: l.prompt,
@@ -142,6 +149,7 @@ fn parse_line(kind: ImportKind, line: &[u8]) -> Result<NewItem, String> {
         }
         ImportKind::Pairs => {
             let l: PairLine = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            storable()?;
             check_text("prompt", &l.prompt)?;
             check_text("completion_a", &l.completion_a)?;
             check_text("completion_b", &l.completion_b)?;
@@ -157,8 +165,10 @@ fn parse_line(kind: ImportKind, line: &[u8]) -> Result<NewItem, String> {
 }
 
 /// Splits an NDJSON body into valid items (with their line numbers) and rejected lines.
-/// Blank lines are neither. Nothing here touches the database.
+/// Blank lines are neither. A UTF-8 byte order mark at the start (some editors write one) is not part
+/// of line 1. Nothing here touches the database.
 pub fn parse_ndjson(kind: ImportKind, body: &[u8]) -> (Vec<(usize, NewItem)>, Vec<RejectedLine>) {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let mut items = Vec::new();
     let mut rejected = Vec::new();
     for (i, raw) in body.split(|&b| b == b'\n').enumerate() {

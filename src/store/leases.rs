@@ -2,14 +2,17 @@
 //!
 //! A pair carries its current lease (`pairs.lease_id`, `pairs.leased_until`), so claiming the best free
 //! pair is one conditional UPDATE; the `leases` rows keep the history. Judgments are never deleted: an undo
-//! marks the judgment superseded and hands the pair back to the same annotator.
+//! marks the judgment superseded and hands the pair back to the same annotator, unless another annotator
+//! has leased or labelled it since (`undo_last_judgment`).
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use utoipa::ToSchema;
 
+use super::members::may_access;
 use super::projects::Project;
+use super::text::check_storable;
 use super::users::User;
 use super::{Dialect, Result, Store, StoreError, new_id};
 use crate::domain::Choice;
@@ -133,6 +136,31 @@ where
     super::int(&row, "n")
 }
 
+/// Whether the project's label budget leaves no room for another open lease: labels spent plus labels
+/// promised to open leases reach it. Run under `lock_project`.
+async fn budget_spent(
+    tx: &mut Transaction<'static, Any>,
+    project: &Project,
+    now: i64,
+) -> Result<bool> {
+    let Some(budget) = project.label_budget else {
+        return Ok(false);
+    };
+    let labels = count_labels(&mut **tx, &project.id).await?;
+    let open: i64 = super::int(
+        &sqlx::query(
+            "SELECT COUNT(*) AS n FROM pairs WHERE project_id = $1 AND status = 'pending' \
+             AND lease_id IS NOT NULL AND leased_until > $2",
+        )
+        .bind(&project.id)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?,
+        "n",
+    )?;
+    Ok(labels + open >= budget)
+}
+
 /// Leases the best free pair of `project` to `user`, or gives back the lease they already hold.
 /// `None` when nothing is free or the label budget is spent (counting labels promised to open leases).
 /// Leases listed in `exclude` are not given back, so a client can hold a second pair ready.
@@ -163,23 +191,9 @@ pub async fn lease_next_pair(
         return Ok(Some(leased));
     }
 
-    if let Some(budget) = project.label_budget {
-        let labels = count_labels(&mut *tx, &project.id).await?;
-        let open: i64 = super::int(
-            &sqlx::query(
-                "SELECT COUNT(*) AS n FROM pairs WHERE project_id = $1 AND status = 'pending' \
-                 AND lease_id IS NOT NULL AND leased_until > $2",
-            )
-            .bind(&project.id)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?,
-            "n",
-        )?;
-        if labels + open >= budget {
-            tx.commit().await?;
-            return Ok(None);
-        }
+    if budget_spent(&mut tx, project, now).await? {
+        tx.commit().await?;
+        return Ok(None);
     }
 
     let lease_id = new_id();
@@ -264,8 +278,20 @@ struct LeaseRow {
     created_at: i64,
 }
 
-async fn get_lease(tx: &mut Transaction<'static, Any>, lease_id: &str) -> Result<LeaseRow> {
-    let row = sqlx::query("SELECT * FROM leases WHERE id = $1")
+/// The lease row, locked until the transaction ends: every later call on one lease (answer, heartbeat,
+/// release) runs after the one before it has committed. SQLite's `BEGIN IMMEDIATE` already serialises
+/// every writer; PostgreSQL's READ COMMITTED would let two identical answers both find no judgment and
+/// both insert one, the second failing on the unique `lease_id`.
+async fn get_lease(
+    tx: &mut Transaction<'static, Any>,
+    store: &Store,
+    lease_id: &str,
+) -> Result<LeaseRow> {
+    let query = match store.dialect() {
+        Dialect::Sqlite => "SELECT * FROM leases WHERE id = $1",
+        Dialect::Postgres => "SELECT * FROM leases WHERE id = $1 FOR UPDATE",
+    };
+    let row = sqlx::query(query)
         .bind(lease_id)
         .fetch_optional(&mut **tx)
         .await?
@@ -283,10 +309,11 @@ async fn get_lease(tx: &mut Transaction<'static, Any>, lease_id: &str) -> Result
 /// The lease of `user`, or `Forbidden` when it is someone else's.
 async fn own_lease(
     tx: &mut Transaction<'static, Any>,
+    store: &Store,
     lease_id: &str,
     user: &User,
 ) -> Result<LeaseRow> {
-    let lease = get_lease(tx, lease_id).await?;
+    let lease = get_lease(tx, store, lease_id).await?;
     if lease.user_id != user.id {
         return Err(StoreError::Forbidden(
             "this lease belongs to another annotator".into(),
@@ -325,8 +352,12 @@ pub async fn record_judgment(
             "rationale is over the limit of {MAX_RATIONALE_BYTES} bytes"
         )));
     }
+    // AI judges' rationales come from another server, not through a JSON body's check.
+    if let Some(r) = &input.rationale {
+        check_storable("rationale", r)?;
+    }
     let mut tx = store.begin_write().await?;
-    let lease = own_lease(&mut tx, lease_id, user).await?;
+    let lease = own_lease(&mut tx, store, lease_id, user).await?;
 
     let existing = sqlx::query("SELECT * FROM judgments WHERE lease_id = $1")
         .bind(lease_id)
@@ -398,7 +429,7 @@ pub async fn record_judgment(
 /// Keeps a lease alive for another lease period; returns the new expiry (ms).
 pub async fn extend_lease(store: &Store, lease_id: &str, user: &User) -> Result<LeasedPair> {
     let mut tx = store.begin_write().await?;
-    let lease = own_lease(&mut tx, lease_id, user).await?;
+    let lease = own_lease(&mut tx, store, lease_id, user).await?;
     if !pair_held_by(&mut tx, &lease).await? {
         return Err(StoreError::Conflict("this lease has ended".into()));
     }
@@ -425,30 +456,63 @@ pub async fn extend_lease(store: &Store, lease_id: &str, user: &User) -> Result<
 /// Gives a lease up unanswered (the page was closed): its pair is free for anyone at once.
 pub async fn release_lease(store: &Store, lease_id: &str, user: &User) -> Result<()> {
     let mut tx = store.begin_write().await?;
-    let lease = own_lease(&mut tx, lease_id, user).await?;
-    if pair_held_by(&mut tx, &lease).await? {
+    let lease = own_lease(&mut tx, store, lease_id, user).await?;
+    release_held(&mut tx, &lease).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Frees the lease's pair for anyone, when the pair still waits for this lease.
+async fn release_held(tx: &mut Transaction<'static, Any>, lease: &LeaseRow) -> Result<()> {
+    if pair_held_by(tx, lease).await? {
         sqlx::query("UPDATE pairs SET lease_id = NULL, leased_until = NULL WHERE id = $1")
             .bind(&lease.pair_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         sqlx::query("UPDATE leases SET status = 'released' WHERE id = $1")
             .bind(&lease.id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(())
+}
+
+/// `Forbidden` unless `user` may still work on the project of their lease, by the rule `/next` applies
+/// (`members::can_access`): someone removed from a project since taking a lease may not answer or keep
+/// it, and its pair goes back to the pool at once instead of waiting for the lease to run out. The HTTP
+/// layer asks this before an annotator's answer or heartbeat; AI judges work on the projects they are
+/// attached to and are not members.
+pub async fn ensure_lease_access(store: &Store, lease_id: &str, user: &User) -> Result<()> {
+    let mut tx = store.begin_write().await?;
+    let lease = own_lease(&mut tx, store, lease_id, user).await?;
+    if may_access(&mut *tx, &lease.project_id, user).await? {
+        tx.commit().await?;
+        return Ok(());
+    }
+    release_held(&mut tx, &lease).await?;
+    tx.commit().await?;
+    Err(StoreError::Forbidden(
+        "you are no longer assigned to this project: this lease was handed back".into(),
+    ))
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Undo {
     /// The judgment taken back; it stays stored, marked superseded.
     pub undone: Judgment,
-    /// The same pair, leased again to the same annotator (absent when someone else holds it now).
+    /// The same pair, leased again to the same annotator; absent when it is no longer theirs to answer
+    /// (see `undo_last_judgment`).
     pub lease: Option<LeasedPair>,
 }
 
 /// Takes back the caller's latest current judgment in the project and leases its pair to them again.
+///
+/// An undo only ever reopens the caller's own work. A skip put its pair back in the pool, so by the time
+/// it is undone another annotator may have leased or labelled the pair: then the skip is still taken
+/// back (superseded, so the caller may be offered the pair again should it come free) but the pair stays
+/// where it is and the answer has no lease. Refusing with a 409 instead would leave the caller unable to
+/// take back a mistaken skip at all, and a second label on one pair is what must never happen. Reopening
+/// a skip also needs room in the label budget, as a fresh lease would; an undone label frees its own.
 pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -> Result<Undo> {
     let now = store.clock().now_ms();
     let mut tx = store.begin_write().await?;
@@ -463,6 +527,7 @@ pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -
     .await?
     .ok_or(StoreError::NotFound("judgment to undo"))?;
     let mut undone = judgment_from_row(&row)?;
+    let answered_at: i64 = row.try_get("created_at")?;
     sqlx::query("UPDATE judgments SET superseded_at = $1 WHERE id = $2")
         .bind(now)
         .bind(&undone.id)
@@ -470,16 +535,31 @@ pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -
         .await?;
     undone.superseded_at = Some(super::rfc3339(now));
 
+    if undone.choice == Choice::Skip && budget_spent(&mut tx, project, now).await? {
+        tx.commit().await?;
+        return Ok(Undo {
+            undone,
+            lease: None,
+        });
+    }
     let lease_id = new_id();
     let expires = now + project.lease_seconds * 1000;
+    // Not while anyone holds a live lease on it, nor once another annotator has leased it since the
+    // undone answer, nor while any current label stands on it.
     let claimed = sqlx::query(
         "UPDATE pairs SET status = 'pending', lease_id = $1, leased_until = $2 \
-         WHERE id = $3 AND (status = 'labelled' OR lease_id IS NULL OR leased_until <= $4)",
+         WHERE id = $3 AND (status = 'labelled' OR lease_id IS NULL OR leased_until <= $4) \
+           AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.pair_id = pairs.id AND l.user_id <> $5 \
+                           AND l.created_at >= $6) \
+           AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = pairs.id \
+                           AND j.superseded_at IS NULL AND j.choice <> 'skip')",
     )
     .bind(&lease_id)
     .bind(expires)
     .bind(&undone.pair_id)
     .bind(now)
+    .bind(&user.id)
+    .bind(answered_at)
     .execute(&mut *tx)
     .await?;
     let lease = if claimed.rows_affected() == 1 {

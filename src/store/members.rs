@@ -10,6 +10,14 @@ use super::{Result, Store, StoreError, now_ms};
 
 /// Whether `user` may lease, answer and see the stats of `project_id`.
 pub async fn can_access(store: &Store, project_id: &str, user: &User) -> Result<bool> {
+    may_access(store.pool(), project_id, user).await
+}
+
+/// `can_access` in a pool or a transaction: the one place the rule is written.
+pub(crate) async fn may_access<'e, E>(executor: E, project_id: &str, user: &User) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     if user.role == Role::Admin {
         return Ok(true);
     }
@@ -20,7 +28,7 @@ pub async fn can_access(store: &Store, project_id: &str, user: &User) -> Result<
     )
     .bind(project_id)
     .bind(&user.id)
-    .fetch_one(store.pool())
+    .fetch_one(executor)
     .await?;
     Ok(super::int(&row, "members")? == 0 || super::int(&row, "mine")? > 0)
 }

@@ -15,6 +15,7 @@ pub mod projects;
 pub mod queue;
 pub mod sessions;
 pub mod stats;
+pub mod text;
 pub mod training;
 pub mod users;
 

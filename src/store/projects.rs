@@ -5,6 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
+use super::text::check_storable;
 use super::{Result, Store, StoreError, new_id, now_ms};
 use crate::domain::{CompletionSettings, LoopSettings, LossKind, Oversample, Schedule, Strategy};
 
@@ -103,7 +104,10 @@ impl Project {
     fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(StoreError::Invalid(m.to_string()));
         let s = &self.settings;
-        if self.name.is_empty() || self.name.len() > 200 {
+        // Forms and the CLI reach here without a JSON body's check.
+        check_storable("name", &self.name)?;
+        check_storable("guidelines", &self.guidelines)?;
+        if self.name.is_empty() || self.name.chars().count() > 200 {
             return bad("name must be 1 to 200 characters");
         }
         if self.guidelines.len() > 200_000 {

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::text::check_storable;
 use super::{Result, Store, StoreError, new_id, now_ms};
 use crate::domain::named_enum;
 
@@ -68,7 +69,8 @@ pub async fn create_user(
     kind: UserKind,
 ) -> Result<(User, String)> {
     let name = name.trim();
-    if name.is_empty() || name.len() > 200 {
+    check_storable("name", name)?;
+    if name.is_empty() || name.chars().count() > 200 {
         return Err(StoreError::Invalid(
             "user name must be 1 to 200 characters".into(),
         ));

@@ -191,6 +191,7 @@ pub async fn record_judgment(
         ),
         None => None,
     };
+    leases::ensure_lease_access(&state.store, &lease_id, &user).await?;
     let (judgment, created) =
         leases::record_judgment(&state.store, &lease_id, &user, &input, key).await?;
     if let (true, Some(active)) = (created, &state.active) {
@@ -219,6 +220,7 @@ pub async fn heartbeat(
     AuthUser(user): AuthUser,
     Path(lease_id): Path<String>,
 ) -> ApiResult<Json<LeaseExpiry>> {
+    leases::ensure_lease_access(&state.store, &lease_id, &user).await?;
     let leased = leases::extend_lease(&state.store, &lease_id, &user).await?;
     Ok(Json(LeaseExpiry {
         lease_id: leased.lease_id,
