@@ -17,6 +17,7 @@ pub mod sessions;
 pub mod stats;
 pub mod text;
 pub mod training;
+pub mod undo;
 pub mod users;
 
 use std::path::Path;

@@ -16,10 +16,11 @@ use crate::http::AppState;
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiQuery, OptionalJson};
-use crate::store::leases::{self, Judgment, JudgmentInput, LeasedPair, Undo};
+use crate::store::leases::{self, Judgment, JudgmentInput, LeasedPair};
 use crate::store::members::ensure_access;
 use crate::store::projects::{Project, get_project};
 use crate::store::stats::{ProjectStats, project_stats};
+use crate::store::undo::{Undo, undo_last_judgment};
 use crate::store::users::User;
 
 pub fn router() -> Router<AppState> {
@@ -252,6 +253,6 @@ pub async fn undo(
     let project = get_project(&state.store, &id).await?;
     ensure_access(&state.store, &project.id, &user).await?;
     Ok(Json(
-        leases::undo_last_judgment(&state.store, &project, &user).await?,
+        undo_last_judgment(&state.store, &project, &user).await?,
     ))
 }

@@ -15,10 +15,11 @@ use crate::http::auth::AuthUser;
 use crate::http::error::ApiResult;
 use crate::http::extract::{ApiJson, ApiQuery, OptionalJson};
 use crate::store::flags::flag_leased_pair;
-use crate::store::leases::{self, LeasedPair};
+use crate::store::leases::LeasedPair;
 use crate::store::members::ensure_access;
 use crate::store::projects::get_project;
 use crate::store::stats::project_stats;
+use crate::store::undo::undo_last_judgment;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -150,7 +151,7 @@ async fn undo(
 ) -> ApiResult<Json<UndoAnswer>> {
     let project = get_project(&state.store, &id).await?;
     ensure_access(&state.store, &project.id, &user).await?;
-    let undo = leases::undo_last_judgment(&state.store, &project, &user).await?;
+    let undo = undo_last_judgment(&state.store, &project, &user).await?;
     Ok(Json(UndoAnswer {
         lease: undo.lease.map(ShownPair::from),
         undone_choice: undo.undone.choice.as_str(),
