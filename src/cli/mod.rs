@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod acquire;
+pub mod bench_loop;
 pub mod bench_model;
 pub mod demo;
 pub mod dpo;
@@ -45,6 +46,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Measure scoring, sampling and training-step speed of a model.
     BenchModel(bench_model::Args),
+    /// Annotators at a steady pace against a running server: does the model keep them supplied?
+    BenchLoop(bench_loop::Args),
     /// Cut movie reviews into prompts for the IMDB setting, as NDJSON.
     Prompts(prompts::PromptsArgs),
     /// Run the paper's experiment headless: strategies against each other, judged by an AI judge.
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Acquire(args) => acquire::run(args),
         Command::Generate(args) => generate::run(args),
         Command::BenchModel(args) => bench_model::run(args),
+        Command::BenchLoop(args) => block_on(bench_loop::run(args)),
         Command::Simulate(args) => simulate::run(args),
         Command::Prompts(args) => prompts::run(args),
     }
