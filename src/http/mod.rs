@@ -12,12 +12,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::{Method, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::store::Store;
+use error::ApiError;
 
 /// Limits and defaults the HTTP layer enforces.
 #[derive(Debug, Clone)]
@@ -77,6 +80,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi::document))
         .merge(api::router(&state))
         .merge(ui::router())
+        .fallback(not_found)
+        // After every route is in place: it applies to the routes registered before it.
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::count_requests,
@@ -84,6 +90,29 @@ pub fn app(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(metrics::panic_response))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Under /api a client reads our JSON error; anywhere else a person reads a page.
+fn is_api(uri: &Uri) -> bool {
+    uri.path() == "/api" || uri.path().starts_with("/api/")
+}
+
+async fn not_found(uri: Uri) -> Response {
+    if is_api(&uri) {
+        ApiError::NotFound(format!("no such endpoint: {}", uri.path())).into_response()
+    } else {
+        ui::PageError::NotFound("There is no page at this address.".into()).into_response()
+    }
+}
+
+/// A known path asked with a method it does not have; axum adds the `Allow` header.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let message = format!("{} does not answer {method}", uri.path());
+    if is_api(&uri) {
+        ApiError::MethodNotAllowed(message).into_response()
+    } else {
+        ui::PageError::MethodNotAllowed(message).into_response()
+    }
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {

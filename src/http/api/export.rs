@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,7 +13,7 @@ use utoipa::IntoParams;
 use crate::http::AppState;
 use crate::http::auth::Admin;
 use crate::http::error::ApiResult;
-use crate::http::extract::ApiQuery;
+use crate::http::extract::{ApiQuery, Path};
 use crate::store::export::{AnnotatorFilter, ExportFormat, export_judgments};
 use crate::store::projects::get_project;
 

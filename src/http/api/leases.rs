@@ -1,6 +1,6 @@
 //! The annotation queue: lease the next pair, answer it, keep it alive, give it back, undo.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use crate::http::AppState;
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{ApiJson, OptionalJson};
+use crate::http::extract::{ApiJson, OptionalJson, Path};
 use crate::store::leases::{self, Judgment, JudgmentInput, LeasedPair, Undo};
 use crate::store::members::ensure_access;
 use crate::store::projects::get_project;
