@@ -9,7 +9,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use common::{Backend, TestApp};
 use serde_json::Value;
 
-db_tests!(api_errors_are_json, pages_keep_an_html_not_found,);
+db_tests!(
+    api_errors_are_json,
+    pages_keep_an_html_not_found,
+    security_headers_on_pages_and_api,
+);
 
 /// The body is our `{"error", "error_type"}` JSON, served as JSON.
 fn assert_json_error(status: StatusCode, headers: &HeaderMap, body: &[u8], what: &str) -> Value {
@@ -104,5 +108,153 @@ async fn pages_keep_an_html_not_found(b: Backend) {
         assert!(ct.starts_with("text/html"), "{method} {uri}: {ct}");
         let body = String::from_utf8(body).unwrap();
         assert!(body.contains("<html") && body.contains("</main>"), "{body}");
+    }
+}
+
+fn assert_security_headers(headers: &HeaderMap, what: &str) {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .unwrap_or_else(|| panic!("{what}: no {name} header"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let csp = get("content-security-policy");
+    let script_src = csp
+        .split(';')
+        .map(str::trim)
+        .find(|d| d.starts_with("script-src") || d.starts_with("default-src"))
+        .unwrap_or_else(|| panic!("{what}: CSP without script-src: {csp}"));
+    assert!(!script_src.contains("unsafe-inline"), "{what}: {csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+    assert!(csp.contains("object-src 'none'"), "{what}: {csp}");
+    assert_eq!(get("x-frame-options"), "DENY", "{what}");
+    assert_eq!(get("x-content-type-options"), "nosniff", "{what}");
+    assert!(
+        ["no-referrer", "same-origin"].contains(&get("referrer-policy").as_str()),
+        "{what}"
+    );
+}
+
+async fn security_headers_on_pages_and_api(b: Backend) {
+    let app = TestApp::new(b).await;
+    let admin = app.admin.clone();
+    let project = app.create_project(serde_json::json!({"name": "p"})).await;
+    for uri in [
+        "/login".to_string(),
+        "/api/v1/projects".to_string(),
+        format!("/api/v1/projects/{project}"),
+        "/api/v1/nothing-here".to_string(),
+        "/no-such-page".to_string(),
+        "/healthz".to_string(),
+        "/static/annotate.js".to_string(),
+    ] {
+        let (_, _, headers) = app
+            .call_with_headers("GET", &uri, Some(&admin), None, &[])
+            .await;
+        assert_security_headers(&headers, &uri);
+    }
+    // What shows a token or a sign-in link is never cached: the sign-in pages, the admin pages (a new
+    // link is printed on the page that answers the form), the API answer that carries a new token.
+    let (_, created) = {
+        let (s, v) = app
+            .json(
+                "POST",
+                "/api/v1/users",
+                &admin,
+                Some(serde_json::json!({"name": "ada", "role": "annotator"})),
+            )
+            .await;
+        (s, v)
+    };
+    assert!(created["token"].is_string(), "{created}");
+    let code = prefloop::store::sessions::create_login_link(
+        &app.store,
+        created["user"]["id"].as_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    let cookie = {
+        let (status, _, headers) = app
+            .call_with_headers(
+                "POST",
+                "/login",
+                None,
+                Some(format!("token={admin}").into_bytes()),
+                &[("content-type", "application/x-www-form-urlencoded")],
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let set = headers[header::SET_COOKIE].to_str().unwrap();
+        set.split(';').next().unwrap().to_string()
+    };
+    for uri in [
+        "/login".to_string(),
+        format!("/login/link/{code}"),
+        "/admin".to_string(),
+    ] {
+        let (_, _, headers) = app
+            .call_with_headers("GET", &uri, None, None, &[("cookie", &cookie)])
+            .await;
+        assert_security_headers(&headers, &uri);
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store", "{uri}");
+    }
+    let (_, _, headers) = app
+        .call_with_headers(
+            "POST",
+            "/api/v1/users",
+            Some(&admin),
+            Some(br#"{"name": "bob", "role": "annotator"}"#.to_vec()),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    // The embedded assets keep their own caching.
+    let (_, _, headers) = app
+        .call_with_headers("GET", "/static/app.css", None, None, &[])
+        .await;
+    assert!(
+        headers[header::CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("max-age")
+    );
+}
+
+/// The CSP allows no inline script: no `<script>` without `src`, no `on…=` handler attributes, and no
+/// inline `style` attributes (style-src is 'self' too) in the templates.
+#[test]
+fn templates_have_no_inline_script_or_style() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lower = text.to_lowercase();
+        for (i, _) in lower.match_indices("<script") {
+            let tag = &lower[i..i + lower[i..].find('>').unwrap()];
+            assert!(
+                tag.contains(" src="),
+                "{}: inline script {tag}",
+                path.display()
+            );
+        }
+        let bytes = lower.as_bytes();
+        for (i, _) in lower.match_indices(" on") {
+            let rest = &lower[i + 3..];
+            let name_len = rest.bytes().take_while(u8::is_ascii_lowercase).count();
+            let handler = name_len > 0 && bytes.get(i + 3 + name_len) == Some(&b'=');
+            assert!(
+                !handler,
+                "{}: inline handler at {}",
+                path.display(),
+                &text[i..(i + 40).min(text.len())]
+            );
+        }
+        assert!(
+            !lower.contains(" style=\""),
+            "{}: inline style attribute",
+            path.display()
+        );
     }
 }

@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod headers;
 pub mod metrics;
 pub mod openapi;
 pub mod ui;
@@ -88,6 +89,7 @@ pub fn app(state: AppState) -> Router {
             metrics::count_requests,
         ))
         .layer(CatchPanicLayer::custom(metrics::panic_response))
+        .layer(axum::middleware::from_fn(headers::security_headers))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
