@@ -7,12 +7,15 @@ mod common;
 
 use axum::http::{HeaderMap, StatusCode, header};
 use common::{Backend, TestApp};
+use prefloop::http::HttpConfig;
 use serde_json::Value;
 
 db_tests!(
     api_errors_are_json,
     pages_keep_an_html_not_found,
     security_headers_on_pages_and_api,
+    metrics_token_guards_the_scrape,
+    metrics_gauges_are_cached_for_a_window,
 );
 
 /// The body is our `{"error", "error_type"}` JSON, served as JSON.
@@ -255,6 +258,78 @@ fn templates_have_no_inline_script_or_style() {
             !lower.contains(" style=\""),
             "{}: inline style attribute",
             path.display()
+        );
+    }
+}
+
+async fn metrics_token_guards_the_scrape(b: Backend) {
+    // Without a token configured, /metrics stays open.
+    let open = TestApp::new(b).await;
+    let (status, _) = open.call("GET", "/metrics", None, None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(open);
+    let config = HttpConfig {
+        metrics_token: Some("scrape-secret".into()),
+        ..HttpConfig::default()
+    };
+    let app = TestApp::with_config(b, config).await;
+    let admin = app.admin.clone();
+    for token in [None, Some("wrong"), Some(admin.as_str())] {
+        let (status, body, headers) = app
+            .call_with_headers("GET", "/metrics", token, None, &[])
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_json_error(status, &headers, &body, "/metrics without its token");
+    }
+    let (status, body) = app
+        .call("GET", "/metrics", Some("scrape-secret"), None, &[])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        String::from_utf8(body)
+            .unwrap()
+            .contains("prefloop_projects")
+    );
+}
+
+fn gauge(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .to_string()
+}
+
+/// Within the cache window a scrape answers the gauges it read last, without asking the database; a
+/// zero window reads them every time. (The window is injected: nothing here waits for a clock.)
+async fn metrics_gauges_are_cached_for_a_window(b: Backend) {
+    for (window, cached) in [
+        (std::time::Duration::from_secs(3600), true),
+        (std::time::Duration::ZERO, false),
+    ] {
+        let config = HttpConfig {
+            metrics_cache: window,
+            ..HttpConfig::default()
+        };
+        let app = TestApp::with_config(b, config).await;
+        let scrape = || async {
+            let (status, body) = app.call("GET", "/metrics", None, None, &[]).await;
+            assert_eq!(status, StatusCode::OK);
+            String::from_utf8(body).unwrap()
+        };
+        let first = scrape().await;
+        assert_eq!(gauge(&first, "prefloop_projects"), "0");
+        app.create_project(serde_json::json!({"name": "p"})).await;
+        let second = scrape().await;
+        let want = if cached { "0" } else { "1" };
+        assert_eq!(
+            gauge(&second, "prefloop_projects"),
+            want,
+            "window {window:?}"
+        );
+        // The request counters are not cached: they are memory, not database.
+        assert_ne!(
+            gauge(&first, "prefloop_http_responses_total{class=\"2xx\"}"),
+            gauge(&second, "prefloop_http_responses_total{class=\"2xx\"}")
         );
     }
 }

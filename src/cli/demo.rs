@@ -114,6 +114,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         model_queue: 32,
         secure_cookies: false,
         public_url: base,
+        metrics_token: None,
+        metrics_cache_secs: 5,
     };
     super::serve::run(serve).await
 }

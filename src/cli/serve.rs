@@ -34,6 +34,12 @@ pub struct ServeArgs {
     /// Public base URL, used in sign-in links.
     #[arg(long, env = "PREFLOOP_PUBLIC_URL", default_value = crate::http::DEFAULT_PUBLIC_URL)]
     pub public_url: String,
+    /// Require `Authorization: Bearer <token>` on /metrics (open to anyone when unset).
+    #[arg(long, env = "PREFLOOP_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Seconds /metrics reuses the database counts it read.
+    #[arg(long, env = "PREFLOOP_METRICS_CACHE_SECS", default_value_t = 5)]
+    pub metrics_cache_secs: u64,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -63,6 +69,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_import_bytes: args.max_import_mib << 20,
         secure_cookies: args.secure_cookies,
         public_url: args.public_url,
+        metrics_token: args.metrics_token.filter(|t| !t.is_empty()),
+        metrics_cache: std::time::Duration::from_secs(args.metrics_cache_secs),
     };
     crate::http::serve(listener, AppState::new(store, config).with_loop(active)).await?;
     Ok(())

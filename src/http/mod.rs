@@ -32,6 +32,11 @@ pub struct HttpConfig {
     pub secure_cookies: bool,
     /// Base of the sign-in links shown to admins, e.g. https://labels.example.org.
     pub public_url: String,
+    /// When set, `/metrics` answers only `Authorization: Bearer <token>`; otherwise it is open.
+    pub metrics_token: Option<String>,
+    /// How long `/metrics` reuses the database gauges it read, so scrapes cost the database at most
+    /// one count per window however many scrapers loop.
+    pub metrics_cache: std::time::Duration,
 }
 
 pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:3000";
@@ -42,6 +47,8 @@ impl Default for HttpConfig {
             max_import_bytes: 64 << 20,
             secure_cookies: false,
             public_url: DEFAULT_PUBLIC_URL.to_string(),
+            metrics_token: None,
+            metrics_cache: std::time::Duration::from_secs(5),
         }
     }
 }

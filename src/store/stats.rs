@@ -56,6 +56,7 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
     })
 }
 
+#[derive(Debug)]
 pub struct DatabaseGauges {
     pub projects: i64,
     pub users: i64,
