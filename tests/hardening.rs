@@ -16,6 +16,7 @@ db_tests!(
     security_headers_on_pages_and_api,
     metrics_token_guards_the_scrape,
     metrics_gauges_are_cached_for_a_window,
+    stalled_exports_do_not_starve_the_annotators,
 );
 
 /// The body is our `{"error", "error_type"}` JSON, served as JSON.
@@ -332,4 +333,86 @@ async fn metrics_gauges_are_cached_for_a_window(b: Backend) {
             gauge(&second, "prefloop_http_responses_total{class=\"2xx\"}")
         );
     }
+}
+
+/// More stalled exports (clients that read one chunk, then stop) than the pool has connections: an
+/// annotator's `/next` still answers, and the exports beyond the export budget are told to come back.
+async fn stalled_exports_do_not_starve_the_annotators(b: Backend) {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let app = TestApp::new(b).await;
+    let project = app.create_project(serde_json::json!({"name": "big"})).await;
+    // Each exported line carries two 8 KiB completions, so one export is far more than the few 64 KiB
+    // chunks its channel holds: a reader that stops keeps the export's query (and connection) open.
+    let long = "x".repeat(8 << 10);
+    let ndjson: String = (0..60)
+        .map(|i| {
+            serde_json::json!({"prompt": format!("p{i}"), "completion_a": format!("a{i}{long}"), "completion_b": format!("b{i}{long}")})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    app.import(&project, "pairs", &ndjson).await;
+    let annotator = app.annotator("ada").await;
+    for _ in 0..60 {
+        let (status, lease) = app.next(&project, &annotator).await;
+        assert_eq!(status, StatusCode::OK, "{lease}");
+        let (status, _) = app
+            .judge(lease["lease_id"].as_str().unwrap(), &annotator, "left")
+            .await;
+        assert!(status.is_success(), "{status}");
+    }
+    let mut stalled = Vec::new();
+    let (mut started, mut refused) = (0, 0);
+    for _ in 0..20 {
+        let req = axum::http::Request::get(format!("/api/v1/projects/{project}/export"))
+            .header("authorization", format!("Bearer {}", app.admin))
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.router.clone().oneshot(req).await.unwrap();
+        if resp.status() == StatusCode::OK {
+            started += 1;
+            let mut body = resp.into_body();
+            // One chunk has arrived, so its query holds a connection; then this client stops reading.
+            body.frame()
+                .await
+                .expect("a first chunk")
+                .expect("readable");
+            stalled.push(body);
+        } else {
+            refused += 1;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(
+                [
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::TOO_MANY_REQUESTS
+                ]
+                .contains(&status),
+                "{status}"
+            );
+            assert!(
+                headers.contains_key(header::RETRY_AFTER),
+                "{status} says when to retry"
+            );
+            assert_json_error(status, &headers, &bytes, "an export over the budget");
+        }
+    }
+    assert!(started >= 1, "some exports run");
+    assert!(refused >= 1, "not all twenty exports may hold a connection");
+    let other = app.annotator("bob").await;
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        app.next(&project, &other),
+    )
+    .await;
+    let (status, _) = next.expect("/next answers while exports are stalled");
+    assert!(
+        status == StatusCode::OK || status == StatusCode::NO_CONTENT,
+        "{status}"
+    );
+    drop(stalled);
 }

@@ -116,6 +116,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         public_url: base,
         metrics_token: None,
         metrics_cache_secs: 5,
+        max_exports: 2,
     };
     super::serve::run(serve).await
 }

@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Seconds /metrics reuses the database counts it read.
     #[arg(long, env = "PREFLOOP_METRICS_CACHE_SECS", default_value_t = 5)]
     pub metrics_cache_secs: u64,
+    /// Exports that may stream at once (each holds a database connection); more are told to retry.
+    #[arg(long, env = "PREFLOOP_MAX_EXPORTS", default_value_t = 2)]
+    pub max_exports: usize,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -71,6 +74,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         public_url: args.public_url,
         metrics_token: args.metrics_token.filter(|t| !t.is_empty()),
         metrics_cache: std::time::Duration::from_secs(args.metrics_cache_secs),
+        max_exports: args.max_exports,
     };
     crate::http::serve(listener, AppState::new(store, config).with_loop(active)).await?;
     Ok(())

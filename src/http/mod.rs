@@ -37,6 +37,10 @@ pub struct HttpConfig {
     /// How long `/metrics` reuses the database gauges it read, so scrapes cost the database at most
     /// one count per window however many scrapers loop.
     pub metrics_cache: std::time::Duration,
+    /// Exports that may stream at once; more is a 503 with Retry-After. Each running export holds a
+    /// database connection for as long as its client reads, so this stays well below the pool size
+    /// (8 on SQLite, 16 on PostgreSQL) and stalled downloads cannot starve `/next`.
+    pub max_exports: usize,
 }
 
 pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:3000";
@@ -49,6 +53,7 @@ impl Default for HttpConfig {
             public_url: DEFAULT_PUBLIC_URL.to_string(),
             metrics_token: None,
             metrics_cache: std::time::Duration::from_secs(5),
+            max_exports: 2,
         }
     }
 }
@@ -59,6 +64,8 @@ pub struct AppState {
     pub store: Store,
     pub config: Arc<HttpConfig>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The export budget: one permit per streaming export (`HttpConfig::max_exports`).
+    pub exports: Arc<tokio::sync::Semaphore>,
     /// The active-learning loop (and through it the model), when the server runs one.
     pub active: Option<crate::engine::active_loop::ActiveLoop>,
 }
@@ -67,6 +74,7 @@ impl AppState {
     pub fn new(store: Store, config: HttpConfig) -> AppState {
         AppState {
             store,
+            exports: Arc::new(tokio::sync::Semaphore::new(config.max_exports.max(1))),
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::default()),
             active: None,
