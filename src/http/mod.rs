@@ -7,6 +7,7 @@ pub mod extract;
 pub mod headers;
 pub mod metrics;
 pub mod openapi;
+pub mod server;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -41,6 +42,18 @@ pub struct HttpConfig {
     /// database connection for as long as its client reads, so this stays well below the pool size
     /// (8 on SQLite, 16 on PostgreSQL) and stalled downloads cannot starve `/next`.
     pub max_exports: usize,
+    /// A client must send a request's whole header within this; also how long a kept-alive connection
+    /// may wait for its next request.
+    pub header_timeout: std::time::Duration,
+    /// A request's whole body must arrive within this, counted from its header (a 64 MiB import at
+    /// 1 MB/s fits in the default).
+    pub body_timeout: std::time::Duration,
+    /// A connection on which no byte moves either way for this long, while no handler is working on
+    /// it, is closed: a client that stopped reading a response no longer holds it (or its export).
+    pub idle_timeout: std::time::Duration,
+    /// Connections served at once; more wait in the listen backlog until one closes, so a flood of
+    /// idle connections cannot run the process out of file descriptors.
+    pub max_connections: usize,
 }
 
 pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:3000";
@@ -54,6 +67,10 @@ impl Default for HttpConfig {
             metrics_token: None,
             metrics_cache: std::time::Duration::from_secs(5),
             max_exports: 2,
+            header_timeout: std::time::Duration::from_secs(30),
+            body_timeout: std::time::Duration::from_secs(120),
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_connections: 512,
         }
     }
 }
@@ -138,11 +155,19 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 
 /// Serves `app` on an already-bound listener until ctrl-c or SIGTERM.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    serve_with_shutdown(listener, state, shutdown_signal()).await
+}
+
+/// Serves `app` until `shutdown` completes, then finishes the requests in flight.
+pub async fn serve_with_shutdown(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "prefloop listening on http://{addr}");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    let config = state.config.clone();
+    server::serve_connections(listener, app(state), &config, shutdown).await
 }
 
 async fn shutdown_signal() {
