@@ -1,3 +1,20 @@
+// The page behaviour the Content-Security-Policy keeps out of the HTML (no inline script, handlers or
+// style attributes): bar widths from data-pct, selecting a printed sign-in link, confirming a form.
+(() => {
+  "use strict";
+  for (const bar of document.querySelectorAll("[data-pct]")) {
+    bar.style.width = `${Number(bar.dataset.pct) || 0}%`;
+  }
+  for (const box of document.querySelectorAll("input.link-box")) {
+    box.addEventListener("click", () => box.select());
+  }
+  for (const form of document.querySelectorAll("form[data-confirm]")) {
+    form.addEventListener("submit", (ev) => {
+      if (!window.confirm(form.dataset.confirm)) ev.preventDefault();
+    });
+  }
+})();
+
 // Dashboard import: reads the chosen file and sends it to the REST import call; shows what was stored and
 // every rejected line by its number.
 (() => {

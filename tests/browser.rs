@@ -433,6 +433,17 @@ async fn admin_imports_and_reads_the_dashboard(backend: Backend) {
         .0;
     let code = create_login_link(&b.app.store, &admin.id).await.unwrap();
     b.goto(&format!("/login/link/{code}")).await;
+    // The link shows whom it signs in; only the button spends it.
+    assert!(b.text("h1").await.contains("Sign in as grace"));
+    b.client
+        .find(Locator::Css(
+            "form[action^='/login/link/'] button[type=submit]",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     b.wait_for("the admin page", "return location.pathname === '/admin'")
         .await;
 

@@ -52,9 +52,21 @@ async fn cli_user_add_prints_a_sign_in_link() {
         store,
         prefloop::http::HttpConfig::default(),
     ));
+    // Opening the link only asks; the button's POST signs in.
     let resp = router
+        .clone()
         .oneshot(
             Request::get(format!("/login/link/{code}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(!resp.headers().contains_key(header::SET_COOKIE));
+    let resp = router
+        .oneshot(
+            Request::post(format!("/login/link/{code}"))
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -165,14 +177,45 @@ async fn sign_in_link_works_once(b: Backend) {
         .await
         .unwrap();
     let code = create_login_link(&app.store, &user.id).await.unwrap();
-    let first = get(&app, &format!("/login/link/{code}"), "").await;
-    assert_eq!(first.status, StatusCode::SEE_OTHER);
+    let link = format!("/login/link/{code}");
+    // A GET (a person, or a chat app's link preview) only shows whom the link signs in, with a
+    // button; it spends nothing, however often it comes.
+    for _ in 0..3 {
+        let shown = get(&app, &link, "").await;
+        assert_eq!(shown.status, StatusCode::OK, "{}", shown.body);
+        assert!(shown.headers.get(header::SET_COOKIE).is_none());
+        assert!(shown.body.contains("Sign in as ada"), "{}", shown.body);
+        assert!(
+            shown
+                .body
+                .contains(&format!("method=\"post\" action=\"{link}\"")),
+            "{}",
+            shown.body
+        );
+    }
+    let post = |site: Option<&str>| {
+        let mut r = Request::post(&link);
+        if let Some(site) = site {
+            r = r.header("sec-fetch-site", site);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    // A page elsewhere cannot post it to sign the visitor in as ada, and that spends nothing either.
+    let forged = send(&app, post(Some("cross-site"))).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(forged.headers.get(header::SET_COOKIE).is_none());
+    let first = send(&app, post(Some("same-origin"))).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.body);
     let cookie = first.headers[header::SET_COOKIE].to_str().unwrap();
     let cookie = cookie.split(';').next().unwrap();
     assert_eq!(get(&app, "/", cookie).await.status, StatusCode::OK);
-    let again = get(&app, &format!("/login/link/{code}"), "").await;
+    let again = send(&app, post(None)).await;
     assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    assert!(again.headers.get(header::SET_COOKIE).is_none());
     assert!(again.body.contains("already used"));
+    let shown = get(&app, &link, "").await;
+    assert_eq!(shown.status, StatusCode::UNAUTHORIZED);
+    assert!(shown.body.contains("already used"));
     // Revoking the user ends their session too.
     prefloop::store::users::revoke_user(&app.store, &user.id)
         .await

@@ -114,6 +114,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         model_queue: 32,
         secure_cookies: false,
         public_url: base,
+        metrics_token: None,
+        metrics_cache_secs: 5,
+        max_exports: 2,
+        header_timeout_secs: 30,
+        body_timeout_secs: 120,
+        idle_timeout_secs: 60,
+        max_connections: 512,
     };
     super::serve::run(serve).await
 }

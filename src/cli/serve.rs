@@ -34,6 +34,27 @@ pub struct ServeArgs {
     /// Public base URL, used in sign-in links.
     #[arg(long, env = "PREFLOOP_PUBLIC_URL", default_value = crate::http::DEFAULT_PUBLIC_URL)]
     pub public_url: String,
+    /// Require `Authorization: Bearer <token>` on /metrics (open to anyone when unset).
+    #[arg(long, env = "PREFLOOP_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Seconds /metrics reuses the database counts it read.
+    #[arg(long, env = "PREFLOOP_METRICS_CACHE_SECS", default_value_t = 5)]
+    pub metrics_cache_secs: u64,
+    /// Exports that may stream at once (each holds a database connection); more are told to retry.
+    #[arg(long, env = "PREFLOOP_MAX_EXPORTS", default_value_t = 2)]
+    pub max_exports: usize,
+    /// Seconds a client has to send a request's header (and a kept-alive connection to start the next).
+    #[arg(long, env = "PREFLOOP_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    pub header_timeout_secs: u64,
+    /// Seconds a request's body may take to arrive, from its header on.
+    #[arg(long, env = "PREFLOOP_BODY_TIMEOUT_SECS", default_value_t = 120)]
+    pub body_timeout_secs: u64,
+    /// Seconds a connection may sit with no byte moving and no request being answered.
+    #[arg(long, env = "PREFLOOP_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; more wait until one closes.
+    #[arg(long, env = "PREFLOOP_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -63,6 +84,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_import_bytes: args.max_import_mib << 20,
         secure_cookies: args.secure_cookies,
         public_url: args.public_url,
+        metrics_token: args.metrics_token.filter(|t| !t.is_empty()),
+        metrics_cache: std::time::Duration::from_secs(args.metrics_cache_secs),
+        max_exports: args.max_exports,
+        header_timeout: std::time::Duration::from_secs(args.header_timeout_secs),
+        body_timeout: std::time::Duration::from_secs(args.body_timeout_secs),
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout_secs),
+        max_connections: args.max_connections,
     };
     crate::http::serve(listener, AppState::new(store, config).with_loop(active)).await?;
     Ok(())

@@ -1,7 +1,7 @@
 //! Extractors whose rejections speak our JSON error format instead of axum's plain text.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -73,5 +73,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|Query(q)| ApiQuery(q))
             .map_err(|e: QueryRejection| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// Path parameters; one that cannot be decoded (bad percent-encoding, not UTF-8) is a 400 naming it,
+/// in our JSON error format rather than axum's plain text. Named `Path` like axum's on purpose:
+/// utoipa's `axum_extras` recognises a `Path<T>` argument by its name and documents the parameter.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| Path(p))
+            .map_err(|e: PathRejection| match e.status() {
+                StatusCode::INTERNAL_SERVER_ERROR => ApiError::Internal(e.body_text()),
+                _ => ApiError::BadRequest(e.body_text()),
+            })
     }
 }

@@ -1,21 +1,59 @@
-//! `/metrics` in the Prometheus text format: request counters kept here, gauges read from the database.
+//! `/metrics` in the Prometheus text format: request counters kept here, gauges read from the database
+//! at most once per `HttpConfig::metrics_cache` window (counting whole tables per scrape let a few
+//! looping scrapers slow every annotator), behind `HttpConfig::metrics_token` when one is set.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use crate::store::stats::{DatabaseGauges, database_gauges};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Responses by status class: 1xx..5xx at indexes 0..4.
     responses: [AtomicU64; 5],
     request_micros: AtomicU64,
+    /// The gauges last read and when. A tokio mutex held across the read, so scrapes that arrive
+    /// together wait for one query instead of each running their own.
+    gauges: tokio::sync::Mutex<Option<(Instant, Arc<DatabaseGauges>)>>,
+}
+
+impl Metrics {
+    async fn gauges(&self, state: &AppState) -> ApiResult<Arc<DatabaseGauges>> {
+        let mut cached = self.gauges.lock().await;
+        if let Some((read_at, gauges)) = cached.as_ref()
+            && read_at.elapsed() < state.config.metrics_cache
+        {
+            return Ok(gauges.clone());
+        }
+        let gauges = Arc::new(database_gauges(&state.store).await?);
+        *cached = Some((Instant::now(), gauges.clone()));
+        Ok(gauges)
+    }
+}
+
+/// With a token configured, the scrape must bring it as a bearer token (compared in constant time).
+fn check_token(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(want) = &state.config.metrics_token else {
+        return Ok(());
+    };
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match sent {
+        Some(sent) if super::auth::same_secret(sent, want) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
 }
 
 /// Handlers that panicked since start (the panic hook has no state to reach).
@@ -39,7 +77,8 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::Internal("handler panicked".into()).into_response()
 }
 
-pub async fn render(State(state): State<AppState>) -> ApiResult<Response> {
+pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    check_token(&state, &headers)?;
     let m = &state.metrics;
     let mut out = String::new();
     out.push_str("# HELP prefloop_http_responses_total HTTP responses by status class.\n");
@@ -66,7 +105,7 @@ pub async fn render(State(state): State<AppState>) -> ApiResult<Response> {
         PANICS.load(Ordering::Relaxed)
     );
 
-    let gauges = crate::store::stats::database_gauges(&state.store).await?;
+    let gauges = m.gauges(&state).await?;
     out.push_str(
         "# HELP prefloop_judgments Judgments stored, by choice (superseded ones included).\n",
     );

@@ -96,6 +96,23 @@ pub async fn create_login_link(store: &Store, user_id: &str) -> Result<String> {
     Ok(code)
 }
 
+/// Whom a sign-in code would sign in, without using it up: `None` when unknown, used, expired or
+/// revoked. What the page a link opens shows before its button spends the code.
+pub async fn peek_login_link(store: &Store, code: &str) -> Result<Option<User>> {
+    let user_id: Option<String> = sqlx::query_scalar(
+        "SELECT user_id FROM login_links WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2",
+    )
+    .bind(hash_token(code))
+    .bind(now_ms())
+    .fetch_optional(store.pool())
+    .await?;
+    let Some(user_id) = user_id else {
+        return Ok(None);
+    };
+    let user = get_user(store, &user_id).await?;
+    Ok((!user.revoked).then_some(user))
+}
+
 /// Uses up a sign-in code: the user it signs in, or `None` when unknown, used, expired or revoked.
 /// One conditional UPDATE, so two clicks racing can never both succeed.
 pub async fn redeem_login_link(store: &Store, code: &str) -> Result<Option<User>> {

@@ -104,6 +104,7 @@ pub async fn count_decisive_labels(store: &Store, project_id: &str) -> Result<i6
     Ok(n)
 }
 
+#[derive(Debug)]
 pub struct DatabaseGauges {
     pub projects: i64,
     pub users: i64,

@@ -1,6 +1,6 @@
 //! Generation: what a model version of a project (current, reference, or a given one) writes now.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use crate::engine::{GenerateRequest, PolicyRef};
 use crate::http::AppState;
 use crate::http::auth::Admin;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, Path};
 use crate::store::projects::get_project;
 use crate::store::training;
 

@@ -2,14 +2,14 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
 use axum::{Json, Router};
 
 use crate::http::AppState;
 use crate::http::auth::Admin;
 use crate::http::error::ApiResult;
-use crate::http::extract::body_error;
+use crate::http::extract::{Path, body_error};
 use crate::store::items::{ImportKind, ImportReport, import_ndjson};
 use crate::store::projects::get_project;
 

@@ -1,6 +1,6 @@
 //! AI judges: attach one to a project (it then answers pairs by itself), list them, detach one.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -12,7 +12,7 @@ use crate::domain::JudgeKind;
 use crate::http::AppState;
 use crate::http::auth::Admin;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, Path};
 use crate::judge::http::HttpJudgeSettings;
 use crate::judge::{DEFAULT_RATE_PER_MINUTE, JudgeSettings};
 use crate::store::judges::{self, Judge};

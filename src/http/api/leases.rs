@@ -1,8 +1,8 @@
 //! The annotation queue: lease the next pair, answer it, keep it alive, give it back, undo.
 
-use axum::extract::{Path, State};
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -15,7 +15,7 @@ use crate::engine::active_loop::Outlook;
 use crate::http::AppState;
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{ApiJson, ApiQuery, OptionalJson};
+use crate::http::extract::{ApiJson, ApiQuery, OptionalJson, Path};
 use crate::store::leases::{self, Judgment, JudgmentInput, LeasedPair};
 use crate::store::members::ensure_access;
 use crate::store::projects::{Project, get_project};

@@ -1,6 +1,6 @@
 //! Projects: create, list, read, edit, and their label statistics.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,7 +12,7 @@ use crate::engine::active_loop::current_policy;
 use crate::http::AppState;
 use crate::http::auth::{Admin, AuthUser};
 use crate::http::error::ApiResult;
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, Path};
 use crate::store::projects::{self, Project, ProjectInput};
 use crate::store::stats::{ProjectStats, project_stats};
 use crate::store::training::{TrainingRun, latest_training_run};

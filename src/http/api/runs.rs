@@ -1,6 +1,6 @@
 //! DPO runs and the model versions they make: start one, watch it, cancel it, list what was trained.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -11,6 +11,7 @@ use super::{TAG, active_loop};
 use crate::http::AppState;
 use crate::http::auth::Admin;
 use crate::http::error::ApiResult;
+use crate::http::extract::Path;
 use crate::store::projects::get_project;
 use crate::store::training::{self, ModelVersion, TrainingRun};
 

@@ -1,6 +1,6 @@
 //! Users, for admins: add (the token is shown once), list, revoke.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::http::AppState;
 use crate::http::auth::Admin;
 use crate::http::error::ApiResult;
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, Path};
 use crate::store::users::{self, Role, User, UserKind};
 
 pub fn router() -> Router<AppState> {

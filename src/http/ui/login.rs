@@ -20,7 +20,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(home))
         .route("/login", get(login_form).post(login))
-        .route("/login/link/{code}", get(login_link))
+        .route("/login/link/{code}", get(show_login_link).post(login_link))
         .route("/logout", post(logout))
 }
 
@@ -71,13 +71,9 @@ async fn start_session(state: &AppState, headers: &HeaderMap, user: &User) -> Pa
     Ok(resp)
 }
 
-async fn login(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<LoginForm>,
-) -> PageResult {
-    // No session exists yet to carry a CSRF token; refuse what the browser says came from another site,
-    // so no page elsewhere can sign a visitor in as someone else.
+/// No session exists yet to carry a CSRF token when signing in; refuse what the browser says came from
+/// another site, so no page elsewhere can sign a visitor in as someone else.
+fn refuse_cross_site(headers: &HeaderMap) -> Result<(), super::PageError> {
     let cross_site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
@@ -87,6 +83,15 @@ async fn login(
             "Sign in from this site's own sign-in page.".into(),
         ));
     }
+    Ok(())
+}
+
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> PageResult {
+    refuse_cross_site(&headers)?;
     match find_user_by_token(&state.store, form.token.trim()).await? {
         Some(user) => start_session(&state, &headers, &user).await,
         None => {
@@ -99,22 +104,46 @@ async fn login(
     }
 }
 
+#[derive(Template)]
+#[template(path = "login_link.html")]
+struct LoginLinkPage<'a> {
+    name: &'a str,
+    code: &'a str,
+}
+
+fn link_spent() -> PageResult {
+    let mut resp = page(LoginPage {
+        error: Some(
+            "This sign-in link was already used or has expired. Ask an admin for a new one, or sign in with your token.",
+        ),
+    })?;
+    *resp.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+    Ok(resp)
+}
+
+/// Opening a sign-in link only shows whom it signs in, with a button that posts it. A GET never spends
+/// the link: chat apps fetch links to preview them, and an image or frame elsewhere could otherwise sign
+/// a visitor in as someone else.
+async fn show_login_link(State(state): State<AppState>, Path(code): Path<String>) -> PageResult {
+    match sessions::peek_login_link(&state.store, &code).await? {
+        Some(user) => page(LoginLinkPage {
+            name: &user.name,
+            code: &code,
+        }),
+        None => link_spent(),
+    }
+}
+
+/// The button on that page: spends the link and signs in, unless the post came from another site.
 async fn login_link(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(code): Path<String>,
 ) -> PageResult {
+    refuse_cross_site(&headers)?;
     match sessions::redeem_login_link(&state.store, &code).await? {
         Some(user) => start_session(&state, &headers, &user).await,
-        None => {
-            let mut resp = page(LoginPage {
-                error: Some(
-                    "This sign-in link was already used or has expired. Ask an admin for a new one, or sign in with your token.",
-                ),
-            })?;
-            *resp.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
-            Ok(resp)
-        }
+        None => link_spent(),
     }
 }
 

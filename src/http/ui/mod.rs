@@ -87,6 +87,7 @@ pub enum PageError {
     SignIn,
     Forbidden(String),
     NotFound(String),
+    MethodNotAllowed(String),
     Bad(String),
     Internal(String),
 }
@@ -127,6 +128,9 @@ impl IntoResponse for PageError {
             PageError::SignIn => return Redirect::to("/login").into_response(),
             PageError::Forbidden(m) => (StatusCode::FORBIDDEN, "Not for you", m.as_str()),
             PageError::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m.as_str()),
+            PageError::MethodNotAllowed(m) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "Not like this", m.as_str())
+            }
             PageError::Bad(m) => (StatusCode::BAD_REQUEST, "That did not work", m.as_str()),
             PageError::Internal(detail) => {
                 tracing::error!(%detail, "page failed");
