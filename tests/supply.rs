@@ -14,6 +14,7 @@ db_tests!(
     a_finished_project_answers_at_once_without_retry_after,
     wait_is_checked,
     stats_show_the_supply,
+    metrics_show_each_project_s_supply_and_waiting,
 );
 
 fn pairs_ndjson(n: usize) -> String {
@@ -176,4 +177,38 @@ async fn stats_show_the_supply(b: Backend) {
         s["pairs_per_minute"], 0.0,
         "imported pairs are not made by the model: {s}"
     );
+}
+
+async fn metrics_show_each_project_s_supply_and_waiting(b: Backend) {
+    let app = TestApp::new(b).await;
+    let (a1, a2) = (app.annotator("a1").await, app.annotator("a2").await);
+    let project = app.create_project(json!({"name": "p"})).await;
+    app.import(&project, "pairs", &pairs_ndjson(2)).await;
+    let (_, l) = app.next(&project, &a1).await;
+    app.judge(l["lease_id"].as_str().unwrap(), &a1, "left")
+        .await;
+    let (_, _held) = app.next(&project, &a1).await;
+    // a2 waits a second for the pair a1 holds, and gets none.
+    let (status, _, retry) = next_waiting(&app, &project, &a2, "1").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(retry.is_some());
+    let (status, body) = app.call("GET", "/metrics", None, None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    let value = |name: &str| -> f64 {
+        let prefix = format!("{name}{{project=\"{project}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {name} for the project in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("prefloop_ready_pairs"), 0.0, "the pair left is held");
+    assert_eq!(
+        value("prefloop_answers_per_minute"),
+        0.1,
+        "one answer in ten minutes"
+    );
+    assert_eq!(value("prefloop_pairs_made_per_minute"), 0.0);
+    assert!(value("prefloop_wait_seconds_total") >= 0.5, "a2 waited");
 }

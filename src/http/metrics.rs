@@ -2,6 +2,7 @@
 //! at most once per `HttpConfig::metrics_cache` window (counting whole tables per scrape let a few
 //! looping scrapers slow every annotator), behind `HttpConfig::metrics_token` when one is set.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +25,31 @@ pub struct Metrics {
     /// The gauges last read and when. A tokio mutex held across the read, so scrapes that arrive
     /// together wait for one query instead of each running their own.
     gauges: tokio::sync::Mutex<Option<(Instant, Arc<DatabaseGauges>)>>,
+    /// Per project: seconds `/next` callers spent waiting for a pair (`?wait=`), since start.
+    waited: std::sync::Mutex<HashMap<String, f64>>,
 }
 
 impl Metrics {
+    /// Counts time an annotator's `/next` spent waiting for a pair.
+    pub fn add_wait(&self, project_id: &str, seconds: f64) {
+        *self
+            .waited
+            .lock()
+            .expect("lock")
+            .entry(project_id.to_string())
+            .or_default() += seconds;
+    }
+
+    /// Seconds annotators of the project spent waiting since start.
+    pub fn waited(&self, project_id: &str) -> f64 {
+        self.waited
+            .lock()
+            .expect("lock")
+            .get(project_id)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
     async fn gauges(&self, state: &AppState) -> ApiResult<Arc<DatabaseGauges>> {
         let mut cached = self.gauges.lock().await;
         if let Some((read_at, gauges)) = cached.as_ref()
@@ -127,6 +150,47 @@ pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> ApiRes
         "# TYPE prefloop_users gauge\nprefloop_users {}",
         gauges.users
     );
+    out.push_str(
+        "# HELP prefloop_ready_pairs Free pending pairs per project: what /next can hand out.\n",
+    );
+    out.push_str("# TYPE prefloop_ready_pairs gauge\n");
+    for s in &gauges.supply {
+        let _ = writeln!(
+            out,
+            "prefloop_ready_pairs{{project=\"{}\"}} {}",
+            s.project_id, s.ready_pairs
+        );
+    }
+    out.push_str(
+        "# HELP prefloop_pairs_made_per_minute Pairs the model made per minute, last 10 minutes.\n",
+    );
+    out.push_str("# TYPE prefloop_pairs_made_per_minute gauge\n");
+    for s in &gauges.supply {
+        let _ = writeln!(
+            out,
+            "prefloop_pairs_made_per_minute{{project=\"{}\"}} {}",
+            s.project_id, s.made_per_minute
+        );
+    }
+    out.push_str("# HELP prefloop_answers_per_minute Answers per minute, last 10 minutes.\n");
+    out.push_str("# TYPE prefloop_answers_per_minute gauge\n");
+    for s in &gauges.supply {
+        let _ = writeln!(
+            out,
+            "prefloop_answers_per_minute{{project=\"{}\"}} {}",
+            s.project_id, s.answered_per_minute
+        );
+    }
+    out.push_str("# HELP prefloop_wait_seconds_total Seconds /next callers waited for a pair, since start.\n");
+    out.push_str("# TYPE prefloop_wait_seconds_total counter\n");
+    for s in &gauges.supply {
+        let _ = writeln!(
+            out,
+            "prefloop_wait_seconds_total{{project=\"{}\"}} {}",
+            s.project_id,
+            m.waited(&s.project_id)
+        );
+    }
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

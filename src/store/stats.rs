@@ -30,6 +30,8 @@ pub struct ProjectStats {
     pub both_bad: i64,
     /// Pairs the model made per minute, over the last ten minutes.
     pub pairs_per_minute: f64,
+    /// Answers per minute (skips included), over the last ten minutes.
+    pub answers_per_minute: f64,
 }
 
 /// The window `pairs_per_minute` is measured over.
@@ -53,13 +55,16 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
     .fetch_one(store.pool())
     .await?;
     let labels = super::int(&row, "labels")?;
+    let since = store.clock().now_ms() - PRODUCTION_WINDOW_MS;
     let made: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND source = 'generated' AND created_at >= $2",
     )
     .bind(&project.id)
-    .bind(store.clock().now_ms() - PRODUCTION_WINDOW_MS)
+    .bind(since)
     .fetch_one(store.pool())
     .await?;
+    let answered = answers_since(store, &project.id, since).await?;
+    let minutes = (PRODUCTION_WINDOW_MS / 60_000) as f64;
     Ok(ProjectStats {
         labels,
         decisive_labels: super::int(&row, "decisive")?,
@@ -75,7 +80,8 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
         skips: super::int(&row, "skips")?,
         ties: super::int(&row, "ties")?,
         both_bad: super::int(&row, "both_bad")?,
-        pairs_per_minute: made as f64 / (PRODUCTION_WINDOW_MS / 60_000) as f64,
+        pairs_per_minute: made as f64 / minutes,
+        answers_per_minute: answered as f64 / minutes,
     })
 }
 
@@ -110,6 +116,46 @@ pub struct DatabaseGauges {
     pub users: i64,
     pub judgments_by_choice: Vec<(String, i64)>,
     pub pairs_by_status: Vec<(String, i64)>,
+    pub supply: Vec<ProjectSupply>,
+}
+
+/// How well a project is supplied with pairs: ready now, and made and answered per minute over the
+/// last ten minutes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectSupply {
+    pub project_id: String,
+    pub ready_pairs: i64,
+    pub made_per_minute: f64,
+    pub answered_per_minute: f64,
+}
+
+/// Every project's supply, in one query.
+pub async fn project_supply(store: &Store) -> Result<Vec<ProjectSupply>> {
+    let now = store.clock().now_ms();
+    let rows = sqlx::query(
+        "SELECT p.id AS id, \
+           (SELECT COUNT(*) FROM pairs WHERE project_id = p.id AND status = 'pending' \
+              AND (lease_id IS NULL OR leased_until <= $1)) AS ready, \
+           (SELECT COUNT(*) FROM pairs WHERE project_id = p.id AND source = 'generated' \
+              AND created_at >= $2) AS made, \
+           (SELECT COUNT(*) FROM judgments WHERE project_id = p.id AND created_at >= $2) AS answered \
+         FROM projects p ORDER BY p.created_at, p.id",
+    )
+    .bind(now)
+    .bind(now - PRODUCTION_WINDOW_MS)
+    .fetch_all(store.pool())
+    .await?;
+    let minutes = (PRODUCTION_WINDOW_MS / 60_000) as f64;
+    rows.iter()
+        .map(|r| {
+            Ok(ProjectSupply {
+                project_id: r.try_get("id")?,
+                ready_pairs: super::int(r, "ready")?,
+                made_per_minute: super::int(r, "made")? as f64 / minutes,
+                answered_per_minute: super::int(r, "answered")? as f64 / minutes,
+            })
+        })
+        .collect()
 }
 
 async fn grouped(store: &Store, sql: &'static str) -> Result<Vec<(String, i64)>> {
@@ -138,5 +184,6 @@ pub async fn database_gauges(store: &Store) -> Result<DatabaseGauges> {
             "SELECT status AS k, COUNT(*) AS n FROM pairs GROUP BY status ORDER BY status",
         )
         .await?,
+        supply: project_supply(store).await?,
     })
 }

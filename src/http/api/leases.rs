@@ -100,26 +100,27 @@ pub async fn lease_or_wait(
     exclude: &[String],
     wait: Duration,
 ) -> ApiResult<NextOutcome> {
-    let deadline = Instant::now() + wait;
-    loop {
+    let started = Instant::now();
+    let deadline = started + wait;
+    let outcome = loop {
         let stored = state.active.as_ref().map(|l| l.pairs_stored());
         let mut stored = std::pin::pin!(stored);
         if let Some(n) = stored.as_mut().as_pin_mut() {
             n.enable();
         }
         if let Some(leased) = leases::lease_next_pair(&state.store, project, user, exclude).await? {
-            return Ok(NextOutcome::Leased(leased));
+            break NextOutcome::Leased(leased);
         }
         let stats = project_stats(&state.store, project).await?;
         let outlook = state.active.as_ref().map(|l| l.outlook(project, &stats));
         let retry = retry_after(&stats, outlook.as_ref(), exclude.len());
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || retry.is_none() {
-            return Ok(NextOutcome::Nothing {
+            break NextOutcome::Nothing {
                 stats,
                 outlook,
                 retry_after: retry,
-            });
+            };
         }
         let nap = tokio::time::sleep(left.min(LOOK_AGAIN));
         match stored.as_mut().as_pin_mut() {
@@ -131,7 +132,13 @@ pub async fn lease_or_wait(
             }
             None => nap.await,
         }
+    };
+    // Time spent here is time an annotator waited (the first look is not waiting).
+    let waited = started.elapsed().as_secs_f64();
+    if !wait.is_zero() && waited > 0.05 {
+        state.metrics.add_wait(&project.id, waited);
     }
+    Ok(outcome)
 }
 
 /// Lease the most informative free pair to the caller (200), or 204 when there is none. With `wait`,

@@ -198,6 +198,11 @@ struct DashboardPage {
     per_active_hour: String,
     pending: i64,
     leased: i64,
+    /// The supply: free pairs now, made and answered per minute, seconds annotators waited.
+    ready: i64,
+    made_per_minute: String,
+    answered_per_minute: String,
+    waited: String,
     prompts: i64,
     median_seconds: String,
     annotators: Vec<AnnotatorRow>,
@@ -317,6 +322,10 @@ async fn dashboard(
         },
         pending: stats.pending_pairs,
         leased: stats.leased_pairs,
+        ready: stats.ready_pairs,
+        made_per_minute: format!("{:.1}", stats.pairs_per_minute),
+        answered_per_minute: format!("{:.1}", stats.answers_per_minute),
+        waited: format!("{:.0}", state.metrics.waited(&project.id)),
         prompts: stats.prompts,
         median_seconds: o
             .median_seconds
