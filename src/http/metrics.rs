@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use crate::store::stats::{DatabaseGauges, database_gauges};
+use crate::store::stats::{DatabaseGauges, ProjectSupply, database_gauges};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -150,47 +150,37 @@ pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> ApiRes
         "# TYPE prefloop_users gauge\nprefloop_users {}",
         gauges.users
     );
-    out.push_str(
-        "# HELP prefloop_ready_pairs Free pending pairs per project: what /next can hand out.\n",
+    let projects = |name: &str, kind: &str, help: &str, value: &dyn Fn(&ProjectSupply) -> f64| {
+        let mut block = format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for s in &gauges.supply {
+            let _ = writeln!(block, "{name}{{project=\"{}\"}} {}", s.project_id, value(s));
+        }
+        block
+    };
+    out += &projects(
+        "prefloop_ready_pairs",
+        "gauge",
+        "Free pending pairs per project: what /next can hand out.",
+        &|s| s.ready_pairs as f64,
     );
-    out.push_str("# TYPE prefloop_ready_pairs gauge\n");
-    for s in &gauges.supply {
-        let _ = writeln!(
-            out,
-            "prefloop_ready_pairs{{project=\"{}\"}} {}",
-            s.project_id, s.ready_pairs
-        );
-    }
-    out.push_str(
-        "# HELP prefloop_pairs_made_per_minute Pairs the model made per minute, last 10 minutes.\n",
+    out += &projects(
+        "prefloop_pairs_made_per_minute",
+        "gauge",
+        "Pairs the model made per minute, last 10 minutes.",
+        &|s| s.made_per_minute,
     );
-    out.push_str("# TYPE prefloop_pairs_made_per_minute gauge\n");
-    for s in &gauges.supply {
-        let _ = writeln!(
-            out,
-            "prefloop_pairs_made_per_minute{{project=\"{}\"}} {}",
-            s.project_id, s.made_per_minute
-        );
-    }
-    out.push_str("# HELP prefloop_answers_per_minute Answers per minute, last 10 minutes.\n");
-    out.push_str("# TYPE prefloop_answers_per_minute gauge\n");
-    for s in &gauges.supply {
-        let _ = writeln!(
-            out,
-            "prefloop_answers_per_minute{{project=\"{}\"}} {}",
-            s.project_id, s.answered_per_minute
-        );
-    }
-    out.push_str("# HELP prefloop_wait_seconds_total Seconds /next callers waited for a pair, since start.\n");
-    out.push_str("# TYPE prefloop_wait_seconds_total counter\n");
-    for s in &gauges.supply {
-        let _ = writeln!(
-            out,
-            "prefloop_wait_seconds_total{{project=\"{}\"}} {}",
-            s.project_id,
-            m.waited(&s.project_id)
-        );
-    }
+    out += &projects(
+        "prefloop_answers_per_minute",
+        "gauge",
+        "Answers per minute, last 10 minutes.",
+        &|s| s.answered_per_minute,
+    );
+    out += &projects(
+        "prefloop_wait_seconds_total",
+        "counter",
+        "Seconds /next callers waited for a pair, since start.",
+        &|s| m.waited(&s.project_id),
+    );
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
