@@ -98,6 +98,20 @@ pub async fn answers_since(store: &Store, project_id: &str, since_ms: i64) -> Re
     Ok(n)
 }
 
+/// Who has been answering since `since_ms`, and how long a pair takes them: (distinct annotators,
+/// mean seconds from lease to answer). What annotators would take if they never waited.
+pub async fn pace_since(store: &Store, project_id: &str, since_ms: i64) -> Result<(i64, f64)> {
+    let row = sqlx::query(
+        "SELECT COUNT(DISTINCT user_id) AS who, COALESCE(AVG(seconds), 0.0) AS secs FROM judgments \
+         WHERE project_id = $1 AND created_at >= $2",
+    )
+    .bind(project_id)
+    .bind(since_ms)
+    .fetch_one(store.pool())
+    .await?;
+    Ok((super::int(&row, "who")?, row.try_get::<f64, _>("secs")?))
+}
+
 /// Decisive labels (left or right, not undone) of a project: what rounds of `train_every` count.
 pub async fn count_decisive_labels(store: &Store, project_id: &str) -> Result<i64> {
     let n: i64 = sqlx::query_scalar(

@@ -20,7 +20,7 @@ use crate::store::items::count_pairs;
 use crate::store::leases::count_labels;
 use crate::store::projects::Project;
 use crate::store::queue::{self, GeneratedPair};
-use crate::store::stats::answers_since;
+use crate::store::stats::{answers_since, pace_since};
 
 /// The window demand is measured over.
 const DEMAND_WINDOW_MS: i64 = 5 * 60 * 1000;
@@ -43,6 +43,18 @@ pub(super) struct Supply {
     /// Projects with a filling task running.
     filling: Mutex<HashSet<String>>,
     pub(super) stored: Notify,
+}
+
+/// Answers a minute annotators would give if they never waited: what they gave, or (when a starved
+/// queue held them back) how many are at work times their pace, whichever is more. Paces under a
+/// second (AI judges) count as one a second.
+pub(super) fn demand_per_minute(
+    answered_per_minute: f64,
+    annotators: i64,
+    seconds_each: f64,
+) -> f64 {
+    let unstarved = annotators.max(0) as f64 * 60.0 / seconds_each.max(1.0);
+    answered_per_minute.max(unstarved)
 }
 
 /// How many ready pairs to keep: what annotators take (`answers_per_minute`) while a round of `round`
@@ -162,8 +174,14 @@ async fn fill_pool(inner: &Inner, engine: &EngineHandle, project: &Project) -> L
     }
     let free = queue::count_free_pending(store, &project.id).await? as usize;
     let now = store.clock().now_ms();
-    let answers = answers_since(store, &project.id, now - DEMAND_WINDOW_MS).await?;
-    let per_minute = answers as f64 / (DEMAND_WINDOW_MS / 60_000) as f64;
+    let since = now - DEMAND_WINDOW_MS;
+    let answers = answers_since(store, &project.id, since).await?;
+    let (annotators, seconds_each) = pace_since(store, &project.id, since).await?;
+    let per_minute = demand_per_minute(
+        answers as f64 / (DEMAND_WINDOW_MS / 60_000) as f64,
+        annotators,
+        seconds_each,
+    );
     let pace = inner.supply.seconds_per_pair(&project.id);
     let configured = inner.config.round_size.max(1);
     let target = buffer_target(per_minute, pace, inner.config.low_water, configured);
@@ -254,6 +272,19 @@ mod tests {
         assert!(buffer_target(24.0, 30.0, 4, 4) > buffer_target(24.0, 12.0, 4, 4));
         // Capped.
         assert_eq!(buffer_target(10_000.0, 60.0, 4, 4), super::MAX_BUFFER);
+    }
+
+    #[test]
+    fn demand_counts_annotators_at_their_pace_when_the_queue_starved_them() {
+        use super::demand_per_minute;
+        // Two people who take 5 s a pair but answered only 3 a minute (they waited): 24 a minute.
+        assert_eq!(demand_per_minute(3.0, 2, 5.0), 24.0);
+        // Nobody: nothing.
+        assert_eq!(demand_per_minute(0.0, 0, 0.0), 0.0);
+        // A judge answering instantly counts as one a second, not infinity.
+        assert_eq!(demand_per_minute(10.0, 1, 0.0), 60.0);
+        // What was answered is a floor.
+        assert_eq!(demand_per_minute(30.0, 1, 10.0), 30.0);
     }
 
     #[test]
