@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod acquire;
+pub mod bench_entropy;
 pub mod bench_model;
 pub mod demo;
 pub mod dpo;
@@ -45,6 +46,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Measure scoring, sampling and training-step speed of a model.
     BenchModel(bench_model::Args),
+    /// Compare the entropy estimators (samples, tokens) on review prompts: cost and rank agreement.
+    BenchEntropy(bench_entropy::Args),
     /// Cut movie reviews into prompts for the IMDB setting, as NDJSON.
     Prompts(prompts::PromptsArgs),
     /// Run the paper's experiment headless: strategies against each other, judged by an AI judge.
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Acquire(args) => acquire::run(args),
         Command::Generate(args) => generate::run(args),
         Command::BenchModel(args) => bench_model::run(args),
+        Command::BenchEntropy(args) => bench_entropy::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Prompts(args) => prompts::run(args),
     }
