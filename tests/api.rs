@@ -118,12 +118,13 @@ async fn projects_contract(b: Backend) {
             "PATCH",
             &format!("/api/v1/projects/{id}"),
             &app.admin,
-            Some(json!({"label_budget": null, "beta": 0.1})),
+            Some(json!({"label_budget": null, "beta": 0.1, "entropy_estimator": "tokens"})),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{p}");
     assert_eq!(p["label_budget"], Value::Null);
     assert_eq!(p["beta"], 0.1);
+    assert_eq!(p["entropy_estimator"], "tokens");
     assert_eq!(p["strategy"], "hybrid");
 
     let (status, e) = app

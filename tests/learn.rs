@@ -4,8 +4,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use prefloop::domain::{LossKind, Schedule, StepMetrics, Strategy};
-use prefloop::learn::candidates::{AcquireConfig, acquire_pairs, score_pairs};
+use prefloop::domain::{EntropyEstimator, LossKind, Schedule, StepMetrics, Strategy};
+use prefloop::learn::candidates::{
+    AcquireConfig, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
+};
 use prefloop::learn::dpo::LossConfig;
 use prefloop::learn::optim::AdamWParams;
 use prefloop::learn::{
@@ -510,6 +512,61 @@ fn an_acquisition_round_scores_and_orders_pairs() {
     );
     let again = acquire_pairs(&reference, None, &prompts, 4, &hybrid, "v0").unwrap();
     assert_eq!(r1, again, "a seed makes the round repeatable");
+}
+
+#[test]
+fn the_tokens_estimator_orders_prompts_for_entropy_and_hybrid() {
+    let model = tiny_model(29);
+    let prompts: Vec<String> = toy_pairs(10, 9).into_iter().map(|p| p.prompt).collect();
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| prompt_ids(model.tokenizer(), p).unwrap())
+        .collect();
+    let tokens = AcquireConfig {
+        strategy: Strategy::Entropy,
+        entropy_estimator: EntropyEstimator::Tokens,
+        entropy_samples: 4,
+        max_new_tokens: 6,
+        seed: 5,
+        ..Default::default()
+    };
+    let h = prompt_entropies(&model, &ids, &tokens).unwrap();
+    assert!(
+        h.iter()
+            .all(|e| e.is_some_and(|e| e > 0.0 && e.is_finite()))
+    );
+    // A different estimate from the sampled one, on the same prompts.
+    let samples = AcquireConfig {
+        entropy_estimator: EntropyEstimator::Samples,
+        ..tokens.clone()
+    };
+    assert_ne!(h, prompt_entropies(&model, &ids, &samples).unwrap());
+
+    // Entropy: pairs come highest token-entropy first, each carrying its prompt's estimate.
+    let got = acquire_pairs(&model, None, &prompts, 4, &tokens, "v0").unwrap();
+    assert!(!got.is_empty());
+    for p in &got {
+        assert_eq!(p.scores.entropy, h[p.prompt_index]);
+    }
+    assert!(
+        got.windows(2)
+            .all(|w| w[0].scores.entropy >= w[1].scores.entropy)
+    );
+
+    // Hybrid: only the top half of the prompts by token entropy are kept.
+    let hybrid = AcquireConfig {
+        strategy: Strategy::Hybrid,
+        keep_fraction: 0.5,
+        ..tokens.clone()
+    };
+    let mut sorted: Vec<f64> = h.iter().map(|e| e.unwrap()).collect();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let threshold = sorted[prompts.len() / 2 - 1];
+    let got = acquire_pairs(&model, None, &prompts, 2, &hybrid, "v0").unwrap();
+    assert!(!got.is_empty());
+    for p in &got {
+        assert!(h[p.prompt_index].unwrap() >= threshold, "{p:?}");
+    }
 }
 
 #[test]

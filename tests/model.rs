@@ -505,6 +505,64 @@ fn batched_sampling_equals_one_by_one_and_its_logprob_equals_scoring() {
     }
 }
 
+/// −Σ p log p of the model's next-token distribution after `prefix`, at temperature 1, from one plain forward pass.
+fn direct_entropy(m: &LanguageModel, prefix: &[u32]) -> f64 {
+    let logits = m
+        .forward(&ids_tensor(prefix))
+        .unwrap()
+        .i((0, prefix.len() - 1))
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+    let lp = lp.to_vec1::<f64>().unwrap();
+    -lp.iter().map(|&l| l.exp() * l).sum::<f64>()
+}
+
+#[test]
+fn recorded_token_entropies_equal_the_models_distribution_entropy() {
+    let m = tiny(false, 9);
+    let tk = m.tokenizer();
+    let prompts: Vec<Vec<u32>> = ["Hello", "A longer prompt, padded on the left"]
+        .iter()
+        .map(|p| tk.encode(p).unwrap())
+        .collect();
+    // Off by default: nothing recorded.
+    let plain = m.sample(&prompts, 2, &params(0.7, 0.9, 10, 5)).unwrap();
+    assert!(plain.iter().flatten().all(|s| s.token_entropies.is_none()));
+    // Whatever temperature and top-p draw the tokens, the entropy is of the full temperature-1 distribution,
+    // and recording it does not change what is drawn.
+    for (t, top_p) in [(1.0, 1.0), (0.7, 0.9)] {
+        let p = SamplingParams {
+            record_entropy: true,
+            ..params(t, top_p, 10, 5)
+        };
+        let got = m.sample(&prompts, 2, &p).unwrap();
+        let same_draws = m.sample(&prompts, 2, &params(t, top_p, 10, 5)).unwrap();
+        for (i, prompt) in prompts.iter().enumerate() {
+            for (j, s) in got[i].iter().enumerate() {
+                assert_eq!(s.token_ids, same_draws[i][j].token_ids);
+                let h = s.token_entropies.as_ref().expect("recorded");
+                assert_eq!(h.len(), s.token_ids.len());
+                let mut prefix = prompt.clone();
+                let mut sum = 0.0;
+                for (k, &tok) in s.token_ids.iter().enumerate() {
+                    let want = direct_entropy(&m, &prefix);
+                    assert!(
+                        (h[k] as f64 - want).abs() < 1e-4,
+                        "T {t} prompt {i} sample {j} token {k}: {} vs {want}",
+                        h[k]
+                    );
+                    assert!(want > 0.0 && want <= (tk.vocab_size() as f64).ln() + 1e-9);
+                    sum += want;
+                    prefix.push(tok);
+                }
+                assert!((s.entropy_sum().unwrap() - sum).abs() < 1e-3);
+            }
+        }
+    }
+}
+
 fn tensor_bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all()
         .unwrap()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::json;
 
-use crate::domain::Strategy;
+use crate::domain::{EntropyEstimator, Strategy};
 use crate::learn::candidates::{AcquireConfig, acquire_pairs};
 use crate::learn::data::read_prompts;
 use crate::model::{LanguageModel, parse_device};
@@ -32,9 +32,12 @@ pub struct AcquireArgs {
     seed: u64,
     #[arg(long, default_value_t = 0.2)]
     beta: f64,
-    /// Samples per prompt for the entropy estimate.
+    /// Samples per prompt for the `samples` entropy estimate.
     #[arg(long, default_value_t = 8)]
     entropy_samples: usize,
+    /// samples (N samples, −mean log π) or tokens (one sample, summed per-token entropy).
+    #[arg(long, default_value = "samples")]
+    entropy_estimator: EntropyEstimator,
     /// Length-normalise each sample's log-prob in the entropy estimate.
     #[arg(long)]
     length_normalised: bool,
@@ -70,6 +73,7 @@ pub fn run(args: AcquireArgs) -> anyhow::Result<()> {
         strategy: args.strategy,
         beta: args.beta,
         entropy_samples: args.entropy_samples,
+        entropy_estimator: args.entropy_estimator,
         length_normalised: args.length_normalised,
         temperature: args.temperature,
         top_p: 1.0,

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod acquire;
+pub mod bench_entropy;
 pub mod bench_loop;
 pub mod bench_model;
 pub mod demo;
@@ -48,6 +49,8 @@ pub enum Command {
     BenchModel(bench_model::Args),
     /// Annotators at a steady pace against a running server: does the model keep them supplied?
     BenchLoop(bench_loop::Args),
+    /// Compare the entropy estimators (samples, tokens) on review prompts: cost and rank agreement.
+    BenchEntropy(bench_entropy::Args),
     /// Cut movie reviews into prompts for the IMDB setting, as NDJSON.
     Prompts(prompts::PromptsArgs),
     /// Run the paper's experiment headless: strategies against each other, judged by an AI judge.
@@ -85,6 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::BenchModel(args) => bench_model::run(args),
         Command::BenchLoop(args) => block_on(bench_loop::run(args)),
+        Command::BenchEntropy(args) => bench_entropy::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Prompts(args) => prompts::run(args),
     }

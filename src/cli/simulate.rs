@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
-use crate::domain::{CompletionSettings, JudgeKind, Oversample, Strategy};
+use crate::domain::{CompletionSettings, EntropyEstimator, JudgeKind, Oversample, Strategy};
 use crate::engine::active_loop::{ActiveLoop, LoopConfig};
 use crate::engine::{EngineConfig, EngineHandle};
 use crate::judge::JudgeSettings;
@@ -72,6 +72,9 @@ pub struct SimulateArgs {
     pub max_new_tokens: u32,
     #[arg(long, default_value_t = 4)]
     pub entropy_samples: u32,
+    /// samples (N samples, −mean log π) or tokens (one sample, summed per-token entropy).
+    #[arg(long, default_value = "samples")]
+    pub entropy_estimator: EntropyEstimator,
     /// Prompts entropy-scored per pair acquired (entropy, hybrid).
     #[arg(long, default_value_t = 8)]
     pub oversample_prompts: u32,
@@ -243,6 +246,7 @@ fn run_settings(args: &SimulateArgs, strategy: Strategy, seed: u64) -> ProjectIn
             pairs: args.oversample_pairs,
         }),
         entropy_samples: Some(args.entropy_samples),
+        entropy_estimator: Some(args.entropy_estimator),
         // The paper's protocol: each round is acquired by the policy trained on every label before it.
         install_only_if_better: Some(false),
         ..Default::default()

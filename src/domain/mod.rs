@@ -148,6 +148,19 @@ named_enum! {
 }
 
 named_enum! {
+    /// How a prompt's predictive entropy is estimated for the strategies that use it.
+    #[derive(Default)]
+    pub enum EntropyEstimator ("entropy estimator") {
+        /// The paper's Monte-Carlo estimate: N completions at temperature 1, Ĥ(x) = −(1/N) Σₙ log πθ(yₙ|x).
+        #[default]
+        Samples = "samples",
+        /// One completion at temperature 1, summing the policy's full per-token entropy along it:
+        /// Σ_t H(πθ(·|x, y<t)). One sample instead of N; lower variance per sample.
+        Tokens = "tokens",
+    }
+}
+
+named_enum! {
     /// What an annotator (or a judge) answered about a pair as shown.
     pub enum Choice ("choice") {
         Left = "left",
@@ -212,6 +225,17 @@ mod tests {
         }
         assert_eq!("both_bad".parse::<Choice>(), Ok(Choice::BothBad));
         assert_eq!("continue".parse::<Schedule>(), Ok(Schedule::Continue));
+        for &e in EntropyEstimator::ALL {
+            assert_eq!(e.as_str().parse::<EntropyEstimator>(), Ok(e));
+            assert_eq!(serde_json::to_value(e).unwrap(), e.as_str());
+        }
+        assert_eq!(
+            EntropyEstimator::ALL
+                .iter()
+                .map(|e| e.as_str())
+                .collect::<Vec<_>>(),
+            ["samples", "tokens"]
+        );
         let err = "sgd".parse::<LossKind>().unwrap_err().to_string();
         assert_eq!(err, "unknown loss \"sgd\": expected one of dpo, ipo");
     }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{LossKind, Schedule, Strategy};
+use super::{EntropyEstimator, LossKind, Schedule, Strategy};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -88,7 +88,11 @@ pub struct LoopSettings {
     pub batch_size: u32,
     pub completions: CompletionSettings,
     pub oversample: Oversample,
+    /// N, the completions per prompt of the `samples` entropy estimator.
     pub entropy_samples: u32,
+    /// How entropy-using strategies estimate a prompt's entropy. Settings stored before it existed read
+    /// as the default (`samples`), through the struct's `#[serde(default)]`.
+    pub entropy_estimator: EntropyEstimator,
     /// Wrap each prompt in the model's chat template (as one user turn) before generating, scoring
     /// and training: for instruction-tuned models.
     pub chat_template: bool,
@@ -112,6 +116,7 @@ impl Default for LoopSettings {
             completions: CompletionSettings::default(),
             oversample: Oversample::default(),
             entropy_samples: 4,
+            entropy_estimator: EntropyEstimator::Samples,
             chat_template: false,
             install_only_if_better: true,
         }
@@ -135,6 +140,17 @@ mod tests {
             pairs: 0,
         };
         assert_eq!(zero.prompts_to_draw(Strategy::Hybrid, 3), 3);
+    }
+
+    #[test]
+    fn settings_stored_before_the_estimator_read_as_samples() {
+        let mut old = serde_json::to_value(LoopSettings::default()).unwrap();
+        old.as_object_mut().unwrap().remove("entropy_estimator");
+        let back: LoopSettings = serde_json::from_value(old).unwrap();
+        assert_eq!(back.entropy_estimator, EntropyEstimator::Samples);
+        let tokens: LoopSettings =
+            serde_json::from_value(serde_json::json!({"entropy_estimator": "tokens"})).unwrap();
+        assert_eq!(tokens.entropy_estimator, EntropyEstimator::Tokens);
     }
 
     #[test]

@@ -151,6 +151,7 @@ fn acquire_config(settings: &LoopSettings, strategy: Strategy, seed: u64) -> Acq
         strategy,
         beta: settings.beta,
         entropy_samples: settings.entropy_samples as usize,
+        entropy_estimator: settings.entropy_estimator,
         length_normalised: false,
         temperature: c.temperature,
         top_p: c.top_p,
@@ -252,4 +253,24 @@ fn generate(models: &mut Models, req: GenerateRequest) -> Result<Vec<String>, En
         .into_iter()
         .map(|mut row| row.pop().map(|s| s.text).unwrap_or_default())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EntropyEstimator;
+
+    #[test]
+    fn acquisition_and_rescoring_take_the_projects_entropy_estimator() {
+        for &e in EntropyEstimator::ALL {
+            let settings = LoopSettings {
+                entropy_estimator: e,
+                entropy_samples: 5,
+                ..LoopSettings::default()
+            };
+            let cfg = acquire_config(&settings, Strategy::Hybrid, 7);
+            assert_eq!(cfg.entropy_estimator, e);
+            assert_eq!(cfg.entropy_samples, 5);
+        }
+    }
 }

@@ -3,14 +3,14 @@
 //! for the server's online mode.
 //!
 //! Per round, as in the paper: entropy-score prompts with N samples at temperature 1 (only for strategies that
-//! need it), keep hybrid's top fraction, sample two completions per remaining prompt (T 0.7 by default), score
+//! need it; or, with [`EntropyEstimator::Tokens`], one sample and its summed per-token entropy), keep hybrid's top fraction, sample two completions per remaining prompt (T 0.7 by default), score
 //! both under the policy and the reference, order, keep M.
 
 use serde::{Deserialize, Serialize};
 
 use super::acquisition::{self, AcquisitionRecord, Candidate, EntropySample};
-use crate::domain::{Oversample, PairScores, Strategy};
-use crate::model::{LanguageModel, ModelError, SamplingParams, TextTokenizer};
+use crate::domain::{EntropyEstimator, Oversample, PairScores, Strategy};
+use crate::model::{LanguageModel, ModelError, Sample, SamplingParams, TextTokenizer};
 
 /// Settings of one acquisition round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,9 +19,11 @@ pub struct AcquireConfig {
     pub strategy: Strategy,
     /// β of the implicit rewards (use the trainer's).
     pub beta: f64,
-    /// N: samples per prompt for the entropy estimate.
+    /// N: samples per prompt for the `samples` entropy estimate.
     pub entropy_samples: usize,
-    /// Divide each sample's log-prob by its length before averaging.
+    /// How a prompt's entropy is estimated: N samples' −mean log π, or one sample's summed token entropies.
+    pub entropy_estimator: EntropyEstimator,
+    /// Divide each sample's log-prob (or summed token entropy) by its length before averaging.
     pub length_normalised: bool,
     /// Temperature of the two completions of a pair (the paper: 0.7).
     pub temperature: f64,
@@ -39,6 +41,7 @@ impl Default for AcquireConfig {
             strategy: Strategy::Hybrid,
             beta: 0.2,
             entropy_samples: 8,
+            entropy_estimator: EntropyEstimator::Samples,
             length_normalised: false,
             temperature: 0.7,
             top_p: 1.0,
@@ -74,37 +77,73 @@ impl AcquiredPair {
     }
 }
 
-/// Predictive entropy of each prompt from `n` samples at temperature 1 drawn from `policy`; sample j of prompt
-/// i only ever counts for prompt i.
+/// Predictive entropy of each prompt under `policy`, by `cfg.entropy_estimator`: `samples` draws
+/// `cfg.entropy_samples` completions at temperature 1 and takes −mean log π (sample j of prompt i only ever
+/// counts for prompt i); `tokens` draws ONE completion at temperature 1 and sums the policy's full
+/// per-token entropy along it, read from the logits the sampler already computes.
 pub fn prompt_entropies(
     policy: &LanguageModel,
     prompt_ids: &[Vec<u32>],
     cfg: &AcquireConfig,
 ) -> Result<Vec<Option<f64>>, ModelError> {
-    let params = SamplingParams {
-        temperature: 1.0,
-        top_p: 1.0,
-        max_new_tokens: cfg.max_new_tokens,
-        seed: cfg.seed ^ 0x5eed_e27f,
-        ..Default::default()
-    };
-    let samples = policy.sample(prompt_ids, cfg.entropy_samples.max(1), &params)?;
-    let tagged: Vec<EntropySample> = samples
-        .iter()
-        .enumerate()
-        .flat_map(|(i, row)| {
-            row.iter().map(move |s| EntropySample {
-                prompt: i,
-                logprob_sum: s.logprob,
-                tokens: s.token_ids.len(),
-            })
-        })
-        .collect();
-    Ok(acquisition::entropy_by_prompt(
-        prompt_ids.len(),
-        &tagged,
-        cfg.length_normalised,
-    ))
+    entropies_from(prompt_ids.len(), cfg, |k, record_entropy| {
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            max_new_tokens: cfg.max_new_tokens,
+            seed: cfg.seed ^ 0x5eed_e27f,
+            record_entropy,
+            ..Default::default()
+        };
+        policy.sample(prompt_ids, k, &params)
+    })
+}
+
+/// The estimators over any sampler: `sample(k, record_entropy)` returns k completions per prompt at
+/// temperature 1 (row i for prompt i), with per-token entropies when asked. Kept apart from the model so
+/// the samples each estimator asks for can be checked without one.
+fn entropies_from(
+    n_prompts: usize,
+    cfg: &AcquireConfig,
+    sample: impl FnOnce(usize, bool) -> Result<Vec<Vec<Sample>>, ModelError>,
+) -> Result<Vec<Option<f64>>, ModelError> {
+    match cfg.entropy_estimator {
+        EntropyEstimator::Samples => {
+            let samples = sample(cfg.entropy_samples.max(1), false)?;
+            let tagged: Vec<EntropySample> = samples
+                .iter()
+                .enumerate()
+                .flat_map(|(i, row)| {
+                    row.iter().map(move |s| EntropySample {
+                        prompt: i,
+                        logprob_sum: s.logprob,
+                        tokens: s.token_ids.len(),
+                    })
+                })
+                .collect();
+            Ok(acquisition::entropy_by_prompt(
+                n_prompts,
+                &tagged,
+                cfg.length_normalised,
+            ))
+        }
+        EntropyEstimator::Tokens => {
+            let samples = sample(1, true)?;
+            let mut out = vec![None; n_prompts];
+            for (slot, row) in out.iter_mut().zip(&samples) {
+                *slot = row.first().and_then(|s| {
+                    let sum = s.entropy_sum()?;
+                    let n = s.token_ids.len();
+                    Some(match (cfg.length_normalised, n) {
+                        (false, _) => sum,
+                        (true, 0) => 0.0,
+                        (true, n) => sum / n as f64,
+                    })
+                });
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// A prompt's token ids; an empty prompt becomes the end-of-sequence token, since the first completion
@@ -238,4 +277,71 @@ pub fn acquire_pairs(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A completion of `n` tokens with log-prob `lp` and, when recorded, entropy `h` at every token.
+    fn fake(n: usize, lp: f64, h: f32, record: bool) -> Sample {
+        Sample {
+            text: String::new(),
+            token_ids: vec![1; n],
+            logprob: lp,
+            stopped_at_eos: false,
+            token_entropies: record.then(|| vec![h; n]),
+        }
+    }
+
+    #[test]
+    fn tokens_asks_for_one_recorded_sample_per_prompt_and_sums_its_entropies() {
+        let cfg = AcquireConfig {
+            entropy_estimator: EntropyEstimator::Tokens,
+            entropy_samples: 8,
+            ..Default::default()
+        };
+        let mut asked = Vec::new();
+        let got = entropies_from(3, &cfg, |k, record| {
+            asked.push((k, record));
+            Ok((0..3)
+                .map(|i| (0..k).map(|_| fake(4, -100.0, i as f32, record)).collect())
+                .collect())
+        })
+        .unwrap();
+        assert_eq!(asked, [(1, true)]);
+        assert_eq!(got, [Some(0.0), Some(4.0), Some(8.0)]);
+        let per_token = AcquireConfig {
+            length_normalised: true,
+            ..cfg
+        };
+        let got = entropies_from(1, &per_token, |_, _| {
+            Ok(vec![vec![fake(4, 0.0, 0.5, true)]])
+        });
+        assert_eq!(got.unwrap(), [Some(0.5)]);
+    }
+
+    #[test]
+    fn samples_asks_for_n_plain_samples_and_averages_their_logprobs() {
+        let cfg = AcquireConfig {
+            entropy_estimator: EntropyEstimator::Samples,
+            entropy_samples: 3,
+            ..Default::default()
+        };
+        let mut asked = Vec::new();
+        let got = entropies_from(2, &cfg, |k, record| {
+            asked.push((k, record));
+            Ok((0..2)
+                .map(|i| {
+                    (0..k)
+                        .map(|j| fake(2, -((i * 10 + j) as f64), 9.0, record))
+                        .collect()
+                })
+                .collect())
+        })
+        .unwrap();
+        assert_eq!(asked, [(3, false)]);
+        // Prompt 0: −mean(0, −1, −2) = 1; prompt 1: −mean(−10, −11, −12) = 11.
+        assert_eq!(got, [Some(1.0), Some(11.0)]);
+    }
 }

@@ -18,6 +18,9 @@ pub struct SamplingParams {
     pub seed: u64,
     /// Rows per forward batch (bounds memory; results do not depend on it).
     pub max_batch: usize,
+    /// Record, per sampled token, the entropy of the full temperature-1 distribution it was drawn from
+    /// ([`Sample::token_entropies`]); off by default, so callers that do not need it pay nothing.
+    pub record_entropy: bool,
 }
 
 impl Default for SamplingParams {
@@ -28,6 +31,7 @@ impl Default for SamplingParams {
             max_new_tokens: 32,
             seed: 0,
             max_batch: 16,
+            record_entropy: false,
         }
     }
 }
@@ -51,6 +55,19 @@ pub struct Sample {
     /// temperature and top-p were used to draw them: log π(y|x), what the entropy estimate −mean log π needs.
     pub logprob: f64,
     pub stopped_at_eos: bool,
+    /// With [`SamplingParams::record_entropy`]: per entry of `token_ids`, H_t = −Σ_v p(v|x,y<t) log p(v|x,y<t)
+    /// of the model's distribution at temperature 1 with no top-p truncation (nats), from the same logits the
+    /// token was drawn from. `None` when not asked for.
+    pub token_entropies: Option<Vec<f32>>,
+}
+
+impl Sample {
+    /// Σ_t H_t along this completion (nats), when entropies were recorded.
+    pub fn entropy_sum(&self) -> Option<f64> {
+        self.token_entropies
+            .as_ref()
+            .map(|h| h.iter().map(|&x| x as f64).sum())
+    }
 }
 
 /// The seed of sample `sample_index` of prompt `prompt_index` in a `sample` call with `seed` (splitmix64).
@@ -64,8 +81,25 @@ pub fn row_seed(seed: u64, prompt_index: usize, sample_index: usize) -> u64 {
     mix(mix(mix(seed) ^ prompt_index as u64) ^ ((sample_index as u64) << 32))
 }
 
-/// Picks a token from one row of logits; returns it with its temperature-1 log-probability.
-fn pick(logits: &[f32], p: &SamplingParams, rng: &mut rand::rngs::StdRng) -> (u32, f64) {
+/// Entropy −Σ p log p of softmax(logits) at temperature 1, given their log-sum-exp (nats). Vocabulary
+/// entries of probability 0 (logit −∞) add nothing.
+fn entropy_of(logits: &[f32], lse: f64) -> f64 {
+    logits
+        .iter()
+        .map(|&x| {
+            let lp = x as f64 - lse;
+            if lp.is_finite() { -lp.exp() * lp } else { 0.0 }
+        })
+        .sum()
+}
+
+/// Picks a token from one row of logits; returns it with its temperature-1 log-probability and, with
+/// `p.record_entropy`, the temperature-1 entropy of the row.
+fn pick(
+    logits: &[f32],
+    p: &SamplingParams,
+    rng: &mut rand::rngs::StdRng,
+) -> (u32, f64, Option<f32>) {
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let lse = m + logits
         .iter()
@@ -124,7 +158,8 @@ fn pick(logits: &[f32], p: &SamplingParams, rng: &mut rand::rngs::StdRng) -> (u3
             chosen
         }
     };
-    (tok as u32, logits[tok] as f64 - lse)
+    let entropy = p.record_entropy.then(|| entropy_of(logits, lse) as f32);
+    (tok as u32, logits[tok] as f64 - lse, entropy)
 }
 
 impl LanguageModel {
@@ -191,6 +226,7 @@ impl LanguageModel {
         let mut toks: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut lps = vec![0f64; b];
         let mut stopped = vec![false; b];
+        let mut ents: Vec<Vec<f32>> = vec![Vec::new(); b];
         if params.max_new_tokens > 0 {
             // Prefill, left-padded so every row's last slot is its last prompt token.
             let plen = rows.iter().map(|r| r.prompt_ids.len()).max().unwrap_or(0);
@@ -221,9 +257,12 @@ impl LanguageModel {
                 let mut keep = Vec::new();
                 let mut next = Vec::new();
                 for (slot, &r) in active.iter().enumerate() {
-                    let (tok, lp) = pick(&logits[slot], params, &mut rngs[r]);
+                    let (tok, lp, h) = pick(&logits[slot], params, &mut rngs[r]);
                     toks[r].push(tok);
                     lps[r] += lp;
+                    if let Some(h) = h {
+                        ents[r].push(h);
+                    }
                     if tok == eos {
                         stopped[r] = true;
                     } else {
@@ -257,7 +296,8 @@ impl LanguageModel {
         toks.into_iter()
             .zip(lps)
             .zip(stopped)
-            .map(|((ids, logprob), stopped_at_eos)| {
+            .zip(ents)
+            .map(|(((ids, logprob), stopped_at_eos), ents)| {
                 let text_ids = if stopped_at_eos {
                     &ids[..ids.len() - 1]
                 } else {
@@ -268,6 +308,7 @@ impl LanguageModel {
                     token_ids: ids,
                     logprob,
                     stopped_at_eos,
+                    token_entropies: params.record_entropy.then_some(ents),
                 })
             })
             .collect()

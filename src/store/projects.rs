@@ -7,7 +7,9 @@ use utoipa::ToSchema;
 
 use super::text::check_storable;
 use super::{Result, Store, StoreError, new_id, now_ms};
-use crate::domain::{CompletionSettings, LoopSettings, LossKind, Oversample, Schedule, Strategy};
+use crate::domain::{
+    CompletionSettings, EntropyEstimator, LoopSettings, LossKind, Oversample, Schedule, Strategy,
+};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Project {
@@ -47,6 +49,7 @@ pub struct ProjectInput {
     pub completions: Option<CompletionSettings>,
     pub oversample: Option<Oversample>,
     pub entropy_samples: Option<u32>,
+    pub entropy_estimator: Option<EntropyEstimator>,
     pub chat_template: Option<bool>,
     pub install_only_if_better: Option<bool>,
 }
@@ -93,6 +96,7 @@ impl ProjectInput {
             completions,
             oversample,
             entropy_samples,
+            entropy_estimator,
             chat_template,
             install_only_if_better
         );

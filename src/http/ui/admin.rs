@@ -9,7 +9,7 @@ use axum::{Form, Router};
 use serde::Deserialize;
 
 use super::{AdminPage, CsrfForm, Nav, PageError, PageResult, charts, page, training_panel, when};
-use crate::domain::{LossKind, Schedule, Strategy};
+use crate::domain::{EntropyEstimator, LossKind, Schedule, Strategy};
 use crate::http::AppState;
 use crate::store::dashboard::project_overview;
 use crate::store::flags::list_flags;
@@ -217,6 +217,7 @@ struct DashboardPage {
     strategies: Vec<Choice>,
     losses: Vec<Choice>,
     schedules: Vec<Choice>,
+    estimators: Vec<Choice>,
     budget_field: String,
     training: training_panel::TrainingPanel,
     live: bool,
@@ -345,6 +346,11 @@ async fn dashboard(
         strategies: choices(Strategy::ALL, project.strategy, Strategy::as_str),
         losses: choices(LossKind::ALL, s.loss, LossKind::as_str),
         schedules: choices(Schedule::ALL, s.schedule, Schedule::as_str),
+        estimators: choices(
+            EntropyEstimator::ALL,
+            s.entropy_estimator,
+            EntropyEstimator::as_str,
+        ),
         budget_field: project
             .label_budget
             .map(|b| b.to_string())
@@ -367,6 +373,9 @@ struct SettingsForm {
     epochs: String,
     batch_size: String,
     schedule: String,
+    /// Absent from forms rendered before the field existed: keep the project's.
+    #[serde(default)]
+    entropy_estimator: Option<String>,
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(field: &str, v: &str) -> Result<T, PageError> {
@@ -394,6 +403,11 @@ async fn save_settings(
         epochs: Some(number("epochs", &f.epochs)?),
         batch_size: Some(number("batch size", &f.batch_size)?),
         schedule: Some(parse_enum("schedule", &f.schedule)?),
+        entropy_estimator: f
+            .entropy_estimator
+            .as_deref()
+            .map(|v| parse_enum("entropy estimator", v))
+            .transpose()?,
         ..ProjectInput::default()
     };
     let project = update_project(&state.store, &id, input).await?;
