@@ -47,8 +47,13 @@
     s.classList.toggle("error", !!isError);
   }
 
-  function setRemaining(remaining) {
-    $("remaining").textContent = remaining === null || remaining === undefined ? "no limit" : String(remaining);
+  // The budget left, as the last answer made it: a response to a request sent before that answer (a
+  // long wait, say) is older news and does not count.
+  let remaining = undefined;
+  let answerCount = 0;
+  function setRemaining(value) {
+    remaining = value;
+    $("remaining").textContent = value === null || value === undefined ? "no limit" : String(value);
   }
 
   function showWaiting() {
@@ -106,9 +111,10 @@
   }
 
   async function fetchNext(wait) {
+    const sentAfter = answerCount;
     const data = await call(`/ui/api/projects/${project}/next?wait=${wait}`,
       { exclude: queue.map((l) => l.lease_id) });
-    setRemaining(data.remaining);
+    if (sentAfter === answerCount) setRemaining(data.remaining);
     if (data.lease && !queue.some((l) => l.lease_id === data.lease.lease_id)) queue.push(data.lease);
     doneReason = data.lease ? null : data.reason;
     coming = data.lease ? null : {
@@ -141,6 +147,8 @@
       await call(`/api/v1/leases/${lease.lease_id}/judgment`, { choice, rationale: text || null });
       queue.shift();
       setAnswered(answered + 1);
+      answerCount += 1;
+      if (choice !== "skip" && typeof remaining === "number") setRemaining(Math.max(0, remaining - 1));
       say(`Saved: ${label(choice)}.`);
       prefetch();
       render();
@@ -168,6 +176,8 @@
     try {
       const data = await call(`/ui/api/projects/${project}/undo`);
       setAnswered(answered - 1);
+      answerCount += 1;
+      if (data.undone_choice !== "skip" && typeof remaining === "number") setRemaining(remaining + 1);
       if (data.lease) {
         queue = queue.filter((l) => l.lease_id !== data.lease.lease_id);
         queue.unshift(data.lease);

@@ -109,6 +109,7 @@ fn run(
         eval,
         cfg,
         RunControl {
+            hold: &|| false,
             progress: &mut progress,
             cancel: &cancel,
         },
@@ -313,6 +314,7 @@ fn a_cancelled_run_leaves_the_current_model_untouched() {
         &[],
         &config(Schedule::Continue, 1),
         RunControl {
+            hold: &|| false,
             progress: &mut progress,
             cancel: &cancel,
         },
@@ -340,6 +342,63 @@ fn a_cancelled_run_leaves_the_current_model_untouched() {
     );
     assert!(matches!(r.outcome, Err(TrainError::Config(_))));
     assert_eq!(fingerprint(&current), before);
+}
+
+#[test]
+fn a_held_run_waits_between_steps_and_can_be_cancelled_while_held() {
+    let current = tiny_model(1);
+    let reference = current.deep_clone().unwrap();
+    let pairs = toy_pairs(8, 3);
+    let cfg = config(Schedule::Reset, 1);
+    // Held for the first three asks, then free: every step still runs.
+    let asked = std::cell::Cell::new(0);
+    let hold = || {
+        asked.set(asked.get() + 1);
+        asked.get() <= 3
+    };
+    let cancel = AtomicBool::new(false);
+    let r = train_dpo(
+        &current,
+        &mut || -> Result<LanguageModel, BoxError> { Ok(reference.deep_clone()?) },
+        &mut ReferenceCache::new(),
+        &pairs,
+        &[],
+        &cfg,
+        RunControl {
+            hold: &hold,
+            progress: &mut |_| {},
+            cancel: &cancel,
+        },
+    )
+    .expect("the run finishes once the hold lifts");
+    let steps = cfg.total_steps(pairs.len());
+    assert_eq!(r.steps.len(), steps);
+    assert_eq!(
+        asked.get(),
+        3 + steps,
+        "asked before every step, three times more while held"
+    );
+
+    // A cancel while held ends the run before its first step.
+    let cancel = AtomicBool::new(false);
+    let hold = || {
+        cancel.store(true, Ordering::Relaxed);
+        true
+    };
+    let r = train_dpo(
+        &current,
+        &mut || -> Result<LanguageModel, BoxError> { Ok(reference.deep_clone()?) },
+        &mut ReferenceCache::new(),
+        &pairs,
+        &[],
+        &cfg,
+        RunControl {
+            hold: &hold,
+            progress: &mut |_| {},
+            cancel: &cancel,
+        },
+    );
+    assert!(matches!(r, Err(TrainError::Cancelled { step: 1, .. })));
 }
 
 #[test]
@@ -379,6 +438,7 @@ fn gradient_accumulation_equals_the_larger_batch_and_the_cache_is_reused() {
         &[],
         &cont,
         RunControl {
+            hold: &|| false,
             progress: &mut |_| {},
             cancel: &cancel,
         },

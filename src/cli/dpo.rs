@@ -141,6 +141,7 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
         &eval,
         &cfg,
         RunControl {
+            hold: &|| false,
             progress: &mut on_progress,
             cancel: &cancel,
         },

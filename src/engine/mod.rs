@@ -189,7 +189,8 @@ impl EngineHandle {
         req: TrainRequest,
         progress: mpsc::UnboundedSender<Progress>,
         cancel: Arc<std::sync::atomic::AtomicBool>,
+        hold: Arc<dyn Fn() -> bool + Send + Sync>,
     ) -> Result<TrainResult, EngineError> {
-        training::run(self, req, progress, cancel).await
+        training::run(self, req, progress, cancel, hold).await
     }
 }

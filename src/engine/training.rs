@@ -48,6 +48,7 @@ pub(super) async fn run(
     req: TrainRequest,
     progress: mpsc::UnboundedSender<Progress>,
     cancel: Arc<AtomicBool>,
+    hold: Arc<dyn Fn() -> bool + Send + Sync>,
 ) -> Result<TrainResult, EngineError> {
     let _turn = handle.trainer.one_at_a_time.lock().await;
     let (current, reference) = handle
@@ -96,6 +97,7 @@ pub(super) async fn run(
             RunControl {
                 progress: &mut report,
                 cancel: &cancel,
+                hold: &|| hold(),
             },
         );
         let saved = result.and_then(|outcome| {

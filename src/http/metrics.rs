@@ -157,6 +157,15 @@ pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> ApiRes
         }
         block
     };
+    if let Some(active) = &state.active {
+        let _ = writeln!(
+            out,
+            "# HELP prefloop_training_held_seconds_total Seconds training held for waiting annotators.\n\
+             # TYPE prefloop_training_held_seconds_total counter\n\
+             prefloop_training_held_seconds_total {}",
+            active.training_held_seconds()
+        );
+    }
     out += &projects(
         "prefloop_ready_pairs",
         "gauge",

@@ -158,6 +158,9 @@ pub enum Progress {
 pub struct RunControl<'a> {
     pub progress: &'a mut dyn FnMut(&Progress),
     pub cancel: &'a AtomicBool,
+    /// Asked before every step: while it says true, the run waits (still cancellable) so that other
+    /// work gets the cores. `&|| false` never holds it.
+    pub hold: &'a dyn Fn() -> bool,
 }
 
 #[cfg(test)]

@@ -98,6 +98,9 @@ pub fn train_dpo<M: DpoModel>(
             cfg.seed.wrapping_add(epoch as u64),
         ));
         for step_pairs in order.chunks(pairs_per_step) {
+            while (control.hold)() && !control.cancel.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             if control.cancel.load(Ordering::Relaxed) {
                 return Err(TrainError::Cancelled {
                     step: step + 1,

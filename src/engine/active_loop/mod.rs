@@ -10,6 +10,7 @@
 //! The decisions (how much judge credit is left, how many prompts a round draws, whether a run is due) are
 //! pure functions beside the code that acts on them, unit-tested there.
 
+mod cores;
 mod error;
 mod judging;
 mod record;
@@ -24,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use utoipa::ToSchema;
 
+pub use cores::Waiting;
 pub use error::LoopError;
 
 use super::{EngineHandle, PolicyRef};
@@ -71,6 +73,7 @@ struct Inner {
     runs: schedule::Runs,
     judges: judging::Judges,
     supply: supply::Supply,
+    cores: Arc<cores::Cores>,
 }
 
 /// What an annotator can expect from a project that has no pair for them now.
@@ -129,6 +132,7 @@ impl ActiveLoop {
             runs: schedule::Runs::default(),
             judges: judging::Judges::default(),
             supply: supply::Supply::default(),
+            cores: Arc::default(),
         });
         let task = inner.clone();
         tokio::spawn(async move {
@@ -159,6 +163,17 @@ impl ActiveLoop {
     /// Enable it (`Notified::enable`) before looking, so pairs stored in between are not missed.
     pub fn pairs_stored(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.supply.stored.notified()
+    }
+
+    /// Marks a `/next` as waiting for a pair while it lives: training then holds between steps so the
+    /// pairs come first (`cores`).
+    pub fn waiting(&self) -> Waiting<'_> {
+        self.inner.cores.waiting()
+    }
+
+    /// Seconds training has held for waiting annotators since start.
+    pub fn training_held_seconds(&self) -> f64 {
+        self.inner.cores.held_seconds()
     }
 
     /// What is coming for a project whose stats are `stats`.

@@ -53,7 +53,9 @@ pub(super) async fn run_training(
         settings: project.settings.clone(),
         version_id: version_id.clone(),
     };
-    let result = engine.train(req, tx, cancel).await;
+    let cores = inner.cores.clone();
+    let hold = Arc::new(move || cores.hold_training());
+    let result = engine.train(req, tx, cancel, hold).await;
     let _ = recorder.await;
     let done = match result {
         Ok(done) => done,

@@ -122,6 +122,7 @@ pub async fn lease_or_wait(
                 retry_after: retry,
             };
         }
+        let _waiting = state.active.as_ref().map(|l| l.waiting());
         let nap = tokio::time::sleep(left.min(LOOK_AGAIN));
         match stored.as_mut().as_pin_mut() {
             Some(n) => {

@@ -1,0 +1,106 @@
+//! Who gets the cores when annotators wait: training and acquisition share them on a small machine, and
+//! the buffer of pairs comes first. While someone's `/next` is waiting for a pair, a running DPO update
+//! holds between two steps, so the round being made for them runs at full speed; but never longer than
+//! `MAX_HOLD` at a time, so a loop that cannot keep up still trains (one step, then it may hold again).
+//! Holds are logged and their seconds counted for `/metrics`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The longest training holds for waiting annotators before it takes a step anyway.
+pub(super) const MAX_HOLD: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+pub(super) struct Cores {
+    /// `/next` requests waiting for a pair now.
+    waiting: AtomicUsize,
+    /// Since when training has been holding, if it is.
+    held_since: Mutex<Option<Instant>>,
+    /// Seconds training held, over past holds.
+    held_seconds: Mutex<f64>,
+}
+
+/// Whether training should hold now: someone waits, and the hold so far (if any) is under `max`.
+pub(super) fn should_hold(waiting: bool, held_for: Option<Duration>, max: Duration) -> bool {
+    waiting && held_for.is_none_or(|d| d < max)
+}
+
+/// A waiting `/next`, counted for as long as it lives.
+pub struct Waiting<'a>(&'a Cores);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Cores {
+    pub(super) fn waiting(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(self)
+    }
+
+    /// Asked by the trainer before each step.
+    pub(super) fn hold_training(&self) -> bool {
+        let waiting = self.waiting.load(Ordering::Relaxed) > 0;
+        let mut since = self.held_since.lock().expect("lock");
+        let hold = should_hold(waiting, since.map(|s| s.elapsed()), MAX_HOLD);
+        match (hold, *since) {
+            (true, None) => {
+                tracing::info!("training holds: annotators are waiting for pairs");
+                *since = Some(Instant::now());
+            }
+            (false, Some(started)) => {
+                let secs = started.elapsed().as_secs_f64();
+                *self.held_seconds.lock().expect("lock") += secs;
+                *since = None;
+                tracing::info!(held_seconds = secs, "training goes on");
+            }
+            _ => {}
+        }
+        hold
+    }
+
+    /// Seconds training has held for waiting annotators, the current hold included.
+    pub(super) fn held_seconds(&self) -> f64 {
+        let past = *self.held_seconds.lock().expect("lock");
+        let now = self
+            .held_since
+            .lock()
+            .expect("lock")
+            .map_or(0.0, |s| s.elapsed().as_secs_f64());
+        past + now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_holds_while_someone_waits_but_not_forever() {
+        let max = Duration::from_secs(60);
+        assert!(!should_hold(false, None, max), "nobody waits");
+        assert!(should_hold(true, None, max), "someone starts waiting");
+        assert!(should_hold(true, Some(Duration::from_secs(59)), max));
+        assert!(
+            !should_hold(true, Some(max), max),
+            "a step after a full hold"
+        );
+        assert!(!should_hold(false, Some(Duration::from_secs(5)), max));
+    }
+
+    #[test]
+    fn a_waiting_request_is_counted_while_it_waits() {
+        let cores = Cores::default();
+        assert!(!cores.hold_training());
+        {
+            let _w = cores.waiting();
+            assert!(cores.hold_training());
+            assert!(cores.hold_training(), "still waiting");
+        }
+        assert!(!cores.hold_training(), "the request got its pair");
+        assert!(cores.held_seconds() >= 0.0);
+    }
+}
