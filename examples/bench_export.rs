@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
             .bind(&project.id)
             .bind(n)
             .bind(&user.id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
     tx.commit().await?;

@@ -378,3 +378,65 @@ fn pairs_ndjson(n: usize) -> String {
         })
         .collect()
 }
+
+/// D2: a large import on SQLite used to hold the one write lock until it finished, and the annotators'
+/// writes behind it failed with "database is locked" once their busy timeout ran out. With a short busy
+/// timeout and an import that takes several times longer, every lease and release still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_sqlite_import_lets_the_annotators_through() {
+    use prefloop::store::items::{ImportKind, import_ndjson};
+    use prefloop::store::leases::{lease_next_pair, release_lease};
+    use prefloop::store::projects::{ProjectInput, create_project};
+    use prefloop::store::users::{Role, UserKind, create_user};
+    use prefloop::store::{Store, StoreOptions};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        sqlite_busy_timeout: Duration::from_millis(1000),
+    };
+    let store = Store::open_data_dir_with(dir.path(), &options)
+        .await
+        .unwrap();
+    let project = create_project(
+        &store,
+        ProjectInput {
+            name: Some("big".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (ann, _) = create_user(&store, "ann", Role::Annotator, UserKind::Human)
+        .await
+        .unwrap();
+    let line = |i: usize| {
+        json!({"id": format!("x{i}"), "prompt": format!("p{i}"), "completion_a": "a", "completion_b": "b"})
+            .to_string()
+            + "\n"
+    };
+    import_ndjson(&store, &project.id, ImportKind::Pairs, line(0).as_bytes())
+        .await
+        .unwrap();
+    let big: String = (1..=40_000).map(line).collect();
+    let importer = {
+        let (store, id) = (store.clone(), project.id.clone());
+        tokio::spawn(
+            async move { import_ndjson(&store, &id, ImportKind::Pairs, big.as_bytes()).await },
+        )
+    };
+    let mut writes = 0;
+    while !importer.is_finished() {
+        let lease = lease_next_pair(&store, &project, &ann, &[])
+            .await
+            .expect("a lease during the import")
+            .expect("a pair to lease");
+        release_lease(&store, &lease.lease_id, &ann)
+            .await
+            .expect("a release during the import");
+        writes += 1;
+    }
+    let report = importer.await.unwrap().unwrap();
+    assert_eq!(report.inserted, 40_000);
+    assert!(writes > 0, "the annotator wrote while the import ran");
+}

@@ -189,7 +189,32 @@ fn text_hash(text: &str) -> String {
 }
 
 /// Stores parsed items in one transaction: all of them, or (on a database error) none.
+/// Lines stored per transaction of an import. SQLite has one write lock: a whole 200,000-line import in
+/// one transaction held it for half a minute, and annotators' answers failed behind it. Between
+/// chunks the annotator path gets through.
+const IMPORT_CHUNK: usize = 500;
+
+/// Stores the items chunk by chunk (see [`IMPORT_CHUNK`]). A chunk is all or nothing; an import that
+/// stops midway (the server killed, say) keeps the chunks committed before, and importing the same
+/// file again skips what is stored for lines with an `id` and for prompts (both de-duplicated).
 pub async fn insert_items(
+    store: &Store,
+    project_id: &str,
+    items: Vec<(usize, NewItem)>,
+) -> Result<(u64, u64)> {
+    let (mut inserted, mut duplicates) = (0, 0);
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let chunk: Vec<_> = items.by_ref().take(IMPORT_CHUNK).collect();
+        let (i, d) = insert_chunk(store, project_id, chunk).await?;
+        inserted += i;
+        duplicates += d;
+        tokio::task::yield_now().await;
+    }
+    Ok((inserted, duplicates))
+}
+
+async fn insert_chunk(
     store: &Store,
     project_id: &str,
     items: Vec<(usize, NewItem)>,
@@ -236,7 +261,7 @@ pub async fn insert_items(
                 .bind(meta)
                 .bind(rand::random::<f64>())
                 .bind(now_ms())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 done.rows_affected() == 1
             }

@@ -186,7 +186,7 @@ pub async fn lease_next_pair(
     .bind(&user.id)
     .bind(&project.id)
     .bind(now)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await?;
     if let Some(id) = held.iter().find(|id| !exclude.contains(id)) {
         let leased = get_leased_pair(&mut tx, id).await?;
@@ -211,7 +211,7 @@ pub async fn lease_next_pair(
         .bind(&project.id)
         .bind(now)
         .bind(&user.id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
     let Some(pair_id) = pair_id else {
         tx.commit().await?;
@@ -220,7 +220,7 @@ pub async fn lease_next_pair(
     // The pair's earlier lease, if any, ran out: record that in its history.
     sqlx::query("UPDATE leases SET status = 'expired' WHERE pair_id = $1 AND status = 'active'")
         .bind(&pair_id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     let left_is_a = rand::random::<bool>();
     sqlx::query(
@@ -234,7 +234,7 @@ pub async fn lease_next_pair(
     .bind(left_is_a as i64)
     .bind(now)
     .bind(expires)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     let leased = get_leased_pair(&mut tx, &lease_id).await?;
     tx.commit().await?;
@@ -364,7 +364,7 @@ pub async fn record_judgment(
 
     let existing = sqlx::query("SELECT * FROM judgments WHERE lease_id = $1")
         .bind(lease_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
     if let Some(row) = existing {
         let judgment = judgment_from_row(&row)?;
@@ -403,11 +403,11 @@ pub async fn record_judgment(
     .bind(seconds)
     .bind(idempotency_key)
     .bind(now)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     sqlx::query("UPDATE leases SET status = 'answered' WHERE id = $1")
         .bind(&lease.id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     // A skip puts the pair back for others (this annotator is not offered it again); any other answer
     // labels it.
@@ -419,11 +419,11 @@ pub async fn record_judgment(
     sqlx::query("UPDATE pairs SET status = $1, lease_id = NULL, leased_until = NULL WHERE id = $2")
         .bind(status)
         .bind(&lease.pair_id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     let row = sqlx::query("SELECT * FROM judgments WHERE id = $1")
         .bind(&id)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
     tx.commit().await?;
     Ok((judgment_from_row(&row)?, true))
@@ -438,18 +438,18 @@ pub async fn extend_lease(store: &Store, lease_id: &str, user: &User) -> Result<
     }
     let seconds: i64 = sqlx::query_scalar("SELECT lease_seconds FROM projects WHERE id = $1")
         .bind(&lease.project_id)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
     let expires = store.clock().now_ms() + seconds * 1000;
     sqlx::query("UPDATE leases SET expires_at = $1, status = 'active' WHERE id = $2")
         .bind(expires)
         .bind(&lease.id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     sqlx::query("UPDATE pairs SET leased_until = $1 WHERE id = $2")
         .bind(expires)
         .bind(&lease.pair_id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     let leased = get_leased_pair(&mut tx, &lease.id).await?;
     tx.commit().await?;
@@ -488,7 +488,7 @@ async fn release_held(tx: &mut Transaction<'static, Any>, lease: &LeaseRow) -> R
 pub async fn ensure_lease_access(store: &Store, lease_id: &str, user: &User) -> Result<()> {
     let mut tx = store.begin_write().await?;
     let lease = own_lease(&mut tx, store, lease_id, user).await?;
-    if may_access(&mut *tx, &lease.project_id, user).await? {
+    if may_access(&mut **tx, &lease.project_id, user).await? {
         tx.commit().await?;
         return Ok(());
     }

@@ -80,6 +80,37 @@ pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
     clock: Clock,
+    /// SQLite has one write lock, and its busy handler lets waiting writers retry in growing sleeps, so a
+    /// writer that commits and begins again (an import's next chunk) can starve the others for seconds.
+    /// Write transactions queue here first instead, first come first served.
+    writers: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction: for SQLite it holds the store's writer turn until it commits or is dropped.
+/// Derefs to the sqlx transaction.
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = Transaction<'static, Any>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 /// The time leases are given, compared and expire by: the system clock plus an offset that is zero
@@ -105,18 +136,41 @@ impl Clock {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
+/// How a store connects.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long a SQLite writer waits for the one write lock before "database is locked".
+    pub sqlite_busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sqlite_busy_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating when absent) the embedded SQLite database `<dir>/prefloop.db`.
     pub async fn open_data_dir(dir: &Path) -> Result<Store> {
+        Store::open_data_dir_with(dir, &StoreOptions::default()).await
+    }
+
+    pub async fn open_data_dir_with(dir: &Path, options: &StoreOptions) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Invalid(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("prefloop.db");
-        Store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
+        Store::connect_with(&format!("sqlite://{}?mode=rwc", path.display()), options).await
     }
 
     /// Connects to `sqlite://…` or `postgres://…` and applies the embedded migrations.
     pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, &StoreOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, store_options: &StoreOptions) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
@@ -132,16 +186,19 @@ impl Store {
             Dialect::Sqlite => {
                 // WAL lets readers run beside the one writer; the busy timeout makes writers queue
                 // instead of failing while another transaction commits.
+                let pragmas = format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {};",
+                    store_options.sqlite_busy_timeout.as_millis()
+                );
                 AnyPoolOptions::new()
                     .max_connections(8)
-                    .after_connect(|conn, _| {
+                    .after_connect(move |conn, _| {
+                        let pragmas = pragmas.clone();
                         Box::pin(async move {
-                            sqlx::raw_sql(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;",
-                            )
-                            .execute(conn)
-                            .await?;
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(pragmas))
+                                .execute(conn)
+                                .await?;
                             Ok(())
                         })
                     })
@@ -164,6 +221,7 @@ impl Store {
             pool,
             dialect,
             clock: Clock::default(),
+            writers: Arc::default(),
         })
     }
 
@@ -182,10 +240,19 @@ impl Store {
 
     /// A transaction that will write. SQLite must take the write lock up front (`BEGIN IMMEDIATE`):
     /// a deferred transaction that reads first cannot wait for the lock later and fails instead.
-    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+    pub async fn begin_write(&self) -> Result<WriteTx> {
         Ok(match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.pool.begin().await?,
+            Dialect::Sqlite => {
+                let turn = self.writers.clone().lock_owned().await;
+                WriteTx {
+                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    _turn: Some(turn),
+                }
+            }
+            Dialect::Postgres => WriteTx {
+                tx: self.pool.begin().await?,
+                _turn: None,
+            },
         })
     }
 

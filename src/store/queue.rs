@@ -84,7 +84,7 @@ pub async fn insert_generated_pairs(
         .bind(serde_json::to_string(&p.score_parts).expect("scores serialise"))
         .bind(p.tie_key)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
     tx.commit().await?;
@@ -150,7 +150,7 @@ pub async fn rescore_pairs(
         .bind(strategy.as_str())
         .bind(id)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         changed += done.rows_affected();
     }

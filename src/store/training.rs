@@ -367,7 +367,7 @@ pub async fn record_run_step(store: &Store, id: &str, step: &StepMetrics) -> Res
     .bind(to_json(&latest))
     .bind(now_ms())
     .bind(id)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     if updated.rows_affected() > 0 {
         sqlx::query(
@@ -379,7 +379,7 @@ pub async fn record_run_step(store: &Store, id: &str, step: &StepMetrics) -> Res
         .bind(finite(step.loss))
         .bind(finite(step.rewards.margins))
         .bind(finite(step.rewards.accuracies))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
     tx.commit().await?;

@@ -40,7 +40,7 @@ pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -
     )
     .bind(&project.id)
     .bind(&user.id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?
     .ok_or(StoreError::NotFound("judgment to undo"))?;
     let mut undone = judgment_from_row(&row)?;
@@ -48,7 +48,7 @@ pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -
     sqlx::query("UPDATE judgments SET superseded_at = $1 WHERE id = $2")
         .bind(now)
         .bind(&undone.id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     undone.superseded_at = Some(super::rfc3339(now));
 
@@ -77,7 +77,7 @@ pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -
     .bind(now)
     .bind(&user.id)
     .bind(answered_at)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     let lease = if claimed.rows_affected() == 1 {
         sqlx::query(
@@ -91,7 +91,7 @@ pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -
         .bind(undone.left_is_a as i64)
         .bind(now)
         .bind(expires)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         Some(get_leased_pair(&mut tx, &lease_id).await?)
     } else {
