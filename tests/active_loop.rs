@@ -695,41 +695,8 @@ async fn a_run_that_does_not_beat_the_serving_version_is_not_installed(b: Backen
             "learning_rate": 0.001}),
         )
         .await;
-    let _active = with_loop(&mut app, models.path()).await;
-    // A version serving the project already answers every held-out pair right: no run can beat it.
-    let reference_path: String =
-        sqlx::query_scalar("SELECT path FROM model_versions WHERE project_id IS NULL")
-            .fetch_one(app.store.pool())
-            .await
-            .unwrap();
-    let perfect = TrainedMetrics {
-        last_step: None,
-        eval: Some(EvalMetrics {
-            step: 1,
-            pairs: 2,
-            loss: 0.1,
-            rewards: RewardStats {
-                accuracies: 1.0,
-                ..Default::default()
-            },
-        }),
-    };
-    create_model_version(
-        &app.store,
-        &NewVersion {
-            id: "perfect",
-            project_id: Some(&project),
-            parent_id: None,
-            path: &reference_path,
-            labels_seen: 0,
-            decisive_seen: 0,
-            trained: perfect,
-            installed: true,
-        },
-    )
-    .await
-    .unwrap();
-    // Two pairs are held out: their prompts are in the eval split.
+    // Labelled before the model starts, so every answer is on these pairs (none on generated ones) and
+    // the run has its two held-out pairs to be judged by.
     let held_out =
         "{\"prompt\": \"p4\", \"split\": \"eval\"}\n{\"prompt\": \"p5\", \"split\": \"eval\"}\n";
     assert_eq!(
@@ -758,6 +725,37 @@ async fn a_run_that_does_not_beat_the_serving_version_is_not_installed(b: Backen
         app.judge(l["lease_id"].as_str().unwrap(), &ann, choice)
             .await;
     }
+    // A version serving the project already answers every held-out pair right: no run can beat it.
+    // It uses the weights the engine is about to start with (`with_loop` saves them there).
+    let perfect = TrainedMetrics {
+        last_step: None,
+        eval: Some(EvalMetrics {
+            step: 1,
+            pairs: 2,
+            loss: 0.1,
+            rewards: RewardStats {
+                accuracies: 1.0,
+                ..Default::default()
+            },
+        }),
+    };
+    let weights = models.path().join("tiny").display().to_string();
+    create_model_version(
+        &app.store,
+        &NewVersion {
+            id: "perfect",
+            project_id: Some(&project),
+            parent_id: None,
+            path: &weights,
+            labels_seen: 0,
+            decisive_seen: 0,
+            trained: perfect,
+            installed: true,
+        },
+    )
+    .await
+    .unwrap();
+    let _active = with_loop(&mut app, models.path()).await;
     wait_for("the run to finish", 120, async || {
         app.json("GET", &stats, &app.admin, None).await.1["training"]["status"] == "succeeded"
     })

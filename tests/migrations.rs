@@ -13,6 +13,11 @@ const DIALECT_LINES: &[(&str, &str)] = &[
         "seq             INTEGER PRIMARY KEY AUTOINCREMENT,",
         "seq             BIGSERIAL PRIMARY KEY,",
     ),
+    // The queue order: PostgreSQL must be told to keep NULL scores last; SQLite's DESC already does.
+    (
+        "CREATE INDEX pairs_queue ON pairs (project_id, status, score DESC, random_key);",
+        "CREATE INDEX pairs_queue ON pairs (project_id, status, score DESC NULLS LAST, random_key);",
+    ),
 ];
 
 /// Each file's header names its twin in the other set; the names are made alike before comparing.

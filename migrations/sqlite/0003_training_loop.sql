@@ -20,3 +20,9 @@ ALTER TABLE model_versions ADD COLUMN installed BIGINT NOT NULL DEFAULT 1;
 ALTER TABLE model_versions ADD COLUMN not_installed_reason TEXT;
 -- Versions trained before rounds counted decisive labels: take every label as seen, so none retrains at once.
 UPDATE model_versions SET decisive_seen = labels_seen;
+
+-- The queue index in the order the claim reads it (score DESC NULLS LAST, then the random key). PostgreSQL
+-- puts NULLs first in a DESC index unless told, so every claim sorted all pending pairs (188 ms at 200,000
+-- pending against 0.1 ms in index order); SQLite's DESC already keeps NULLs last, so its index is the same.
+DROP INDEX pairs_queue;
+CREATE INDEX pairs_queue ON pairs (project_id, status, score DESC, random_key);

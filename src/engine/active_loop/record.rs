@@ -83,19 +83,12 @@ pub(super) async fn run_training(
     )
     .await?;
     training::record_run_result(store, &run.id, done.steps, &done.metrics).await?;
-    training::finish_training_run(
-        store,
-        &run.id,
-        RunStatus::Succeeded,
-        None,
-        Some(&version_id),
-    )
-    .await?;
     tracing::info!(project = %project.name, version = %version_id, steps = done.steps, "new model version");
     let policy = PolicyRef {
         version_id,
         path: done.path,
     };
+    // The run ends once its version is judged: a client that sees "succeeded" sees the decision too.
     if let Err(e) = evaluate_version(inner, engine, project, &policy).await {
         tracing::warn!(project = %project.name, error = %e, "evaluating the new version failed");
     }
@@ -106,13 +99,24 @@ pub(super) async fn run_training(
     } else {
         Ok(())
     };
-    if let Err(reason) = verdict {
-        training::reject_version(store, &policy.version_id, &reason).await?;
-        tracing::info!(project = %project.name, version = %policy.version_id, %reason, "new version not installed");
-        return Ok(());
+    match &verdict {
+        Ok(()) => training::install_version(store, &policy.version_id).await?,
+        Err(reason) => {
+            training::reject_version(store, &policy.version_id, reason).await?;
+            tracing::info!(project = %project.name, version = %policy.version_id, %reason, "new version not installed");
+        }
     }
-    training::install_version(store, &policy.version_id).await?;
-    if let Err(e) = rescore_open_pairs(inner, engine, project, &policy).await {
+    training::finish_training_run(
+        store,
+        &run.id,
+        RunStatus::Succeeded,
+        None,
+        Some(&policy.version_id),
+    )
+    .await?;
+    if verdict.is_ok()
+        && let Err(e) = rescore_open_pairs(inner, engine, project, &policy).await
+    {
         tracing::warn!(project = %project.name, error = %e, "re-scoring after training failed");
     }
     Ok(())
