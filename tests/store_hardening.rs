@@ -298,6 +298,17 @@ async fn a_removed_member_loses_the_lease_they_hold(b: Backend) {
     let lease = leased["lease_id"].as_str().unwrap();
     remove_member(&app.store, &project, &ada.id).await.unwrap();
 
+    // Nor can they flag it from the workbench.
+    let (status, e) = app
+        .json(
+            "POST",
+            &format!("/ui/api/leases/{lease}/flag"),
+            &ada_token,
+            Some(json!({"note": "broken"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+
     let (status, e) = app
         .json(
             "POST",

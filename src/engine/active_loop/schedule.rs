@@ -44,6 +44,14 @@ impl Runs {
         }
     }
 
+    /// The project no longer has a run in progress (and `run_id`, when given, no cancel flag).
+    fn finish(&self, project_id: &str, run_id: Option<&str>) {
+        self.training.lock().expect("lock").remove(project_id);
+        if let Some(id) = run_id {
+            self.cancels.lock().expect("lock").remove(id);
+        }
+    }
+
     /// A cancel flag for a run about to train.
     pub(super) fn cancel_flag(&self, run_id: &str) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
@@ -132,12 +140,7 @@ pub(super) async fn maybe_train(
     let run = match next_run(inner, engine, project).await {
         Ok(Some(run)) => run,
         other => {
-            inner
-                .runs
-                .training
-                .lock()
-                .expect("lock")
-                .remove(&project.id);
+            inner.runs.finish(&project.id, None);
             return other.map(|_| ());
         }
     };
@@ -186,13 +189,7 @@ async fn run_in_background(
     if let Err(e) = super::record::run_training(inner, engine, project, run).await {
         tracing::error!(run = %run.id, error = %e, "training run could not be recorded");
     }
-    inner
-        .runs
-        .training
-        .lock()
-        .expect("lock")
-        .remove(&project.id);
-    inner.runs.cancels.lock().expect("lock").remove(&run.id);
+    inner.runs.finish(&project.id, Some(&run.id));
     inner.wake.notify_one();
 }
 

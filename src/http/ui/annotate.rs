@@ -15,7 +15,7 @@ use crate::http::auth::AuthUser;
 use crate::http::error::ApiResult;
 use crate::http::extract::{ApiJson, ApiQuery, OptionalJson};
 use crate::store::flags::flag_leased_pair;
-use crate::store::leases::LeasedPair;
+use crate::store::leases::{self, LeasedPair};
 use crate::store::members::ensure_access;
 use crate::store::projects::get_project;
 use crate::store::stats::project_stats;
@@ -170,6 +170,7 @@ async fn flag(
     Path(lease_id): Path<String>,
     ApiJson(req): ApiJson<FlagRequest>,
 ) -> ApiResult<StatusCode> {
+    leases::ensure_lease_access(&state.store, &lease_id, &user).await?;
     flag_leased_pair(&state.store, &lease_id, &user, &req.note).await?;
     Ok(StatusCode::NO_CONTENT)
 }
