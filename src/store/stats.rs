@@ -63,7 +63,7 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
     .bind(since)
     .fetch_one(store.pool())
     .await?;
-    let answered = answers_since(store, &project.id, since).await?;
+    let answered = answering_since(store, &project.id, since).await?.answers;
     let minutes = (PRODUCTION_WINDOW_MS / 60_000) as f64;
     Ok(ProjectStats {
         labels,
@@ -85,31 +85,31 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
     })
 }
 
-/// Answers (judgments of any kind, skips included) given in the project since `since_ms`: the demand
-/// the loop sizes its buffer of ready pairs to.
-pub async fn answers_since(store: &Store, project_id: &str, since_ms: i64) -> Result<i64> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM judgments WHERE project_id = $1 AND created_at >= $2",
-    )
-    .bind(project_id)
-    .bind(since_ms)
-    .fetch_one(store.pool())
-    .await?;
-    Ok(n)
+/// Answering in the project since `since_ms`, in one read of the judgments.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Answering {
+    /// Answers of any kind, skips included.
+    pub answers: i64,
+    /// Distinct people and judges who gave them.
+    pub annotators: i64,
+    /// Mean seconds from lease to answer: the pace annotators would keep if they never waited.
+    pub mean_seconds: f64,
 }
 
-/// Who has been answering since `since_ms`, and how long a pair takes them: (distinct annotators,
-/// mean seconds from lease to answer). What annotators would take if they never waited.
-pub async fn pace_since(store: &Store, project_id: &str, since_ms: i64) -> Result<(i64, f64)> {
+pub async fn answering_since(store: &Store, project_id: &str, since_ms: i64) -> Result<Answering> {
     let row = sqlx::query(
-        "SELECT COUNT(DISTINCT user_id) AS who, COALESCE(AVG(seconds), 0.0) AS secs FROM judgments \
-         WHERE project_id = $1 AND created_at >= $2",
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT user_id) AS who, COALESCE(AVG(seconds), 0.0) AS secs \
+         FROM judgments WHERE project_id = $1 AND created_at >= $2",
     )
     .bind(project_id)
     .bind(since_ms)
     .fetch_one(store.pool())
     .await?;
-    Ok((super::int(&row, "who")?, row.try_get::<f64, _>("secs")?))
+    Ok(Answering {
+        answers: super::int(&row, "n")?,
+        annotators: super::int(&row, "who")?,
+        mean_seconds: row.try_get::<f64, _>("secs")?,
+    })
 }
 
 /// Decisive labels (left or right, not undone) of a project: what rounds of `train_every` count.

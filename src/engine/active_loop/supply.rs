@@ -20,7 +20,7 @@ use crate::store::items::count_pairs;
 use crate::store::leases::count_labels;
 use crate::store::projects::Project;
 use crate::store::queue::{self, GeneratedPair};
-use crate::store::stats::{answers_since, pace_since};
+use crate::store::stats::answering_since;
 
 /// The window demand is measured over.
 const DEMAND_WINDOW_MS: i64 = 5 * 60 * 1000;
@@ -175,12 +175,11 @@ async fn fill_pool(inner: &Inner, engine: &EngineHandle, project: &Project) -> L
     let free = queue::count_free_pending(store, &project.id).await? as usize;
     let now = store.clock().now_ms();
     let since = now - DEMAND_WINDOW_MS;
-    let answers = answers_since(store, &project.id, since).await?;
-    let (annotators, seconds_each) = pace_since(store, &project.id, since).await?;
+    let answering = answering_since(store, &project.id, since).await?;
     let per_minute = demand_per_minute(
-        answers as f64 / (DEMAND_WINDOW_MS / 60_000) as f64,
-        annotators,
-        seconds_each,
+        answering.answers as f64 / (DEMAND_WINDOW_MS / 60_000) as f64,
+        answering.annotators,
+        answering.mean_seconds,
     );
     let pace = inner.supply.seconds_per_pair(&project.id);
     let configured = inner.config.round_size.max(1);
