@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod acquire;
+pub mod bench_api;
 pub mod bench_entropy;
 pub mod bench_loop;
 pub mod bench_model;
@@ -47,6 +48,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Measure scoring, sampling and training-step speed of a model.
     BenchModel(bench_model::Args),
+    /// The annotator path under load (no model): /next and judgment latency at a given pending count.
+    BenchApi(bench_api::Args),
     /// Annotators at a steady pace against a running server: does the model keep them supplied?
     BenchLoop(bench_loop::Args),
     /// Compare the entropy estimators (samples, tokens) on review prompts: cost and rank agreement.
@@ -87,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Acquire(args) => acquire::run(args),
         Command::Generate(args) => generate::run(args),
         Command::BenchModel(args) => bench_model::run(args),
+        Command::BenchApi(args) => bench_api::run(args),
         Command::BenchLoop(args) => block_on(bench_loop::run(args)),
         Command::BenchEntropy(args) => bench_entropy::run(args),
         Command::Simulate(args) => simulate::run(args),
