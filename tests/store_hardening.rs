@@ -13,6 +13,7 @@ db_tests!(
     undoing_a_skip_never_takes_the_pair_from_someone_else,
     a_removed_member_loses_the_lease_they_hold,
     a_bom_and_multibyte_names_are_read_as_text,
+    a_model_completion_holding_nul_is_stored_without_it,
 );
 
 fn assert_names(status: StatusCode, e: &Value, field: &str) {
@@ -450,4 +451,49 @@ async fn a_large_sqlite_import_lets_the_annotators_through() {
     let report = importer.await.unwrap().unwrap();
     assert_eq!(report.inserted, 40_000);
     assert!(writes > 0, "the annotator wrote while the import ran");
+}
+
+/// A byte-level model can write the byte 0; on PostgreSQL one such completion used to fail the whole
+/// round of pairs ("invalid byte sequence for encoding UTF8: 0x00"). It is stored without it.
+async fn a_model_completion_holding_nul_is_stored_without_it(b: Backend) {
+    use prefloop::domain::{PairScores, ScoreParts, Strategy};
+    use prefloop::store::queue::{GeneratedPair, draw_prompts, insert_generated_pairs};
+    use prefloop::store::training::ensure_reference_version;
+
+    let app = TestApp::new(b).await;
+    let project = app.create_project(json!({"name": "generated"})).await;
+    app.import(&project, "prompts", "{\"prompt\": \"The film\"}\n")
+        .await;
+    let prompt = draw_prompts(&app.store, &project, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    let version = ensure_reference_version(&app.store, "models/tiny")
+        .await
+        .unwrap();
+    let pair = GeneratedPair {
+        prompt_id: prompt.id,
+        completion_a: " was\u{0} fine".into(),
+        completion_b: " was dull".into(),
+        model_version_id: version.id,
+        score_parts: ScoreParts {
+            strategy: Strategy::Random,
+            scores: PairScores {
+                entropy: None,
+                reward_a: 0.0,
+                reward_b: 0.0,
+                certainty: 0.0,
+            },
+            rank: None,
+        },
+        tie_key: 0.5,
+    };
+    insert_generated_pairs(&app.store, &project, &[pair])
+        .await
+        .expect("stored");
+    let token = app.annotator("ann").await;
+    let (status, lease) = app.next(&project, &token).await;
+    assert_eq!(status, StatusCode::OK, "{lease}");
+    let shown = [&lease["left"], &lease["right"]];
+    assert!(shown.contains(&&json!(" was fine")), "{lease}");
 }

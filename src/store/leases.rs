@@ -107,24 +107,27 @@ pub(super) async fn get_leased_pair(
     leased_pair_from_row(&row)
 }
 
-/// Serialises lease decisions within one project on PostgreSQL (SQLite's `BEGIN IMMEDIATE` already
-/// serialises every writer), so budget counts and the pair claim see one consistent state.
-pub(super) async fn lock_project(
+/// Serialises the budget decisions of one project on PostgreSQL (SQLite's `BEGIN IMMEDIATE` already
+/// serialises every writer), so that the labels spent, the leases open and the new claim are counted
+/// from one consistent state. Without a budget there is nothing to count and no lock: a claim is one
+/// conditional UPDATE over a `SKIP LOCKED` pick, whose conditions on the pair row itself keep two
+/// transactions from ever holding one pair, so claims of one project run side by side.
+pub(super) async fn lock_budget(
     tx: &mut Transaction<'static, Any>,
     store: &Store,
-    project_id: &str,
+    project: &Project,
 ) -> Result<()> {
-    if store.dialect() == Dialect::Postgres {
+    if store.dialect() == Dialect::Postgres && project.label_budget.is_some() {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::TEXT")
-            .bind(project_id)
+            .bind(&project.id)
             .fetch_one(&mut **tx)
             .await?;
     }
     Ok(())
 }
 
-/// Labels spent in a project: current (not superseded) judgments other than skips.
-/// Takes a pool or a transaction (leasing counts inside its own).
+/// Labels spent in a project: current (not superseded) judgments other than skips, read from the
+/// partial index `judgments_labels`. Takes a pool or a transaction (leasing counts inside its own).
 pub async fn count_labels<'e, E>(executor: E, project_id: &str) -> Result<i64>
 where
     E: sqlx::Executor<'e, Database = Any>,
@@ -140,7 +143,9 @@ where
 }
 
 /// Whether the project's label budget leaves no room for another open lease: labels spent plus labels
-/// promised to open leases reach it. Run under `lock_project`.
+/// promised to open leases reach it. Run under `lock_budget`. A lease is open while it is active and
+/// unexpired (index `leases_open`): its pair waits for its answer, since every way a pair leaves a lease
+/// (answer, release, a new lease after expiry) also ends the lease row's `active` status.
 pub(super) async fn budget_spent(
     tx: &mut Transaction<'static, Any>,
     project: &Project,
@@ -152,8 +157,8 @@ pub(super) async fn budget_spent(
     let labels = count_labels(&mut **tx, &project.id).await?;
     let open: i64 = super::int(
         &sqlx::query(
-            "SELECT COUNT(*) AS n FROM pairs WHERE project_id = $1 AND status = 'pending' \
-             AND lease_id IS NOT NULL AND leased_until > $2",
+            "SELECT COUNT(*) AS n FROM leases WHERE project_id = $1 AND status = 'active' \
+             AND expires_at > $2",
         )
         .bind(&project.id)
         .bind(now)
@@ -175,7 +180,7 @@ pub async fn lease_next_pair(
 ) -> Result<Option<LeasedPair>> {
     let now = store.clock().now_ms();
     let mut tx = store.begin_write().await?;
-    lock_project(&mut tx, store, &project.id).await?;
+    lock_budget(&mut tx, store, project).await?;
 
     let held: Vec<String> = sqlx::query_scalar(
         "SELECT l.id FROM leases l JOIN pairs p ON p.id = l.pair_id \
@@ -205,7 +210,7 @@ pub async fn lease_next_pair(
         Dialect::Sqlite => CLAIM_SQLITE,
         Dialect::Postgres => CLAIM_POSTGRES,
     };
-    let pair_id: Option<String> = sqlx::query_scalar(claim)
+    let claimed = sqlx::query(claim)
         .bind(&lease_id)
         .bind(expires)
         .bind(&project.id)
@@ -213,10 +218,11 @@ pub async fn lease_next_pair(
         .bind(&user.id)
         .fetch_optional(&mut **tx)
         .await?;
-    let Some(pair_id) = pair_id else {
+    let Some(claimed) = claimed else {
         tx.commit().await?;
         return Ok(None);
     };
+    let pair_id: String = claimed.try_get("id")?;
     // The pair's earlier lease, if any, ran out: record that in its history.
     sqlx::query("UPDATE leases SET status = 'expired' WHERE pair_id = $1 AND status = 'active'")
         .bind(&pair_id)
@@ -236,14 +242,29 @@ pub async fn lease_next_pair(
     .bind(expires)
     .execute(&mut **tx)
     .await?;
-    let leased = get_leased_pair(&mut tx, &lease_id).await?;
     tx.commit().await?;
-    Ok(Some(leased))
+    let (a, b): (String, String) = (
+        claimed.try_get("completion_a")?,
+        claimed.try_get("completion_b")?,
+    );
+    let (left, right) = if left_is_a { (a, b) } else { (b, a) };
+    Ok(Some(LeasedPair {
+        lease_id,
+        pair_id,
+        project_id: project.id.clone(),
+        prompt: claimed.try_get("prompt")?,
+        left,
+        right,
+        expires_at: super::rfc3339(expires),
+        expires_at_ms: expires,
+        left_is_a,
+    }))
 }
 
 /// Claims the best free pair the user has not already answered: highest score first, then the random
 /// key fixed at insert. The outer conditions repeat the inner ones so that a concurrent claim of the same
-/// row can never succeed twice.
+/// row can never succeed twice. It returns what the annotator is shown, so the lease needs no second
+/// read of the pair.
 const CLAIM_SQLITE: &str = "UPDATE pairs SET lease_id = $1, leased_until = $2 WHERE id = ( \
        SELECT id FROM pairs WHERE project_id = $3 AND status = 'pending' \
          AND (leased_until IS NULL OR leased_until <= $4) \
@@ -251,7 +272,8 @@ const CLAIM_SQLITE: &str = "UPDATE pairs SET lease_id = $1, leased_until = $2 WH
                          AND j.superseded_at IS NULL) \
        ORDER BY score DESC NULLS LAST, random_key LIMIT 1) \
      AND status = 'pending' AND (leased_until IS NULL OR leased_until <= $4) \
-     RETURNING id";
+     RETURNING id, completion_a, completion_b, \
+       (SELECT text FROM prompts q WHERE q.id = pairs.prompt_id) AS prompt";
 
 const CLAIM_POSTGRES: &str = "UPDATE pairs SET lease_id = $1, leased_until = $2 WHERE id = ( \
        SELECT id FROM pairs WHERE project_id = $3 AND status = 'pending' \
@@ -260,7 +282,8 @@ const CLAIM_POSTGRES: &str = "UPDATE pairs SET lease_id = $1, leased_until = $2 
                          AND j.superseded_at IS NULL) \
        ORDER BY score DESC NULLS LAST, random_key LIMIT 1 FOR UPDATE SKIP LOCKED) \
      AND status = 'pending' AND (leased_until IS NULL OR leased_until <= $4) \
-     RETURNING id";
+     RETURNING id, completion_a, completion_b, \
+       (SELECT text FROM prompts q WHERE q.id = pairs.prompt_id) AS prompt";
 
 /// What a judgment request asks for.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -318,11 +341,13 @@ async fn own_lease(
 ) -> Result<LeaseRow> {
     let lease = get_lease(tx, store, lease_id).await?;
     if lease.user_id != user.id {
-        return Err(StoreError::Forbidden(
-            "this lease belongs to another annotator".into(),
-        ));
+        return Err(not_yours());
     }
     Ok(lease)
+}
+
+fn not_yours() -> StoreError {
+    StoreError::Forbidden("this lease belongs to another annotator".into())
 }
 
 /// Whether the pair still waits for this lease's answer (not re-leased, not labelled, not released).
@@ -379,54 +404,66 @@ pub async fn record_judgment(
             judgment.choice.as_str()
         )));
     }
-    if !pair_held_by(&mut tx, &lease).await? {
+    // A skip puts the pair back for others (this annotator is not offered it again); any other answer
+    // labels it. Only while the pair still waits for this lease: the update is the check.
+    let status = if input.choice == Choice::Skip {
+        "pending"
+    } else {
+        "labelled"
+    };
+    let held = sqlx::query(
+        "UPDATE pairs SET status = $1, lease_id = NULL, leased_until = NULL \
+         WHERE id = $2 AND lease_id = $3 AND status = 'pending'",
+    )
+    .bind(status)
+    .bind(&lease.pair_id)
+    .bind(&lease.id)
+    .execute(&mut **tx)
+    .await?;
+    if held.rows_affected() == 0 {
         return Err(StoreError::Conflict(
             "this lease has ended and its pair was handed on; ask /next for another".into(),
         ));
     }
 
     let now = store.clock().now_ms();
-    let id = new_id();
-    let seconds = (now - lease.created_at).max(0) as f64 / 1000.0;
+    let judgment = Judgment {
+        id: new_id(),
+        project_id: lease.project_id,
+        pair_id: lease.pair_id,
+        lease_id: lease.id,
+        user_id: user.id.clone(),
+        choice: input.choice,
+        left_is_a: lease.left_is_a,
+        rationale: input.rationale.clone(),
+        seconds: (now - lease.created_at).max(0) as f64 / 1000.0,
+        idempotency_key: idempotency_key.map(str::to_string),
+        created_at: super::rfc3339(now),
+        superseded_at: None,
+    };
     sqlx::query(
         "INSERT INTO judgments (id, project_id, pair_id, lease_id, user_id, choice, left_is_a, rationale, \
          seconds, idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
-    .bind(&id)
-    .bind(&lease.project_id)
-    .bind(&lease.pair_id)
-    .bind(&lease.id)
-    .bind(&user.id)
-    .bind(input.choice.as_str())
-    .bind(lease.left_is_a as i64)
-    .bind(input.rationale.as_deref())
-    .bind(seconds)
-    .bind(idempotency_key)
+    .bind(&judgment.id)
+    .bind(&judgment.project_id)
+    .bind(&judgment.pair_id)
+    .bind(&judgment.lease_id)
+    .bind(&judgment.user_id)
+    .bind(judgment.choice.as_str())
+    .bind(judgment.left_is_a as i64)
+    .bind(judgment.rationale.as_deref())
+    .bind(judgment.seconds)
+    .bind(judgment.idempotency_key.as_deref())
     .bind(now)
     .execute(&mut **tx)
     .await?;
     sqlx::query("UPDATE leases SET status = 'answered' WHERE id = $1")
-        .bind(&lease.id)
+        .bind(&judgment.lease_id)
         .execute(&mut **tx)
-        .await?;
-    // A skip puts the pair back for others (this annotator is not offered it again); any other answer
-    // labels it.
-    let status = if input.choice == Choice::Skip {
-        "pending"
-    } else {
-        "labelled"
-    };
-    sqlx::query("UPDATE pairs SET status = $1, lease_id = NULL, leased_until = NULL WHERE id = $2")
-        .bind(status)
-        .bind(&lease.pair_id)
-        .execute(&mut **tx)
-        .await?;
-    let row = sqlx::query("SELECT * FROM judgments WHERE id = $1")
-        .bind(&id)
-        .fetch_one(&mut **tx)
         .await?;
     tx.commit().await?;
-    Ok((judgment_from_row(&row)?, true))
+    Ok((judgment, true))
 }
 
 /// Keeps a lease alive for another lease period; returns the new expiry (ms).
@@ -486,12 +523,23 @@ async fn release_held(tx: &mut Transaction<'static, Any>, lease: &LeaseRow) -> R
 /// layer asks this before an annotator's answer or heartbeat; AI judges work on the projects they are
 /// attached to and are not members.
 pub async fn ensure_lease_access(store: &Store, lease_id: &str, user: &User) -> Result<()> {
-    let mut tx = store.begin_write().await?;
-    let lease = own_lease(&mut tx, store, lease_id, user).await?;
-    if may_access(&mut **tx, &lease.project_id, user).await? {
-        tx.commit().await?;
+    // The usual answer, yes, is read without a write transaction: on SQLite every write transaction
+    // waits its turn for the one writer, and an answer already takes one.
+    let row = sqlx::query("SELECT project_id, user_id FROM leases WHERE id = $1")
+        .bind(lease_id)
+        .fetch_optional(store.pool())
+        .await?
+        .ok_or(StoreError::NotFound("lease"))?;
+    let (project_id, holder): (String, String) =
+        (row.try_get("project_id")?, row.try_get("user_id")?);
+    if holder != user.id {
+        return Err(not_yours());
+    }
+    if may_access(store.pool(), &project_id, user).await? {
         return Ok(());
     }
+    let mut tx = store.begin_write().await?;
+    let lease = own_lease(&mut tx, store, lease_id, user).await?;
     release_held(&mut tx, &lease).await?;
     tx.commit().await?;
     Err(StoreError::Forbidden(

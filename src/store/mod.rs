@@ -185,10 +185,15 @@ impl Store {
         let pool = match dialect {
             Dialect::Sqlite => {
                 // WAL lets readers run beside the one writer; the busy timeout makes writers queue
-                // instead of failing while another transaction commits.
+                // instead of failing while another transaction commits. A commit that crosses the
+                // auto-checkpoint threshold copies the WAL back into the database before it returns,
+                // with every other writer queued behind it: at 250 pages (1 MiB) instead of the default
+                // 1,000 each such commit is short, which took the lease path's p99 under load from
+                // 11-15 ms to 7-9 ms (docs/BENCHMARKS.md, bench-api). Never checkpointing is far worse:
+                // reads slow down as the WAL grows.
                 let pragmas = format!(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {};",
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {}; PRAGMA wal_autocheckpoint = 250;",
                     store_options.sqlite_busy_timeout.as_millis()
                 );
                 AnyPoolOptions::new()

@@ -5,6 +5,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::export::preference_of;
+use super::text::without_nul;
 use super::{Result, Store, new_id, now_ms};
 use crate::domain::{Choice, PairScores, ScoreParts, Strategy};
 
@@ -76,8 +77,8 @@ pub async fn insert_generated_pairs(
         .bind(new_id())
         .bind(project_id)
         .bind(&p.prompt_id)
-        .bind(&p.completion_a)
-        .bind(&p.completion_b)
+        .bind(without_nul(&p.completion_a).into_owned())
+        .bind(without_nul(&p.completion_b).into_owned())
         .bind(&p.model_version_id)
         .bind(p.score_parts.strategy.as_str())
         .bind(p.score_parts.strategy.serve_score(&p.score_parts.scores))

@@ -20,6 +20,17 @@ pub fn check_storable(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Text the model wrote, made storable: a language model can emit the byte 0 as a token (a byte-level
+/// tokenizer has one for it), and one such completion made PostgreSQL refuse the whole round of pairs.
+/// The character is dropped; people are never shown it anyway.
+pub fn without_nul(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains('\0') {
+        value.replace('\0', "").into()
+    } else {
+        value.into()
+    }
+}
+
 /// The path (`rationale`, `completions.stop[1]`) of the first string or key holding U+0000 in a JSON
 /// document that parses, or `None`. JSON can only carry U+0000 as the escape `\u0000` (a raw NUL byte is
 /// not valid JSON), so documents without that escape are answered without parsing them again.

@@ -6,7 +6,7 @@ use sqlx::Row;
 use utoipa::ToSchema;
 
 use super::leases::{
-    Judgment, LeasedPair, budget_spent, get_leased_pair, judgment_from_row, lock_project,
+    Judgment, LeasedPair, budget_spent, get_leased_pair, judgment_from_row, lock_budget,
 };
 use super::projects::Project;
 use super::users::User;
@@ -33,7 +33,7 @@ pub struct Undo {
 pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -> Result<Undo> {
     let now = store.clock().now_ms();
     let mut tx = store.begin_write().await?;
-    lock_project(&mut tx, store, &project.id).await?;
+    lock_budget(&mut tx, store, project).await?;
     let row = sqlx::query(
         "SELECT * FROM judgments WHERE project_id = $1 AND user_id = $2 AND superseded_at IS NULL \
          ORDER BY seq DESC LIMIT 1",

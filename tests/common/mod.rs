@@ -17,6 +17,9 @@ pub struct TestApp {
     pub store: Store,
     pub router: Router,
     pub admin: String,
+    /// The flags that point `prefloop serve` at this database (`--data-dir` or `--database-url`), for
+    /// tests that run the real binary on it.
+    pub db_args: Vec<String>,
     _dir: Option<tempfile::TempDir>,
     pg_db: Option<(String, String)>,
 }
@@ -78,11 +81,12 @@ impl TestApp {
             .with_env_filter(tracing_subscriber::EnvFilter::new("warn,prefloop=info"))
             .with_test_writer()
             .try_init();
-        let (store, dir, pg_db) = match backend {
+        let (store, dir, pg_db, db_args) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let store = Store::open_data_dir(dir.path()).await.expect("open sqlite");
-                (store, Some(dir), None)
+                let args = vec!["--data-dir".into(), dir.path().display().to_string()];
+                (store, Some(dir), None, args)
             }
             Backend::Postgres => {
                 let base = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
@@ -95,7 +99,8 @@ impl TestApp {
                     _ => format!("{base}/{name}"),
                 };
                 let store = Store::connect(&url).await.expect("connect test database");
-                (store, None, Some((base, name)))
+                let args = vec!["--database-url".into(), url];
+                (store, None, Some((base, name)), args)
             }
         };
         let (_, admin) = create_user(&store, "root", Role::Admin, UserKind::Human)
@@ -106,6 +111,7 @@ impl TestApp {
             store,
             router,
             admin,
+            db_args,
             _dir: dir,
             pg_db,
         }
