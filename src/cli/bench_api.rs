@@ -202,7 +202,22 @@ fn report(
             "service_ms": quantiles(service),
         })
     };
+    // The p99 of each 10 s of the measured window, both kinds together: shows whether the path
+    // degrades as the run goes on (dead rows, a growing WAL) or only has scattered spikes.
+    let windows = (window / 10.0).ceil().max(1.0) as usize;
+    let by_window: Vec<Value> = (0..windows)
+        .map(|w| {
+            let from = args.warmup + 10.0 * w as f64;
+            let latency: Vec<f64> = counted
+                .iter()
+                .filter(|s| (from..from + 10.0).contains(&s.due))
+                .map(|s| s.latency)
+                .collect();
+            quantiles(latency)["p99"].clone()
+        })
+        .collect();
     json!({
+        "p99_ms_by_10s": by_window,
         "database": match store.dialect() { Dialect::Sqlite => "sqlite", Dialect::Postgres => "postgres" },
         "pending": args.pending,
         "annotators": args.annotators,
