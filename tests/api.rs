@@ -17,6 +17,7 @@ db_tests!(
     reimport_does_not_duplicate,
     left_right_mapping_survives_export,
     twenty_annotators_never_share_a_pair,
+    a_budget_is_spent_exactly_by_annotators_at_once,
     same_lease_until_answered_and_expiry_reclaims,
     answers_are_idempotent_and_guarded,
     undo_supersedes_and_returns_the_pair,
@@ -378,6 +379,45 @@ async fn left_right_mapping_survives_export(b: Backend) {
         assert_eq!(r["winner"], "a");
         assert_eq!(r["annotator"], "ann");
     }
+}
+
+/// Forty annotators labelling at once against a budget of 25: claims run side by side while the budget
+/// has room for every claim in flight (PostgreSQL: a shared lock), one at a time near its end (the
+/// exclusive one), and the budget is spent exactly, never passed.
+async fn a_budget_is_spent_exactly_by_annotators_at_once(b: Backend) {
+    const BUDGET: usize = 25;
+    let app = std::sync::Arc::new(TestApp::new(b).await);
+    let project = app
+        .create_project(json!({"name": "p", "label_budget": BUDGET}))
+        .await;
+    app.import(&project, "pairs", &pairs_ndjson(60)).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let token = app.annotator(&format!("ann{i}")).await;
+        let (app, project) = (app.clone(), project.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut labelled = 0;
+            for _ in 0..3 {
+                let (status, lease) = app.next(&project, &token).await;
+                if status == StatusCode::NO_CONTENT {
+                    break;
+                }
+                assert_eq!(status, StatusCode::OK, "{lease}");
+                let (status, j) = app
+                    .judge(lease["lease_id"].as_str().unwrap(), &token, "left")
+                    .await;
+                assert_eq!(status, StatusCode::CREATED, "{j}");
+                labelled += 1;
+            }
+            labelled
+        }));
+    }
+    let mut labels = 0;
+    for t in tasks {
+        labels += t.await.unwrap();
+    }
+    assert_eq!(labels, BUDGET, "every label the budget allows, and no more");
+    assert_eq!(app.export(&project, "full").await.len(), BUDGET);
 }
 
 async fn twenty_annotators_never_share_a_pair(b: Backend) {

@@ -107,23 +107,48 @@ pub(super) async fn get_leased_pair(
     leased_pair_from_row(&row)
 }
 
-/// Serialises the budget decisions of one project on PostgreSQL (SQLite's `BEGIN IMMEDIATE` already
-/// serialises every writer), so that the labels spent, the leases open and the new claim are counted
-/// from one consistent state. Without a budget there is nothing to count and no lock: a claim is one
-/// conditional UPDATE over a `SKIP LOCKED` pick, whose conditions on the pair row itself keep two
+/// How a lease transaction of a project with a label budget holds the project's lock on PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BudgetLock {
+    /// Beside other claims: while the budget has more room left than claims can be in flight at once,
+    /// they cannot overrun it even all together.
+    Shared,
+    /// Alone: near the end of the budget every claim must see the ones before it.
+    Exclusive,
+}
+
+/// Takes the budget lock of a project that has a budget, on PostgreSQL (SQLite's `BEGIN IMMEDIATE`
+/// already serialises every writer), so that the labels spent, the leases open and the new claim are
+/// counted from a consistent state. Without a budget there is nothing to count and no lock: a claim is
+/// one conditional UPDATE over a `SKIP LOCKED` pick, whose conditions on the pair row itself keep two
 /// transactions from ever holding one pair, so claims of one project run side by side.
 pub(super) async fn lock_budget(
     tx: &mut Transaction<'static, Any>,
     store: &Store,
     project: &Project,
+    how: BudgetLock,
 ) -> Result<()> {
     if store.dialect() == Dialect::Postgres && project.label_budget.is_some() {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::TEXT")
+        let sql = match how {
+            BudgetLock::Shared => "SELECT pg_advisory_xact_lock_shared(hashtext($1))::TEXT",
+            BudgetLock::Exclusive => "SELECT pg_advisory_xact_lock(hashtext($1))::TEXT",
+        };
+        sqlx::query(sql)
             .bind(&project.id)
             .fetch_one(&mut **tx)
             .await?;
     }
     Ok(())
+}
+
+/// Whether a claim under a shared budget lock must start again under the exclusive one: when fewer
+/// labels are left than claims of this process can be in flight at once (one per pooled connection),
+/// those claims together could pass the budget. One server process per database is assumed, as the
+/// active loop already does.
+fn needs_exclusive(store: &Store, how: BudgetLock, room: i64) -> bool {
+    store.dialect() == Dialect::Postgres
+        && how == BudgetLock::Shared
+        && room <= super::POSTGRES_POOL as i64
 }
 
 /// Labels spent in a project: current (not superseded) judgments other than skips, read from the
@@ -142,17 +167,17 @@ where
     super::int(&row, "n")
 }
 
-/// Whether the project's label budget leaves no room for another open lease: labels spent plus labels
-/// promised to open leases reach it. Run under `lock_budget`. A lease is open while it is active and
-/// unexpired (index `leases_open`): its pair waits for its answer, since every way a pair leaves a lease
-/// (answer, release, a new lease after expiry) also ends the lease row's `active` status.
-pub(super) async fn budget_spent(
+/// Labels the project's budget still has room for: the budget less the labels spent and the labels
+/// promised to open leases (`i64::MAX` without a budget). Run under `lock_budget`. A lease is open while
+/// it is active and unexpired (index `leases_open`): its pair waits for its answer, since every way a pair
+/// leaves a lease (answer, release, a new lease after expiry) also ends the lease row's `active` status.
+pub(super) async fn budget_room(
     tx: &mut Transaction<'static, Any>,
     project: &Project,
     now: i64,
-) -> Result<bool> {
+) -> Result<i64> {
     let Some(budget) = project.label_budget else {
-        return Ok(false);
+        return Ok(i64::MAX);
     };
     let labels = count_labels(&mut **tx, &project.id).await?;
     let open: i64 = super::int(
@@ -166,7 +191,7 @@ pub(super) async fn budget_spent(
         .await?,
         "n",
     )?;
-    Ok(labels + open >= budget)
+    Ok(budget - labels - open)
 }
 
 /// Leases the best free pair of `project` to `user`, or gives back the lease they already hold.
@@ -178,9 +203,32 @@ pub async fn lease_next_pair(
     user: &User,
     exclude: &[String],
 ) -> Result<Option<LeasedPair>> {
+    let mut how = BudgetLock::Shared;
+    loop {
+        match try_lease(store, project, user, exclude, how).await? {
+            Attempt::Done(leased) => return Ok(leased),
+            Attempt::Again(stricter) => how = stricter,
+        }
+    }
+}
+
+/// What one lease transaction came to.
+enum Attempt {
+    Done(Option<LeasedPair>),
+    /// Start again under this lock (nothing was written).
+    Again(BudgetLock),
+}
+
+async fn try_lease(
+    store: &Store,
+    project: &Project,
+    user: &User,
+    exclude: &[String],
+    how: BudgetLock,
+) -> Result<Attempt> {
     let now = store.clock().now_ms();
     let mut tx = store.begin_write().await?;
-    lock_budget(&mut tx, store, project).await?;
+    lock_budget(&mut tx, store, project, how).await?;
 
     let held: Vec<String> = sqlx::query_scalar(
         "SELECT l.id FROM leases l JOIN pairs p ON p.id = l.pair_id \
@@ -196,12 +244,17 @@ pub async fn lease_next_pair(
     if let Some(id) = held.iter().find(|id| !exclude.contains(id)) {
         let leased = get_leased_pair(&mut tx, id).await?;
         tx.commit().await?;
-        return Ok(Some(leased));
+        return Ok(Attempt::Done(Some(leased)));
     }
 
-    if budget_spent(&mut tx, project, now).await? {
+    let room = budget_room(&mut tx, project, now).await?;
+    if room <= 0 {
         tx.commit().await?;
-        return Ok(None);
+        return Ok(Attempt::Done(None));
+    }
+    if needs_exclusive(store, how, room) {
+        tx.rollback().await?;
+        return Ok(Attempt::Again(BudgetLock::Exclusive));
     }
 
     let lease_id = new_id();
@@ -226,7 +279,7 @@ pub async fn lease_next_pair(
     }
     let Some(claimed) = claimed else {
         tx.commit().await?;
-        return Ok(None);
+        return Ok(Attempt::Done(None));
     };
     let pair_id: String = claimed.try_get("id")?;
     // The pair's earlier lease, if any, ran out: record that in its history.
@@ -254,7 +307,7 @@ pub async fn lease_next_pair(
         claimed.try_get("completion_b")?,
     );
     let (left, right) = if left_is_a { (a, b) } else { (b, a) };
-    Ok(Some(LeasedPair {
+    Ok(Attempt::Done(Some(LeasedPair {
         lease_id,
         pair_id,
         project_id: project.id.clone(),
@@ -264,7 +317,7 @@ pub async fn lease_next_pair(
         expires_at: super::rfc3339(expires),
         expires_at_ms: expires,
         left_is_a,
-    }))
+    })))
 }
 
 /// Claims the best free pair the user has not already answered: highest score first, then the random

@@ -98,7 +98,16 @@ impl WriteTx {
         self.tx.commit().await?;
         Ok(())
     }
+
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
 }
+
+/// Connections of a PostgreSQL pool: also the most transactions of this process that can be claiming
+/// pairs at once (`leases::lock_budget`).
+pub(crate) const POSTGRES_POOL: u32 = 16;
 
 impl std::ops::Deref for WriteTx {
     type Target = Transaction<'static, Any>;
@@ -212,7 +221,7 @@ impl Store {
             }
             Dialect::Postgres => {
                 AnyPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(POSTGRES_POOL)
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
                     .await?

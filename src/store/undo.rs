@@ -6,7 +6,7 @@ use sqlx::Row;
 use utoipa::ToSchema;
 
 use super::leases::{
-    Judgment, LeasedPair, budget_spent, get_leased_pair, judgment_from_row, lock_budget,
+    BudgetLock, Judgment, LeasedPair, budget_room, get_leased_pair, judgment_from_row, lock_budget,
 };
 use super::projects::Project;
 use super::users::User;
@@ -33,7 +33,7 @@ pub struct Undo {
 pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -> Result<Undo> {
     let now = store.clock().now_ms();
     let mut tx = store.begin_write().await?;
-    lock_budget(&mut tx, store, project).await?;
+    lock_budget(&mut tx, store, project, BudgetLock::Exclusive).await?;
     let row = sqlx::query(
         "SELECT * FROM judgments WHERE project_id = $1 AND user_id = $2 AND superseded_at IS NULL \
          ORDER BY seq DESC LIMIT 1",
@@ -52,7 +52,7 @@ pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -
         .await?;
     undone.superseded_at = Some(super::rfc3339(now));
 
-    if undone.choice == Choice::Skip && budget_spent(&mut tx, project, now).await? {
+    if undone.choice == Choice::Skip && budget_room(&mut tx, project, now).await? <= 0 {
         tx.commit().await?;
         return Ok(Undo {
             undone,
