@@ -309,6 +309,16 @@ async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
     let win = v["metrics"]["win_rate"].as_f64().expect("win rate stored");
     assert!((0.0..=1.0).contains(&win), "{v}");
     assert_eq!(v["metrics"]["eval_prompts"], 2);
+    // With its 95% interval, which two prompts leave wide.
+    let (low, high) = (
+        v["metrics"]["win_rate_low"]
+            .as_f64()
+            .expect("interval stored"),
+        v["metrics"]["win_rate_high"]
+            .as_f64()
+            .expect("interval stored"),
+    );
+    assert!(low <= win && win <= high && high - low > 0.4, "{v}");
     assert_eq!(v["labels_seen"].as_i64().map(|n| n >= 4), Some(true), "{v}");
     let (status, _) = app
         .json(

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 db_tests!(
     sentiment_judge_prefers_the_positive_side,
-    http_judge_maps_its_answers_back
+    http_judge_maps_its_answers_back,
+    an_evaluation_judge_spends_no_label,
 );
 
 async fn start_loop(app: &mut TestApp) -> ActiveLoop {
@@ -205,4 +206,62 @@ async fn http_judge_maps_its_answers_back(b: Backend) {
         calls.load(Ordering::SeqCst) >= 8,
         "the failed first call was retried"
     );
+}
+
+/// `"role": "evaluate"`: the judge scores versions (with a model loaded; see tests/active_loop.rs) and
+/// never answers a pair, while a labelling judge beside it does.
+async fn an_evaluation_judge_spends_no_label(b: Backend) {
+    let mut app = TestApp::new(b).await;
+    start_loop(&mut app).await;
+    let project = app.create_project(json!({"name": "p"})).await;
+    app.import(&project, "pairs", &good_bad_pairs(4)).await;
+    let judges = format!("/api/v1/projects/{project}/judges");
+    let (status, e) = app
+        .json(
+            "POST",
+            &judges,
+            &app.admin,
+            Some(json!({"kind": "http", "role": "evaluate", "url": "http://127.0.0.1:9/v1/chat/completions", "model": "m"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("evaluate"), "{e}");
+    let (status, e) = app
+        .json(
+            "POST",
+            &judges,
+            &app.admin,
+            Some(json!({"kind": "sentiment", "role": "grade"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+
+    let (status, j) = app
+        .json(
+            "POST",
+            &judges,
+            &app.admin,
+            Some(json!({"kind": "sentiment", "role": "evaluate", "rate_per_minute": 6000})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{j}");
+    assert_eq!(j["settings"]["role"], "evaluate");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stats = format!("/api/v1/projects/{project}/stats");
+    let (_, s) = app.json("GET", &stats, &app.admin, None).await;
+    assert_eq!(s["labels"], 0, "an evaluation judge answered a pair: {s}");
+    assert_eq!(s["ready_pairs"], 4, "{s}");
+
+    // A labelling judge beside it answers them all.
+    let (status, j) = app
+        .json(
+            "POST",
+            &judges,
+            &app.admin,
+            Some(json!({"kind": "sentiment", "rate_per_minute": 6000})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{j}");
+    assert_eq!(j["settings"]["role"], "label");
+    wait_for_labels(&app, &project, 4).await;
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use prefloop::domain::{EntropyEstimator, LossKind, Schedule, StepMetrics, Strategy};
 use prefloop::learn::candidates::{
-    AcquireConfig, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
+    AcquireConfig, RewardSpec, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
 };
 use prefloop::learn::dpo::LossConfig;
 use prefloop::learn::optim::AdamWParams;
@@ -545,7 +545,7 @@ fn an_acquisition_round_scores_and_orders_pairs() {
             )
         })
         .collect();
-    let rescored = score_pairs(&policy, Some(&reference), &items, cfg.beta).unwrap();
+    let rescored = score_pairs(&policy, Some(&reference), &items, &cfg.reward).unwrap();
     for (p, s) in got.iter().zip(&rescored) {
         assert!(
             (p.scores.reward_a - s.reward_a).abs() < 1e-5,
@@ -556,7 +556,7 @@ fn an_acquisition_round_scores_and_orders_pairs() {
             "{p:?} vs {s:?}"
         );
     }
-    let zero = score_pairs(&policy, None, &items, 0.2).unwrap();
+    let zero = score_pairs(&policy, None, &items, &RewardSpec::default()).unwrap();
     assert!(zero.iter().all(|s| s.certainty == 0.0));
 
     // Round 1 (policy is the reference): every reward is 0, the order comes from the seed.

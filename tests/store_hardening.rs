@@ -464,7 +464,7 @@ async fn a_model_completion_holding_nul_is_stored_without_it(b: Backend) {
     let project = app.create_project(json!({"name": "generated"})).await;
     app.import(&project, "prompts", "{\"prompt\": \"The film\"}\n")
         .await;
-    let prompt = draw_prompts(&app.store, &project, 1)
+    let prompt = draw_prompts(&app.store, &project, 1, 0)
         .await
         .unwrap()
         .remove(0);

@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::domain::{EntropyEstimator, Strategy};
-use crate::learn::candidates::{AcquireConfig, acquire_pairs};
+use crate::learn::candidates::{AcquireConfig, RewardSpec, acquire_pairs};
 use crate::learn::data::read_prompts;
 use crate::model::{LanguageModel, parse_device};
 
@@ -71,7 +71,10 @@ pub fn run(args: AcquireArgs) -> anyhow::Result<()> {
     };
     let cfg = AcquireConfig {
         strategy: args.strategy,
-        beta: args.beta,
+        reward: RewardSpec {
+            beta: args.beta,
+            ..RewardSpec::default()
+        },
         entropy_samples: args.entropy_samples,
         entropy_estimator: args.entropy_estimator,
         length_normalised: args.length_normalised,

@@ -1,6 +1,7 @@
 //! `prefloop demo`: a working prefloop on a fresh clone. Fetches the demo assets when missing
 //! (SmolLM2-135M-Instruct and movie reviews, checksums verified), creates a project with the hybrid
-//! strategy fed with review openings cut to 8–16 tokens (the paper's IMDB setting), an admin and an
+//! strategy fed with review openings cut to 8–16 tokens (the paper's IMDB setting) and a sentiment
+//! judge that only evaluates (each version's win rate on 64 held-out prompts), an admin and an
 //! annotator, prints their sign-in links, and serves with the model on the embedded SQLite database.
 
 use std::path::{Path, PathBuf};
@@ -10,8 +11,10 @@ use clap::Args;
 
 use super::prompts::{load_tokenizer, review_prompts};
 use crate::config::DbArgs;
-use crate::domain::Strategy;
+use crate::domain::{JudgeKind, JudgeRole, Strategy};
+use crate::judge::{DEFAULT_RATE_PER_MINUTE, JudgeSettings};
 use crate::store::items::{Split, insert_prompts};
+use crate::store::judges::create_judge;
 use crate::store::projects::{ProjectInput, create_project, find_project};
 use crate::store::sessions::{create_login_link, login_url};
 use crate::store::users::{Role, UserKind, create_user};
@@ -82,6 +85,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let project = create_project(&store, input).await?;
         insert_prompts(&store, &project.id, train, Split::Train).await?;
         insert_prompts(&store, &project.id, eval, Split::Eval).await?;
+        // A judge that labels nothing and scores every new version on the held-out prompts, so the
+        // dashboard draws the model's win rate from its first version on.
+        let judge = JudgeSettings {
+            role: JudgeRole::Evaluate,
+            rate_per_minute: DEFAULT_RATE_PER_MINUTE,
+            http: None,
+        };
+        create_judge(&store, &project.id, JudgeKind::Sentiment, &judge.to_json()).await?;
     }
     // Fresh one-time links on every start: tokens are never stored in clear, links are.
     let mut links = Vec::new();

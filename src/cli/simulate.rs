@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
-use crate::domain::{CompletionSettings, EntropyEstimator, JudgeKind, Oversample, Strategy};
+use crate::domain::{
+    CompletionSettings, EntropyEstimator, JudgeKind, JudgeRole, Oversample, Strategy,
+};
 use crate::engine::active_loop::{ActiveLoop, LoopConfig};
 use crate::engine::{EngineConfig, EngineHandle};
 use crate::judge::JudgeSettings;
@@ -94,6 +96,9 @@ struct Row {
     /// Of the labels, those that trained DPO (left or right).
     decisive: i64,
     win_rate: f64,
+    /// The win rate's 95% interval over the eval prompts (Wilson, ties as half).
+    win_rate_low: f64,
+    win_rate_high: f64,
     reward: f64,
 }
 
@@ -164,6 +169,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             insert_prompts(&store, &project.id, train, Split::Train).await?;
             insert_prompts(&store, &project.id, eval, Split::Eval).await?;
             let judge = JudgeSettings {
+                role: JudgeRole::Label,
                 rate_per_minute: 1.0e6,
                 http: None,
             };
@@ -199,6 +205,8 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
                         labels: *labels,
                         decisive: *decisive,
                         win_rate: win.win_rate,
+                        win_rate_low: win.win_rate_low.unwrap_or(f64::NAN),
+                        win_rate_high: win.win_rate_high.unwrap_or(f64::NAN),
                         reward: win.mean_reward,
                     }));
                     break;
@@ -254,11 +262,20 @@ fn run_settings(args: &SimulateArgs, strategy: Strategy, seed: u64) -> ProjectIn
 }
 
 fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
-    let mut out = String::from("strategy,seed,labels,win_rate,reward,decisive\n");
+    let mut out = String::from(
+        "strategy,seed,labels,decisive_labels,win_rate,win_rate_low,win_rate_high,reward\n",
+    );
     for r in rows {
         out.push_str(&format!(
-            "{},{},{},{:.4},{:.4},{}\n",
-            r.strategy, r.seed, r.labels, r.win_rate, r.reward, r.decisive
+            "{},{},{},{},{:.4},{:.4},{:.4},{:.4}\n",
+            r.strategy,
+            r.seed,
+            r.labels,
+            r.decisive,
+            r.win_rate,
+            r.win_rate_low,
+            r.win_rate_high,
+            r.reward
         ));
     }
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))

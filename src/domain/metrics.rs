@@ -118,6 +118,47 @@ pub struct WinRate {
     pub mean_reward: f64,
     /// Held-out prompts compared.
     pub eval_prompts: usize,
+    /// The 95% interval of the win rate (Wilson's, ties counting half a win); absent in versions
+    /// evaluated before intervals were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub win_rate_low: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub win_rate_high: Option<f64>,
+}
+
+impl WinRate {
+    /// The win rate of `wins`, `ties` and `losses` over as many prompts, with its interval.
+    pub fn from_counts(wins: usize, ties: usize, losses: usize, mean_reward: f64) -> WinRate {
+        let n = wins + ties + losses;
+        let score = wins as f64 + 0.5 * ties as f64;
+        let (win_rate, low, high) = match n {
+            0 => (0.5, None, None),
+            _ => {
+                let (low, high) = wilson_interval(score, n as f64);
+                (score / n as f64, Some(low), Some(high))
+            }
+        };
+        WinRate {
+            win_rate,
+            wins,
+            ties,
+            losses,
+            mean_reward,
+            eval_prompts: n,
+            win_rate_low: low,
+            win_rate_high: high,
+        }
+    }
+}
+
+/// Wilson's 95% score interval for `successes` out of `n` (successes may be fractional: a tie is half).
+pub fn wilson_interval(successes: f64, n: f64) -> (f64, f64) {
+    const Z: f64 = 1.959_964;
+    let p = successes / n;
+    let z2n = Z * Z / n;
+    let centre = (p + z2n / 2.0) / (1.0 + z2n);
+    let half = Z / (1.0 + z2n) * (p * (1.0 - p) / n + z2n / (4.0 * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
 /// A model version's metrics: its training run's last step and held-out metrics, and its win rate when
@@ -179,23 +220,35 @@ mod tests {
     }
 
     #[test]
+    fn the_win_rate_interval_is_wilson_s_with_ties_as_half() {
+        // 10 of 20 (8 wins, 4 ties): Wilson's 95% interval for p = 0.5, n = 20 is 0.299–0.701.
+        let w = WinRate::from_counts(8, 4, 8, 0.0);
+        assert_eq!(w.win_rate, 0.5);
+        assert!((w.win_rate_low.unwrap() - 0.2993).abs() < 1e-3, "{w:?}");
+        assert!((w.win_rate_high.unwrap() - 0.7007).abs() < 1e-3, "{w:?}");
+        // All wins: the interval stays inside [0, 1] and below 1 at its low end.
+        let w = WinRate::from_counts(16, 0, 0, 0.0);
+        assert_eq!(w.win_rate_high, Some(1.0));
+        assert!((w.win_rate_low.unwrap() - 0.806).abs() < 1e-3, "{w:?}");
+        // A version stored before intervals were kept still reads.
+        let old = serde_json::json!({"win_rate": 0.5, "wins": 1, "ties": 0, "losses": 1,
+                                     "mean_reward": 0.0, "eval_prompts": 2});
+        let old: WinRate = serde_json::from_value(old).unwrap();
+        assert_eq!(old.win_rate_low, None);
+    }
+
+    #[test]
     fn version_metrics_carry_the_win_rate_beside_training() {
         let v = VersionMetrics {
             trained: TrainedMetrics {
                 last_step: Some(step(4)),
                 eval: None,
             },
-            win: Some(WinRate {
-                win_rate: 0.625,
-                wins: 9,
-                ties: 2,
-                losses: 5,
-                mean_reward: 0.3,
-                eval_prompts: 16,
-            }),
+            win: Some(WinRate::from_counts(9, 2, 5, 0.3)),
         };
         let json = serde_json::to_value(v).unwrap();
         assert_eq!(json["win_rate"], 0.625);
+        assert_eq!(json["eval_prompts"], 16);
         assert_eq!(json["step"], 4);
         assert_eq!(serde_json::from_value::<VersionMetrics>(json).unwrap(), v);
         let reference: VersionMetrics = serde_json::from_str("{}").unwrap();

@@ -188,6 +188,17 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// What an attached judge does: answer pairs from the label budget (the default), or only evaluate
+    /// each new version against the reference on the held-out prompts, spending no label.
+    #[derive(Default)]
+    pub enum JudgeRole ("judge role") {
+        #[default]
+        Label = "label",
+        Evaluate = "evaluate",
+    }
+}
+
 /// Every score a candidate pair can be chosen by. `entropy` is the prompt's (shared by all pairs of that
 /// prompt) and is `None` when the strategy did not need it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -46,12 +46,5 @@ pub async fn win_rate(
         }
     }
     let n = ours.len().max(1) as f64;
-    Ok(WinRate {
-        win_rate: (wins as f64 + 0.5 * ties as f64) / n,
-        wins,
-        ties,
-        losses,
-        mean_reward: reward / n,
-        eval_prompts: ours.len(),
-    })
+    Ok(WinRate::from_counts(wins, ties, losses, reward / n))
 }

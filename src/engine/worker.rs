@@ -7,8 +7,9 @@ use super::{
     ScoredPair,
 };
 use crate::domain::{LoopSettings, PairScores, Strategy};
+use crate::learn::DpoConfig;
 use crate::learn::candidates::{
-    AcquireConfig, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
+    AcquireConfig, RewardSpec, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
 };
 use crate::model::{LanguageModel, SamplingParams, parse_device};
 
@@ -149,7 +150,7 @@ fn acquire_config(settings: &LoopSettings, strategy: Strategy, seed: u64) -> Acq
     let c = &settings.completions;
     AcquireConfig {
         strategy,
-        beta: settings.beta,
+        reward: RewardSpec::of(&DpoConfig::from_settings(settings)),
         entropy_samples: settings.entropy_samples as usize,
         entropy_estimator: settings.entropy_estimator,
         length_normalised: false,
@@ -220,8 +221,7 @@ fn rescore(models: &mut Models, req: RescoreRequest) -> Result<Vec<PairScores>, 
     } else {
         req.pairs.clone()
     };
-    let mut scores =
-        score_pairs(policy, reference, &pairs, req.settings.beta).map_err(model_error)?;
+    let mut scores = score_pairs(policy, reference, &pairs, &cfg.reward).map_err(model_error)?;
     if cfg.strategy.needs_entropy() {
         let prompt_ids: Vec<Vec<u32>> = pairs
             .iter()

@@ -6,15 +6,18 @@ pub mod sentiment;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Choice;
+use crate::domain::{Choice, JudgeRole};
 use http::HttpJudgeSettings;
 
 /// Answers per minute of a judge attached without a rate.
 pub const DEFAULT_RATE_PER_MINUTE: f64 = 60.0;
 
-/// What is stored with an attached judge: how fast it answers, and for an HTTP judge its endpoint.
+/// What is stored with an attached judge: what it does, how fast it answers, and for an HTTP judge its
+/// endpoint. Judges stored before roles existed read as labelling ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JudgeSettings {
+    #[serde(default)]
+    pub role: JudgeRole,
     #[serde(default = "default_rate")]
     pub rate_per_minute: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,16 +9,18 @@
 use serde::{Deserialize, Serialize};
 
 use super::acquisition::{self, AcquisitionRecord, Candidate, EntropySample};
-use crate::domain::{EntropyEstimator, Oversample, PairScores, Strategy};
-use crate::model::{LanguageModel, ModelError, Sample, SamplingParams, TextTokenizer};
+use super::policy::{fit_completion, fit_prompt};
+use super::run::DpoConfig;
+use crate::domain::{EntropyEstimator, LossKind, Oversample, PairScores, Strategy};
+use crate::model::{LanguageModel, ModelError, Sample, SamplingParams, SeqLogProb, TextTokenizer};
 
 /// Settings of one acquisition round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AcquireConfig {
     pub strategy: Strategy,
-    /// β of the implicit rewards (use the trainer's).
-    pub beta: f64,
+    /// How the trainer will see a pair: the implicit rewards behind certainty are taken the same way.
+    pub reward: RewardSpec,
     /// N: samples per prompt for the `samples` entropy estimate.
     pub entropy_samples: usize,
     /// How a prompt's entropy is estimated: N samples' −mean log π, or one sample's summed token entropies.
@@ -39,7 +41,7 @@ impl Default for AcquireConfig {
     fn default() -> Self {
         AcquireConfig {
             strategy: Strategy::Hybrid,
-            beta: 0.2,
+            reward: RewardSpec::default(),
             entropy_samples: 8,
             entropy_estimator: EntropyEstimator::Samples,
             length_normalised: false,
@@ -156,6 +158,43 @@ pub fn prompt_ids(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, ModelErro
     Ok(ids)
 }
 
+/// The implicit reward r̂ = β·(log πθ − log πref) as the loss defines it, on the tokens the trainer keeps:
+/// sums of log-probs for DPO, per-token means for IPO, prompts and completions truncated as in
+/// training (`learn::policy::fit_prompt`, `fit_completion`). Certainty scored any other way would rank
+/// pairs by a reward DPO never optimises.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RewardSpec {
+    pub loss: LossKind,
+    pub beta: f64,
+    pub max_prompt_tokens: usize,
+    pub max_completion_tokens: usize,
+}
+
+impl RewardSpec {
+    pub fn of(cfg: &DpoConfig) -> RewardSpec {
+        RewardSpec {
+            loss: cfg.loss.kind,
+            beta: cfg.loss.beta,
+            max_prompt_tokens: cfg.max_prompt_tokens,
+            max_completion_tokens: cfg.max_completion_tokens,
+        }
+    }
+
+    /// The log-prob a reward is taken from.
+    fn logprob(&self, s: &SeqLogProb) -> f64 {
+        match self.loss {
+            LossKind::Dpo => s.sum,
+            LossKind::Ipo => s.mean,
+        }
+    }
+}
+
+impl Default for RewardSpec {
+    fn default() -> Self {
+        RewardSpec::of(&DpoConfig::default())
+    }
+}
+
 /// Implicit rewards and certainty of existing pairs (imported ones, or pending ones after a new model
 /// version), each item (prompt, completion a, completion b) as text. `reference` `None` means the policy is the
 /// reference. Entropy is left `None`: it needs sampling, see [`prompt_entropies`].
@@ -163,24 +202,31 @@ pub fn score_pairs(
     policy: &LanguageModel,
     reference: Option<&LanguageModel>,
     items: &[(String, String, String)],
-    beta: f64,
+    spec: &RewardSpec,
 ) -> Result<Vec<PairScores>, ModelError> {
     let tok = policy.tokenizer();
     let mut seqs = Vec::with_capacity(2 * items.len());
     for (prompt, a, b) in items {
-        let p = prompt_ids(tok, prompt)?;
-        seqs.push((p.clone(), tok.encode(a)?));
-        seqs.push((p, tok.encode(b)?));
+        let p = fit_prompt(prompt_ids(tok, prompt)?, spec.max_prompt_tokens);
+        let fit = |c: &str| {
+            Ok::<_, ModelError>(fit_completion(tok.encode(c)?, spec.max_completion_tokens))
+        };
+        seqs.push((p.clone(), fit(a)?));
+        seqs.push((p, fit(b)?));
     }
-    let lp: Vec<f64> = policy.score(&seqs)?.iter().map(|s| s.sum).collect();
+    let lp: Vec<f64> = policy
+        .score(&seqs)?
+        .iter()
+        .map(|s| spec.logprob(s))
+        .collect();
     let rf: Vec<f64> = match reference {
-        Some(r) => r.score(&seqs)?.iter().map(|s| s.sum).collect(),
+        Some(r) => r.score(&seqs)?.iter().map(|s| spec.logprob(s)).collect(),
         None => lp.clone(),
     };
     Ok((0..items.len())
         .map(|i| {
             PairScores::from_logprobs(
-                beta,
+                spec.beta,
                 None,
                 (lp[2 * i], lp[2 * i + 1]),
                 (rf[2 * i], rf[2 * i + 1]),
@@ -247,7 +293,7 @@ pub fn acquire_pairs(
             prompt_of.push(i);
         }
     }
-    let scores = score_pairs(policy, reference, &items, cfg.beta)?;
+    let scores = score_pairs(policy, reference, &items, &cfg.reward)?;
     let candidates: Vec<Candidate> = scores
         .into_iter()
         .zip(&prompt_of)
@@ -282,6 +328,54 @@ pub fn acquire_pairs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certainty_takes_the_reward_the_loss_trains_on_the_tokens_it_keeps() {
+        let model = |seed| {
+            let tok = TextTokenizer::byte_level_for_tests();
+            let config = crate::model::ModelConfig::tiny(tok.vocab_size());
+            LanguageModel::random(config, tok, &candle_core::Device::Cpu, seed).unwrap()
+        };
+        let (policy, reference) = (model(1), model(2));
+        let tok = policy.tokenizer();
+        let (prompt, a, b) = (
+            "A prompt that is long",
+            "a completion that runs on",
+            "short",
+        );
+        let items = vec![(prompt.to_string(), a.to_string(), b.to_string())];
+        // What the trainer sees with 4 prompt and 6 completion tokens kept.
+        let p = fit_prompt(prompt_ids(tok, prompt).unwrap(), 4);
+        let fit = |c: &str| fit_completion(tok.encode(c).unwrap(), 6);
+        assert_eq!((p.len(), fit(a).len()), (4, 6));
+        let seqs = vec![(p.clone(), fit(a)), (p, fit(b))];
+        let (lp, rf) = (
+            policy.score(&seqs).unwrap(),
+            reference.score(&seqs).unwrap(),
+        );
+        type Pick = fn(&SeqLogProb) -> f64;
+        let by: [(LossKind, Pick); 2] = [(LossKind::Dpo, |s| s.sum), (LossKind::Ipo, |s| s.mean)];
+        for (loss, pick) in by {
+            let spec = RewardSpec {
+                loss,
+                beta: 0.5,
+                max_prompt_tokens: 4,
+                max_completion_tokens: 6,
+            };
+            let got = score_pairs(&policy, Some(&reference), &items, &spec).unwrap()[0];
+            let want_a = 0.5 * (pick(&lp[0]) - pick(&rf[0]));
+            let want_b = 0.5 * (pick(&lp[1]) - pick(&rf[1]));
+            assert!(
+                (got.reward_a - want_a).abs() < 1e-4,
+                "{loss}: {got:?} vs {want_a}"
+            );
+            assert!(
+                (got.reward_b - want_b).abs() < 1e-4,
+                "{loss}: {got:?} vs {want_b}"
+            );
+            assert!((got.certainty - (want_a - want_b).abs()).abs() < 1e-4);
+        }
+    }
 
     /// A completion of `n` tokens with log-prob `lp` and, when recorded, entropy `h` at every token.
     fn fake(n: usize, lp: f64, h: f32, record: bool) -> Sample {

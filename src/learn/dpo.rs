@@ -108,10 +108,16 @@ pub fn preference_loss(cfg: &LossConfig, lp: &PairLogProbs) -> Result<LossOutput
     })
 }
 
-/// softplus(u) = log(1 + exp(u)), differentiable with the right slope σ(u) everywhere in [−80, 80]
-/// (exp(80) still fits f32); outside, the loss is already absurd and the slope is cut to 0.
+/// Above this, softplus(u) is u itself to within f32's precision (log(1 + e^−20) ≈ 2·10⁻⁹).
+const SOFTPLUS_LINEAR_ABOVE: f32 = 20.0;
+
+/// softplus(u) = log(1 + exp(u)), with the right slope σ(u) everywhere: log(1 + exp(u)) up to 20, and u
+/// itself above, where clamping the exponent would leave the value stuck and the slope 0 (a pair the
+/// policy gets badly wrong would stop teaching it). Far below, exp(u) underflows to 0 and so does the
+/// slope, as σ(u) does.
 pub fn softplus(u: &Tensor) -> Result<Tensor> {
-    (u.clamp(-80f32, 80f32)?.exp()? + 1.0)?.log()
+    let low = (u.clamp(-80f32, SOFTPLUS_LINEAR_ABOVE)?.exp()? + 1.0)?.log()?;
+    u.gt(SOFTPLUS_LINEAR_ABOVE)?.where_cond(u, &low)
 }
 
 /// Sums (not means) of the reward statistics over the batch, so batches of different sizes can be combined;
@@ -147,6 +153,21 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) {
         assert!((a - b).abs() < tol, "{a} vs {b}");
+    }
+
+    #[test]
+    fn softplus_keeps_its_value_and_slope_far_out() {
+        let u = Var::new(&[-100f32, -2.0, 0.0, 3.0, 25.0, 100.0], &Device::Cpu).unwrap();
+        let y = softplus(u.as_tensor()).unwrap();
+        let values: Vec<f32> = y.to_vec1().unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let slopes: Vec<f32> = grads.get(&u).unwrap().to_vec1().unwrap();
+        for (i, &x) in [-100f64, -2.0, 0.0, 3.0, 25.0, 100.0].iter().enumerate() {
+            let exact = x.max(0.0) + (-x.abs()).exp().ln_1p();
+            let sigma = 1.0 / (1.0 + (-x).exp());
+            close(values[i] as f64, exact, 1e-4 * exact.max(1.0));
+            close(slopes[i] as f64, sigma, 1e-5);
+        }
     }
 
     #[test]

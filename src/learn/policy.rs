@@ -82,6 +82,20 @@ impl TokenizedPair {
     }
 }
 
+/// A prompt as training sees it: its last `max` tokens (the end is what a completion continues).
+pub fn fit_prompt(mut ids: Vec<u32>, max: usize) -> Vec<u32> {
+    if ids.len() > max {
+        ids.drain(..ids.len() - max);
+    }
+    ids
+}
+
+/// A completion as training sees it: its first `max` tokens.
+pub fn fit_completion(mut ids: Vec<u32>, max: usize) -> Vec<u32> {
+    ids.truncate(max);
+    ids
+}
+
 pub(super) fn tokenize_pairs<M: DpoModel>(
     model: &M,
     pairs: &[PreferencePair],
@@ -91,17 +105,12 @@ pub(super) fn tokenize_pairs<M: DpoModel>(
     pairs
         .iter()
         .map(|p| {
-            let mut prompt = enc(&p.prompt)?;
-            if prompt.len() > cfg.max_prompt_tokens {
-                prompt.drain(..prompt.len() - cfg.max_prompt_tokens);
-            }
+            let mut prompt = fit_prompt(enc(&p.prompt)?, cfg.max_prompt_tokens);
             if prompt.is_empty() {
                 prompt.push(model.empty_prompt_token());
             }
-            let mut chosen = enc(&p.chosen)?;
-            chosen.truncate(cfg.max_completion_tokens);
-            let mut rejected = enc(&p.rejected)?;
-            rejected.truncate(cfg.max_completion_tokens);
+            let chosen = fit_completion(enc(&p.chosen)?, cfg.max_completion_tokens);
+            let rejected = fit_completion(enc(&p.rejected)?, cfg.max_completion_tokens);
             Ok(TokenizedPair {
                 prompt,
                 chosen,

@@ -28,24 +28,51 @@ pub struct PoolPrompt {
     pub text: String,
 }
 
-/// Up to `n` distinct training prompts in random order. Drawn anew each round, so across rounds a
-/// prompt can come back and yield a new pair from a newer policy.
-pub async fn draw_prompts(store: &Store, project_id: &str, n: i64) -> Result<Vec<PoolPrompt>> {
+/// Up to `n` distinct training prompts for a round, without replacement: the least-drawn first, so no
+/// prompt comes back before every other one has been drawn as often; among equals, an order fixed by
+/// `seed` and each prompt's text, so the same seed over the same prompts draws the same rounds.
+/// The drawn prompts' count goes up by one.
+pub async fn draw_prompts(
+    store: &Store,
+    project_id: &str,
+    n: i64,
+    seed: u64,
+) -> Result<Vec<PoolPrompt>> {
     let rows = sqlx::query(
-        "SELECT id, text FROM prompts WHERE project_id = $1 AND split = 'train' ORDER BY random() LIMIT $2",
+        "SELECT id, text_hash, draws FROM prompts WHERE project_id = $1 AND split = 'train'",
     )
     .bind(project_id)
-    .bind(n)
     .fetch_all(store.pool())
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(PoolPrompt {
-                id: r.try_get("id")?,
-                text: r.try_get("text")?,
-            })
-        })
-        .collect()
+    let mut order = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let hash: String = r.try_get("text_hash")?;
+        let draws: i64 = r.try_get("draws")?;
+        order.push((draws, draw_key(seed, &hash), r.try_get::<String, _>("id")?));
+    }
+    order.sort_unstable();
+    order.truncate(n.max(0) as usize);
+    let mut tx = store.begin_write().await?;
+    let mut out = Vec::with_capacity(order.len());
+    for (_, _, id) in order {
+        let text: String =
+            sqlx::query_scalar("UPDATE prompts SET draws = draws + 1 WHERE id = $1 RETURNING text")
+                .bind(&id)
+                .fetch_one(&mut **tx)
+                .await?;
+        out.push(PoolPrompt { id, text });
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// A prompt's place among equally drawn ones: FNV-1a over its text hash, mixed with the seed.
+fn draw_key(seed: u64, text_hash: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for b in text_hash.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// A pair the model made and the strategy chose, with every score that chose it.

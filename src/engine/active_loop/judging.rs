@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::error::{LoopError, LoopResult};
-use crate::domain::JudgeKind;
+use crate::domain::{JudgeKind, JudgeRole};
 use crate::judge::JudgeSettings;
 use crate::judge::http::HttpJudge;
 use crate::judge::sentiment::SentimentJudge;
@@ -76,7 +76,11 @@ impl Judges {
     /// Every judge of the project answers as many leases as its credit allows.
     pub(super) async fn answer(&self, store: &Store, project: &Project) -> LoopResult<()> {
         for judge in list_judges(store, &project.id).await? {
-            let rate = settings(&judge)?.rate_per_minute;
+            let settings = settings(&judge)?;
+            if settings.role == JudgeRole::Evaluate {
+                continue;
+            }
+            let rate = settings.rate_per_minute;
             for _ in 0..self.allowance(&judge, rate) {
                 if !self.answer_one(store, project, &judge).await? {
                     break;

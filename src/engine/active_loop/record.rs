@@ -251,11 +251,7 @@ mod tests {
             },
             win: win_rate.map(|w| WinRate {
                 win_rate: w,
-                wins: 0,
-                ties: 0,
-                losses: 0,
-                mean_reward: 0.0,
-                eval_prompts: 64,
+                ..WinRate::from_counts(32, 0, 32, 0.0)
             }),
         }
     }

@@ -206,18 +206,19 @@ async fn fill_pool(inner: &Inner, engine: &EngineHandle, project: &Project) -> L
     let m = round_size(target, free, configured);
     let s = &project.settings;
     let wanted = s.oversample.prompts_to_draw(project.strategy, m);
-    let prompts = queue::draw_prompts(store, &project.id, wanted as i64).await?;
+    let counts = count_pairs(store, &project.id).await?;
+    let seed = round_seed(s.seed, (counts.pending + counts.labelled) as u64);
+    let prompts = queue::draw_prompts(store, &project.id, wanted as i64, seed).await?;
     if prompts.is_empty() {
         return Ok(());
     }
-    let counts = count_pairs(store, &project.id).await?;
     let req = AcquireRequest {
         policy: policy.clone(),
         prompts: prompts.iter().map(|p| p.text.clone()).collect(),
         m,
         settings: s.clone(),
         strategy: project.strategy,
-        seed: round_seed(s.seed, (counts.pending + counts.labelled) as u64),
+        seed,
     };
     let round = RoundGuard::start(&inner.supply, &project.id, m);
     let started = Instant::now();

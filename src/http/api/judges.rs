@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::TAG;
-use crate::domain::JudgeKind;
+use crate::domain::{JudgeKind, JudgeRole};
 use crate::http::AppState;
 use crate::http::auth::Admin;
 use crate::http::error::{ApiError, ApiResult};
@@ -37,6 +37,10 @@ pub struct JudgeInput {
     /// "api_key_env" (the NAME of the server's environment variable holding the key),
     /// "prompt_template", "max_retries", "timeout_seconds".
     pub kind: JudgeKind,
+    /// "label" (default): answers pairs from the label budget. "evaluate": only judges each new model
+    /// version against the reference on the held-out prompts (a win rate with its 95% interval) and
+    /// answers no pair; sentiment judges only.
+    pub role: Option<JudgeRole>,
     /// Answers per minute (default 60).
     pub rate_per_minute: Option<f64>,
     /// The kind's own settings.
@@ -45,7 +49,8 @@ pub struct JudgeInput {
     pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Attach an AI judge that answers this project's pairs by itself; its judgments are marked as an AI's.
+/// Attach an AI judge that answers this project's pairs by itself (its judgments are marked as an AI's),
+/// or, with `"role": "evaluate"`, one that only measures each new version's win rate.
 #[utoipa::path(post, tag = TAG, path = "/api/v1/projects/{id}/judges", request_body = JudgeInput,
     responses((status = 201, body = Judge), (status = 404), (status = 422)))]
 pub async fn attach_judge(
@@ -79,7 +84,16 @@ pub async fn attach_judge(
             Some(http)
         }
     };
+    let role = input.role.unwrap_or_default();
+    if role == JudgeRole::Evaluate && input.kind != JudgeKind::Sentiment {
+        return Err(ApiError::Unprocessable(
+            "role \"evaluate\" is for sentiment judges: the win rate is judged in the server, \
+             without calls to an endpoint"
+                .into(),
+        ));
+    }
     let settings = JudgeSettings {
+        role,
         rate_per_minute: rate,
         http,
     };

@@ -165,6 +165,29 @@ pub fn histogram(values: &[f64], title: &str, unit: &str) -> String {
 /// A line through `points` (x, y), oldest first, with a dot at each; the y axis from 0 to `y_max` (or a
 /// round number above the largest y). Negative ys are drawn at 0.
 pub fn line_chart(points: &[(f64, f64)], y_max: Option<f64>, title: &str, x_unit: &str) -> String {
+    line_chart_with(points, y_max, title, x_unit, None, &[])
+}
+
+/// A point of a win-rate chart: labels, win rate, and its 95% interval when known.
+pub type WinPoint = (f64, f64, Option<(f64, f64)>);
+
+/// Win rate against labels on a 0–1 axis, with the 0.5 line (no better than the reference) and each
+/// point's 95% interval as a vertical bar.
+pub fn win_rate_chart(points: &[WinPoint], title: &str) -> String {
+    let line: Vec<(f64, f64)> = points.iter().map(|p| (p.0, p.1)).collect();
+    let bands: Vec<Option<(f64, f64)>> = points.iter().map(|p| p.2).collect();
+    line_chart_with(&line, Some(1.0), title, "labels", Some(0.5), &bands)
+}
+
+/// `line_chart` with a dashed horizontal `guide` line and, per point, an interval bar (`bands[i]`).
+fn line_chart_with(
+    points: &[(f64, f64)],
+    y_max: Option<f64>,
+    title: &str,
+    x_unit: &str,
+    guide: Option<f64>,
+    bands: &[Option<(f64, f64)>],
+) -> String {
     let mut svg = String::new();
     let top = y_max.unwrap_or_else(|| nice_max(points.iter().map(|p| p.1).fold(0.0, f64::max)));
     frame(&mut svg, top, title);
@@ -175,6 +198,27 @@ pub fn line_chart(points: &[(f64, f64)], y_max: Option<f64>, title: &str, x_unit
     let (x0, x1) = (first.0.min(0.0), last.0.max(first.0 + 1.0));
     let x = |v: f64| PAD_L + (W - PAD_L - PAD_R) * (v - x0) / (x1 - x0);
     let y = |v: f64| H - PAD_B - (H - PAD_T - PAD_B) * v.clamp(0.0, top) / top;
+    if let Some(g) = guide {
+        let _ = write!(
+            svg,
+            r#"<line class="guide" x1="{PAD_L}" x2="{}" y1="{:.1}" y2="{:.1}"><title>{g}</title></line>"#,
+            W - PAD_R,
+            y(g),
+            y(g)
+        );
+    }
+    for ((px, _), band) in points.iter().zip(bands) {
+        if let Some((low, high)) = band {
+            let _ = write!(
+                svg,
+                r#"<line class="interval" x1="{:.1}" x2="{:.1}" y1="{:.1}" y2="{:.1}"><title>95% interval {low:.2}–{high:.2}</title></line>"#,
+                x(*px),
+                x(*px),
+                y(*low),
+                y(*high)
+            );
+        }
+    }
     let mut path = String::new();
     for (i, (px, py)) in points.iter().enumerate() {
         let _ = write!(
@@ -242,6 +286,18 @@ mod tests {
             line_chart(&[], None, "x", "steps").matches("<path").count(),
             0
         );
+    }
+
+    #[test]
+    fn win_rate_chart_draws_the_even_line_and_each_interval() {
+        let svg = win_rate_chart(
+            &[(32.0, 0.55, Some((0.43, 0.66))), (64.0, 0.6, None)],
+            "win rate",
+        );
+        assert_eq!(svg.matches("class=\"guide\"").count(), 1);
+        assert_eq!(svg.matches("class=\"interval\"").count(), 1);
+        assert!(svg.contains("95% interval 0.43–0.66"));
+        assert_eq!(svg.matches("<circle").count(), 2);
     }
 
     #[test]

@@ -95,9 +95,13 @@ pub async fn training_panel(
                 .collect()
         })
         .unwrap_or_default();
-    let win_points: Vec<(f64, f64)> = versions
+    let win_points: Vec<charts::WinPoint> = versions
         .iter()
-        .filter_map(|v| Some((v.labels_seen as f64, v.metrics.win?.win_rate)))
+        .filter_map(|v| {
+            let w = v.metrics.win?;
+            let band = w.win_rate_low.zip(w.win_rate_high);
+            Some((v.labels_seen as f64, w.win_rate, band))
+        })
         .collect();
     let scores = pending_scores(&state.store, project_id).await?;
     // Uncertainty stores negated certainty; the histogram shows magnitudes.
@@ -117,12 +121,7 @@ pub async fn training_panel(
             .map(|r| run_row(r, &versions))
             .collect(),
         loss_chart: charts::line_chart(&loss_points, None, "training loss", "steps"),
-        win_chart: charts::line_chart(
-            &win_points,
-            Some(1.0),
-            "win rate against the reference",
-            "labels",
-        ),
+        win_chart: charts::win_rate_chart(&win_points, "win rate against the reference"),
         versions_evaluated: win_points.len(),
         score_chart: charts::histogram(&magnitudes, "acquisition scores of pending pairs", "score"),
         scored_pending: magnitudes.len(),

@@ -1,0 +1,74 @@
+//! What would bias an experiment (issue 13), checked through the store on both databases: rounds draw
+//! prompts reproducibly from the seed and without replacement until the pool is spent.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{Backend, TestApp};
+use prefloop::store::queue::draw_prompts;
+use serde_json::json;
+
+db_tests!(
+    prompts_are_drawn_without_replacement_until_the_pool_is_spent,
+    the_same_seed_draws_the_same_prompts,
+);
+
+fn prompts_ndjson(n: usize) -> String {
+    (0..n)
+        .map(|i| json!({"prompt": format!("Prompt number {i}")}).to_string() + "\n")
+        .collect()
+}
+
+async fn texts(app: &TestApp, project: &str, n: i64, seed: u64) -> Vec<String> {
+    draw_prompts(&app.store, project, n, seed)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.text)
+        .collect()
+}
+
+async fn prompts_are_drawn_without_replacement_until_the_pool_is_spent(b: Backend) {
+    let app = TestApp::new(b).await;
+    let project = app.create_project(json!({"name": "draws"})).await;
+    app.import(&project, "prompts", &prompts_ndjson(10)).await;
+
+    let mut seen = HashSet::new();
+    for round in 0..3u64 {
+        for text in texts(&app, &project, 3, round).await {
+            assert!(
+                seen.insert(text.clone()),
+                "{text} came back before the pool was spent"
+            );
+        }
+    }
+    assert_eq!(seen.len(), 9);
+    // The fourth round takes the last prompt, then starts the pool over.
+    let fourth = texts(&app, &project, 3, 3).await;
+    assert_eq!(fourth.len(), 3);
+    let fresh: Vec<_> = fourth.iter().filter(|t| !seen.contains(*t)).collect();
+    assert_eq!(fresh.len(), 1, "{fourth:?}");
+    // A round asking for more than the pool gets each prompt once.
+    let all = texts(&app, &project, 50, 4).await;
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), 10);
+}
+
+async fn the_same_seed_draws_the_same_prompts(b: Backend) {
+    let app = TestApp::new(b).await;
+    let mut draws = Vec::new();
+    for name in ["first", "second"] {
+        let project = app.create_project(json!({"name": name})).await;
+        app.import(&project, "prompts", &prompts_ndjson(40)).await;
+        let mut rounds = Vec::new();
+        for round in 0..3u64 {
+            rounds.push(texts(&app, &project, 5, 100 + round).await);
+        }
+        draws.push(rounds);
+    }
+    assert_eq!(draws[0], draws[1]);
+    // And another seed draws another order.
+    let project = app.create_project(json!({"name": "third"})).await;
+    app.import(&project, "prompts", &prompts_ndjson(40)).await;
+    assert_ne!(texts(&app, &project, 5, 7).await, draws[0][0]);
+}
