@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use crate::domain::{
-    CompletionSettings, EntropyEstimator, JudgeKind, JudgeRole, Oversample, Strategy,
+    CompletionSettings, EntropyEstimator, JudgeKind, JudgeRole, LoopSettings, Oversample, Strategy,
 };
 use crate::engine::active_loop::{ActiveLoop, LoopConfig};
 use crate::engine::{EngineConfig, EngineHandle};
@@ -50,9 +50,9 @@ pub struct SimulateArgs {
     /// Labels per run.
     #[arg(long, default_value_t = 64)]
     pub labels: usize,
-    /// Labels acquired per round; the model is retrained after each round.
-    #[arg(long, default_value_t = 16)]
-    pub round: usize,
+    /// Labels per round: the model is retrained after each (default: a new project's `train_every`).
+    #[arg(long)]
+    pub round: Option<usize>,
     /// Seeds per strategy.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
@@ -62,27 +62,29 @@ pub struct SimulateArgs {
     /// Held-out prompts for the win rate.
     #[arg(long, default_value_t = 32)]
     pub eval_prompts: usize,
-    #[arg(long, default_value_t = 2)]
-    pub epochs: u32,
-    #[arg(long, default_value_t = 5e-6)]
-    pub learning_rate: f64,
-    #[arg(long, default_value_t = 0.2)]
-    pub beta: f64,
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: u32,
-    #[arg(long, default_value_t = 24)]
-    pub max_new_tokens: u32,
-    #[arg(long, default_value_t = 4)]
-    pub entropy_samples: u32,
+    // Every training and acquisition setting left out is what a new project gets (LoopSettings'
+    // defaults), so that a run without them measures the defaults a user gets.
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    #[arg(long)]
+    pub beta: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    #[arg(long)]
+    pub max_new_tokens: Option<u32>,
+    #[arg(long)]
+    pub entropy_samples: Option<u32>,
     /// samples (N samples, −mean log π) or tokens (one sample, summed per-token entropy).
-    #[arg(long, default_value = "samples")]
-    pub entropy_estimator: EntropyEstimator,
+    #[arg(long)]
+    pub entropy_estimator: Option<EntropyEstimator>,
     /// Prompts entropy-scored per pair acquired (entropy, hybrid).
-    #[arg(long, default_value_t = 8)]
-    pub oversample_prompts: u32,
+    #[arg(long)]
+    pub oversample_prompts: Option<u32>,
     /// Candidate pairs certainty-scored per pair acquired (certainty, uncertainty, hybrid).
-    #[arg(long, default_value_t = 2)]
-    pub oversample_pairs: u32,
+    #[arg(long)]
+    pub oversample_pairs: Option<u32>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -118,8 +120,11 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()?;
-    if args.round == 0 || args.labels < args.round {
-        bail!("--round must be at least 1 and at most --labels");
+    let round = args
+        .round
+        .unwrap_or(LoopSettings::default().train_every as usize);
+    if round == 0 || args.labels < round {
+        bail!("--round must be at least 1 and at most --labels ({round} given or defaulted)");
     }
     let file = std::fs::File::open(&args.prompts)
         .with_context(|| format!("opening {}", args.prompts.display()))?;
@@ -156,7 +161,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let config = LoopConfig {
         tick: Duration::from_millis(200),
         low_water: 1,
-        round_size: args.round,
+        round_size: round,
         wait_for_training: true,
     };
     let _active = ActiveLoop::start(store.clone(), Some(engine), config).await?;
@@ -234,27 +239,33 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
 }
 
 fn run_settings(args: &SimulateArgs, strategy: Strategy, seed: u64) -> ProjectInput {
+    let defaults = LoopSettings::default();
     ProjectInput {
         name: Some(format!("simulate-{}-{seed}", strategy.as_str())),
         label_budget: Some(Some(args.labels as i64)),
         strategy: Some(strategy),
         seed: Some(seed),
-        train_every: Some(args.round as u32),
-        beta: Some(args.beta),
-        learning_rate: Some(args.learning_rate),
-        epochs: Some(args.epochs),
-        batch_size: Some(args.batch_size),
-        completions: Some(CompletionSettings {
-            max_new_tokens: args.max_new_tokens,
-            temperature: 0.7,
-            top_p: 1.0,
-        }),
-        oversample: Some(Oversample {
-            prompts: args.oversample_prompts,
-            pairs: args.oversample_pairs,
-        }),
-        entropy_samples: Some(args.entropy_samples),
-        entropy_estimator: Some(args.entropy_estimator),
+        train_every: args.round.map(|r| r as u32),
+        beta: args.beta,
+        learning_rate: args.learning_rate,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        completions: args
+            .max_new_tokens
+            .map(|max_new_tokens| CompletionSettings {
+                max_new_tokens,
+                ..defaults.completions
+            }),
+        oversample: (args.oversample_prompts.is_some() || args.oversample_pairs.is_some()).then(
+            || Oversample {
+                prompts: args
+                    .oversample_prompts
+                    .unwrap_or(defaults.oversample.prompts),
+                pairs: args.oversample_pairs.unwrap_or(defaults.oversample.pairs),
+            },
+        ),
+        entropy_samples: args.entropy_samples,
+        entropy_estimator: args.entropy_estimator,
         // The paper's protocol: each round is acquired by the policy trained on every label before it.
         install_only_if_better: Some(false),
         ..Default::default()
