@@ -179,11 +179,14 @@ pub(super) async fn budget_room(
     let Some(budget) = project.label_budget else {
         return Ok(i64::MAX);
     };
-    let labels = count_labels(&mut **tx, &project.id).await?;
-    let open: i64 = super::int(
+    // One statement, so one snapshot: an answer committing between two separate counts would move
+    // its pair from "open" to "labelled" unseen by both, and the budget would be passed by one.
+    let spent: i64 = super::int(
         &sqlx::query(
-            "SELECT COUNT(*) AS n FROM leases WHERE project_id = $1 AND status = 'active' \
-             AND expires_at > $2",
+            "SELECT (SELECT COUNT(*) FROM judgments WHERE project_id = $1 AND superseded_at IS NULL \
+                     AND choice <> 'skip') \
+                  + (SELECT COUNT(*) FROM leases WHERE project_id = $1 AND status = 'active' \
+                     AND expires_at > $2) AS n",
         )
         .bind(&project.id)
         .bind(now)
@@ -191,7 +194,7 @@ pub(super) async fn budget_room(
         .await?,
         "n",
     )?;
-    Ok(budget - labels - open)
+    Ok(budget - spent)
 }
 
 /// Leases the best free pair of `project` to `user`, or gives back the lease they already hold.
