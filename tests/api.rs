@@ -15,6 +15,7 @@ db_tests!(
     import_reports_bad_lines_and_stores_good_ones,
     import_over_the_limit_is_413_and_stores_nothing,
     reimport_does_not_duplicate,
+    lines_without_ids_are_deduplicated_by_content,
     left_right_mapping_survives_export,
     twenty_annotators_never_share_a_pair,
     a_budget_is_spent_exactly_by_annotators_at_once,
@@ -341,6 +342,65 @@ async fn reimport_does_not_duplicate(b: Backend) {
         "a pair's prompt text reuses the existing prompt: {stats}"
     );
     assert_eq!(stats["pending_pairs"], 1);
+}
+
+/// Lines without an `id` are known by their content: a file imported twice, or a line repeated in one
+/// file, is stored once and counted as a duplicate; a pair with two equal completions is stored with a
+/// warning naming its line.
+async fn lines_without_ids_are_deduplicated_by_content(b: Backend) {
+    let app = TestApp::new(b).await;
+    let project = app.create_project(json!({"name": "p"})).await;
+    let prompts = "{\"prompt\": \"one\"}\n{\"prompt\": \"two\"}\n{\"prompt\": \"one\"}\n";
+    let first = app.import(&project, "prompts", prompts).await;
+    assert_eq!(
+        (first["inserted"].as_u64(), first["duplicates"].as_u64()),
+        (Some(2), Some(1)),
+        "{first}"
+    );
+    let again = app.import(&project, "prompts", prompts).await;
+    assert_eq!(
+        (again["inserted"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(3)),
+        "{again}"
+    );
+
+    let pairs = concat!(
+        "{\"prompt\": \"one\", \"completion_a\": \"a\", \"completion_b\": \"b\"}\n",
+        "{\"prompt\": \"one\", \"completion_a\": \"a\", \"completion_b\": \"b\"}\n",
+        "{\"prompt\": \"one\", \"completion_a\": \"b\", \"completion_b\": \"a\"}\n",
+        "{\"prompt\": \"two\", \"completion_a\": \"same\", \"completion_b\": \"same\"}\n",
+    );
+    let first = app.import(&project, "pairs", pairs).await;
+    assert_eq!(
+        (first["inserted"].as_u64(), first["duplicates"].as_u64()),
+        (Some(3), Some(1)),
+        "{first}"
+    );
+    assert_eq!(first["warnings"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(first["warnings"][0]["line"], 4, "{first}");
+    assert!(
+        first["warnings"][0]["warning"]
+            .as_str()
+            .unwrap()
+            .contains("same text"),
+        "{first}"
+    );
+    let again = app.import(&project, "pairs", pairs).await;
+    assert_eq!(
+        (again["inserted"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(4)),
+        "{again}"
+    );
+    let (_, stats) = app
+        .json(
+            "GET",
+            &format!("/api/v1/projects/{project}/stats"),
+            &app.admin,
+            None,
+        )
+        .await;
+    assert_eq!(stats["pending_pairs"], 3, "{stats}");
+    assert_eq!(stats["prompts"], 2, "{stats}");
 }
 
 async fn left_right_mapping_survives_export(b: Backend) {

@@ -100,9 +100,40 @@ pub struct RejectedLine {
 #[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct ImportReport {
     pub inserted: u64,
-    /// Lines whose external id the project already had: skipped, not duplicated.
+    /// Lines skipped because the project already had them, or an earlier line of the same upload
+    /// did: by `id` when the line has one, else by content (a prompt's text; a pair's prompt and both
+    /// completions). Importing a file again stores nothing twice.
     pub duplicates: u64,
     pub rejected: Vec<RejectedLine>,
+    /// Lines stored, with something to look at (a pair whose two completions are the same text).
+    pub warnings: Vec<LineWarning>,
+}
+
+/// A stored line worth a second look.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LineWarning {
+    pub line: usize,
+    pub warning: String,
+}
+
+/// Warnings for lines that parse and will be stored.
+fn warnings_of(items: &[(usize, NewItem)]) -> Vec<LineWarning> {
+    items
+        .iter()
+        .filter_map(|(line, item)| match item {
+            NewItem::Pair {
+                completion_a,
+                completion_b,
+                ..
+            } if completion_a == completion_b => Some(LineWarning {
+                line: *line,
+                warning: "completion_a and completion_b are the same text: nobody can prefer one, \
+                          so this pair will only be skipped or tied"
+                    .into(),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 fn check_text(field: &str, s: &str) -> Result<(), String> {
@@ -228,16 +259,24 @@ async fn insert_chunk(
                 external_id,
                 meta,
                 split,
-            } => insert_prompt(
-                &mut tx,
-                project_id,
-                &text,
-                external_id.as_deref(),
-                &meta,
-                split,
-            )
-            .await?
-            .is_some(),
+            } => {
+                // Without an id, a prompt is known by its text.
+                if external_id.is_none() && find_prompt(&mut tx, project_id, &text).await?.is_some()
+                {
+                    duplicates += 1;
+                    continue;
+                }
+                insert_prompt(
+                    &mut tx,
+                    project_id,
+                    &text,
+                    external_id.as_deref(),
+                    &meta,
+                    split,
+                )
+                .await?
+                .is_some()
+            }
             NewItem::Pair {
                 prompt,
                 completion_a,
@@ -246,6 +285,12 @@ async fn insert_chunk(
                 meta,
             } => {
                 let prompt_id = find_or_insert_prompt(&mut tx, project_id, &prompt).await?;
+                if external_id.is_none()
+                    && pair_exists(&mut tx, &prompt_id, &completion_a, &completion_b).await?
+                {
+                    duplicates += 1;
+                    continue;
+                }
                 let done = sqlx::query(
                     "INSERT INTO pairs (id, project_id, prompt_id, external_id, completion_a, completion_b, \
                      meta, source, random_key, status, created_at) \
@@ -276,6 +321,24 @@ async fn insert_chunk(
     Ok((inserted, duplicates))
 }
 
+/// Whether the prompt already has a pair with exactly these two completions (in this order).
+async fn pair_exists(
+    tx: &mut Transaction<'static, Any>,
+    prompt_id: &str,
+    completion_a: &str,
+    completion_b: &str,
+) -> Result<bool> {
+    let found: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM pairs WHERE prompt_id = $1 AND completion_a = $2 AND completion_b = $3 LIMIT 1",
+    )
+    .bind(prompt_id)
+    .bind(completion_a)
+    .bind(completion_b)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// Inserts a prompt; `None` when its external id is already in the project.
 async fn insert_prompt(
     tx: &mut Transaction<'static, Any>,
@@ -303,21 +366,29 @@ async fn insert_prompt(
     Ok((done.rows_affected() == 1).then_some(id))
 }
 
-/// The prompt row with this exact text, created when the project has none.
-pub async fn find_or_insert_prompt(
+/// The project's prompt with this exact text, if any.
+async fn find_prompt(
     tx: &mut Transaction<'static, Any>,
     project_id: &str,
     text: &str,
-) -> Result<String> {
-    let existing: Option<String> = sqlx::query_scalar(
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
         "SELECT id FROM prompts WHERE project_id = $1 AND text_hash = $2 AND text = $3 LIMIT 1",
     )
     .bind(project_id)
     .bind(text_hash(text))
     .bind(text)
     .fetch_optional(&mut **tx)
-    .await?;
-    match existing {
+    .await?)
+}
+
+/// The prompt row with this exact text, created when the project has none.
+pub async fn find_or_insert_prompt(
+    tx: &mut Transaction<'static, Any>,
+    project_id: &str,
+    text: &str,
+) -> Result<String> {
+    match find_prompt(tx, project_id, text).await? {
         Some(id) => Ok(id),
         None => Ok(
             insert_prompt(tx, project_id, text, None, "{}", Split::Train)
@@ -359,11 +430,13 @@ pub async fn import_ndjson(
     body: &[u8],
 ) -> Result<ImportReport> {
     let (items, rejected) = parse_ndjson(kind, body);
+    let warnings = warnings_of(&items);
     let (inserted, duplicates) = insert_items(store, project_id, items).await?;
     Ok(ImportReport {
         inserted,
         duplicates,
         rejected,
+        warnings,
     })
 }
 
