@@ -79,7 +79,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             label_budget: Some(Some(512)),
             strategy: Some(Strategy::Hybrid),
             train_every: Some(32),
-            learning_rate: Some(5e-6),
             ..Default::default()
         };
         let project = create_project(&store, input).await?;
