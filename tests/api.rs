@@ -258,14 +258,7 @@ async fn import_reports_bad_lines_and_stores_good_ones(b: Backend) {
         .await;
     assert_eq!(report["inserted"], 1);
     assert_eq!(report["rejected"][0]["line"], 2);
-    let (_, stats) = app
-        .json(
-            "GET",
-            &format!("/api/v1/projects/{project}/stats"),
-            &app.admin,
-            None,
-        )
-        .await;
+    let stats = app.stats(&project).await;
     assert_eq!(stats["pending_pairs"], 2, "{stats}");
 
     let (status, _) = app
@@ -302,14 +295,7 @@ async fn import_over_the_limit_is_413_and_stores_nothing(b: Backend) {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     let e: Value = serde_json::from_slice(&e).unwrap();
     assert_eq!(e["error_type"], "payload_too_large");
-    let (_, stats) = app
-        .json(
-            "GET",
-            &format!("/api/v1/projects/{project}/stats"),
-            &app.admin,
-            None,
-        )
-        .await;
+    let stats = app.stats(&project).await;
     assert_eq!(stats["pending_pairs"], 0);
     assert_eq!(stats["prompts"], 0);
 }
@@ -329,14 +315,7 @@ async fn reimport_does_not_duplicate(b: Backend) {
         "{\"id\": \"x\", \"prompt\": \"one\", \"completion_a\": \"a\", \"completion_b\": \"b\"}\n";
     assert_eq!(app.import(&project, "pairs", pairs).await["inserted"], 1);
     assert_eq!(app.import(&project, "pairs", pairs).await["inserted"], 0);
-    let (_, stats) = app
-        .json(
-            "GET",
-            &format!("/api/v1/projects/{project}/stats"),
-            &app.admin,
-            None,
-        )
-        .await;
+    let stats = app.stats(&project).await;
     assert_eq!(
         stats["prompts"], 2,
         "a pair's prompt text reuses the existing prompt: {stats}"
@@ -391,14 +370,7 @@ async fn lines_without_ids_are_deduplicated_by_content(b: Backend) {
         (Some(0), Some(4)),
         "{again}"
     );
-    let (_, stats) = app
-        .json(
-            "GET",
-            &format!("/api/v1/projects/{project}/stats"),
-            &app.admin,
-            None,
-        )
-        .await;
+    let stats = app.stats(&project).await;
     assert_eq!(stats["pending_pairs"], 3, "{stats}");
     assert_eq!(stats["prompts"], 2, "{stats}");
 }
@@ -693,14 +665,7 @@ async fn budget_exhaustion_gives_204(b: Backend) {
             .await;
     }
     assert_eq!(app.next(&project, &ann).await.0, StatusCode::NO_CONTENT);
-    let (_, stats) = app
-        .json(
-            "GET",
-            &format!("/api/v1/projects/{project}/stats"),
-            &app.admin,
-            None,
-        )
-        .await;
+    let stats = app.stats(&project).await;
     assert_eq!(stats["labels"], 2);
     assert_eq!(stats["remaining"], 0);
     assert_eq!(stats["label_budget"], 2);

@@ -36,14 +36,7 @@ async fn start_loop(app: &mut TestApp) -> ActiveLoop {
 async fn wait_for_labels(app: &TestApp, project: &str, n: i64) {
     let start = Instant::now();
     loop {
-        let (_, s) = app
-            .json(
-                "GET",
-                &format!("/api/v1/projects/{project}/stats"),
-                &app.admin,
-                None,
-            )
-            .await;
+        let s = app.stats(project).await;
         if s["labels"].as_i64().unwrap_or(0) + s["skips"].as_i64().unwrap_or(0) >= n {
             return;
         }
@@ -247,8 +240,7 @@ async fn an_evaluation_judge_spends_no_label(b: Backend) {
     assert_eq!(status, StatusCode::CREATED, "{j}");
     assert_eq!(j["settings"]["role"], "evaluate");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let stats = format!("/api/v1/projects/{project}/stats");
-    let (_, s) = app.json("GET", &stats, &app.admin, None).await;
+    let s = app.stats(&project).await;
     assert_eq!(s["labels"], 0, "an evaluation judge answered a pair: {s}");
     assert_eq!(s["ready_pairs"], 4, "{s}");
 

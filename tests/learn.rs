@@ -350,6 +350,22 @@ fn a_held_run_waits_between_steps_and_can_be_cancelled_while_held() {
     let reference = current.deep_clone().unwrap();
     let pairs = toy_pairs(8, 3);
     let cfg = config(Schedule::Reset, 1);
+    // A run of `pairs` under `hold` and `cancel`, from a fresh reference cache.
+    let run = |hold: &dyn Fn() -> bool, cancel: &AtomicBool| {
+        train_dpo(
+            &current,
+            &mut || -> Result<LanguageModel, BoxError> { Ok(reference.deep_clone()?) },
+            &mut ReferenceCache::new(),
+            &pairs,
+            &[],
+            &cfg,
+            RunControl {
+                hold,
+                progress: &mut |_| {},
+                cancel,
+            },
+        )
+    };
     // Held for the first three asks, then free: every step still runs.
     let asked = std::cell::Cell::new(0);
     let hold = || {
@@ -357,20 +373,7 @@ fn a_held_run_waits_between_steps_and_can_be_cancelled_while_held() {
         asked.get() <= 3
     };
     let cancel = AtomicBool::new(false);
-    let r = train_dpo(
-        &current,
-        &mut || -> Result<LanguageModel, BoxError> { Ok(reference.deep_clone()?) },
-        &mut ReferenceCache::new(),
-        &pairs,
-        &[],
-        &cfg,
-        RunControl {
-            hold: &hold,
-            progress: &mut |_| {},
-            cancel: &cancel,
-        },
-    )
-    .expect("the run finishes once the hold lifts");
+    let r = run(&hold, &cancel).expect("the run finishes once the hold lifts");
     let steps = cfg.total_steps(pairs.len());
     assert_eq!(r.steps.len(), steps);
     assert_eq!(
@@ -385,19 +388,7 @@ fn a_held_run_waits_between_steps_and_can_be_cancelled_while_held() {
         cancel.store(true, Ordering::Relaxed);
         true
     };
-    let r = train_dpo(
-        &current,
-        &mut || -> Result<LanguageModel, BoxError> { Ok(reference.deep_clone()?) },
-        &mut ReferenceCache::new(),
-        &pairs,
-        &[],
-        &cfg,
-        RunControl {
-            hold: &hold,
-            progress: &mut |_| {},
-            cancel: &cancel,
-        },
-    );
+    let r = run(&hold, &cancel);
     assert!(matches!(r, Err(TrainError::Cancelled { step: 1, .. })));
 }
 

@@ -268,14 +268,7 @@ async fn undoing_a_skip_never_takes_the_pair_from_someone_else(b: Backend) {
         .await;
     let (status, _) = app.next(&project, &ada).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (_, stats) = app
-        .json(
-            "GET",
-            &format!("/api/v1/projects/{project}/stats"),
-            &app.admin,
-            None,
-        )
-        .await;
+    let stats = app.stats(&project).await;
     assert_eq!(stats["labels"], 1, "{stats}");
 }
 

@@ -156,15 +156,7 @@ async fn stats_show_the_supply(b: Backend) {
     }
     let (_, held) = app.next(&project, &a1).await;
     assert!(held["lease_id"].is_string());
-    let (status, s) = app
-        .json(
-            "GET",
-            &format!("/api/v1/projects/{project}/stats"),
-            &app.admin,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let s = app.stats(&project).await;
     assert_eq!(s["labels"], 2, "{s}");
     assert_eq!(s["decisive_labels"], 1, "a tie teaches DPO nothing: {s}");
     // The skipped pair is pending again, free for others; the held one is leased.

@@ -151,19 +151,25 @@ fn needs_exclusive(store: &Store, how: BudgetLock, room: i64) -> bool {
         && room <= super::POSTGRES_POOL as i64
 }
 
+/// The count of a project's ($1) labels spent, as SQL: one text for `count_labels` and `budget_room`,
+/// matching the predicate of the partial index `judgments_labels`.
+macro_rules! labels_spent_sql {
+    () => {
+        "SELECT COUNT(*) FROM judgments \
+         WHERE project_id = $1 AND superseded_at IS NULL AND choice <> 'skip'"
+    };
+}
+
 /// Labels spent in a project: current (not superseded) judgments other than skips, read from the
 /// partial index `judgments_labels`. Takes a pool or a transaction (leasing counts inside its own).
 pub async fn count_labels<'e, E>(executor: E, project_id: &str) -> Result<i64>
 where
     E: sqlx::Executor<'e, Database = Any>,
 {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n FROM judgments \
-         WHERE project_id = $1 AND superseded_at IS NULL AND choice <> 'skip'",
-    )
-    .bind(project_id)
-    .fetch_one(executor)
-    .await?;
+    let row = sqlx::query(concat!("SELECT (", labels_spent_sql!(), ") AS n"))
+        .bind(project_id)
+        .fetch_one(executor)
+        .await?;
     super::int(&row, "n")
 }
 
@@ -182,12 +188,12 @@ pub(super) async fn budget_room(
     // One statement, so one snapshot: an answer committing between two separate counts would move
     // its pair from "open" to "labelled" unseen by both, and the budget would be passed by one.
     let spent: i64 = super::int(
-        &sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM judgments WHERE project_id = $1 AND superseded_at IS NULL \
-                     AND choice <> 'skip') \
-                  + (SELECT COUNT(*) FROM leases WHERE project_id = $1 AND status = 'active' \
-                     AND expires_at > $2) AS n",
-        )
+        &sqlx::query(concat!(
+            "SELECT (",
+            labels_spent_sql!(),
+            ") + (SELECT COUNT(*) FROM leases WHERE project_id = $1 AND status = 'active' \
+             AND expires_at > $2) AS n"
+        ))
         .bind(&project.id)
         .bind(now)
         .fetch_one(&mut **tx)
@@ -375,7 +381,7 @@ async fn claim_among_candidates(
     let Some(last) = candidates.last().cloned() else {
         return Ok(None);
     };
-    // Always CANDIDATES placeholders (the last id repeated), so that one prepared statement serves.
+    // Always CANDIDATES bound ids (the last one repeated), so that one prepared statement serves.
     let mut query = sqlx::query(CLAIM_AMONG_POSTGRES.as_str())
         .bind(lease_id)
         .bind(expires)

@@ -106,6 +106,11 @@ pub async fn peek_login_link(store: &Store, code: &str) -> Result<Option<User>> 
     .bind(now_ms())
     .fetch_optional(store.pool())
     .await?;
+    live_user(store, user_id).await
+}
+
+/// The user a link names, unless revoked since it was made.
+async fn live_user(store: &Store, user_id: Option<String>) -> Result<Option<User>> {
     let Some(user_id) = user_id else {
         return Ok(None);
     };
@@ -125,11 +130,7 @@ pub async fn redeem_login_link(store: &Store, code: &str) -> Result<Option<User>
     .bind(hash_token(code))
     .fetch_optional(store.pool())
     .await?;
-    let Some(user_id) = user_id else {
-        return Ok(None);
-    };
-    let user = get_user(store, &user_id).await?;
-    Ok((!user.revoked).then_some(user))
+    live_user(store, user_id).await
 }
 
 /// The public sign-in URL for a code, under `base` (e.g. http://127.0.0.1:3000).

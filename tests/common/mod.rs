@@ -222,6 +222,14 @@ impl TestApp {
         serde_json::from_slice(&bytes).unwrap()
     }
 
+    /// The project's stats as an admin reads them.
+    pub async fn stats(&self, project: &str) -> Value {
+        let uri = format!("/api/v1/projects/{project}/stats");
+        let (status, stats) = self.json("GET", &uri, &self.admin, None).await;
+        assert_eq!(status, StatusCode::OK, "{stats}");
+        stats
+    }
+
     pub async fn next(&self, project: &str, token: &str) -> (StatusCode, Value) {
         self.json(
             "POST",
