@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use prefloop::domain::{EntropyEstimator, LossKind, Schedule, StepMetrics, Strategy};
 use prefloop::learn::candidates::{
-    AcquireConfig, RewardSpec, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
+    AcquireConfig, PairText, RewardSpec, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
 };
 use prefloop::learn::dpo::LossConfig;
 use prefloop::learn::optim::AdamWParams;
@@ -45,11 +45,11 @@ fn toy_pairs(n: usize, seed: u64) -> Vec<PreferencePair> {
             let rejected = word(&mut rng, 4);
             let mut chosen: Vec<char> = rejected.chars().collect();
             chosen[rng.random_range(0..4)] = MARKER;
-            PreferencePair {
-                prompt: word(&mut rng, 3),
-                chosen: chosen.into_iter().collect(),
+            PreferencePair::new(
+                word(&mut rng, 3),
+                chosen.into_iter().collect::<String>(),
                 rejected,
-            }
+            )
         })
         .collect()
 }
@@ -528,12 +528,12 @@ fn an_acquisition_round_scores_and_orders_pairs() {
     // rounding from a different batch composition).
     let items: Vec<_> = got
         .iter()
-        .map(|p| {
-            (
-                p.prompt.clone(),
-                p.completion_a.clone(),
-                p.completion_b.clone(),
-            )
+        .map(|p| PairText {
+            prompt: p.prompt.clone(),
+            a: p.completion_a.clone(),
+            b: p.completion_b.clone(),
+            ends_a: p.ends_a,
+            ends_b: p.ends_b,
         })
         .collect();
     let rescored = score_pairs(&policy, Some(&reference), &items, &cfg.reward).unwrap();
@@ -618,6 +618,29 @@ fn the_tokens_estimator_orders_prompts_for_entropy_and_hybrid() {
     for p in &got {
         assert!(h[p.prompt_index].unwrap() >= threshold, "{p:?}");
     }
+
+    // k-center: the same kept half, one pair per prompt, the most uncertain prompt first.
+    let kcenter = AcquireConfig {
+        strategy: Strategy::KCenter,
+        ..hybrid.clone()
+    };
+    let got = acquire_pairs(&model, None, &prompts, 5, &kcenter, "v0").unwrap();
+    assert!(got.len() >= 2, "{got:?}");
+    let mut seen = std::collections::HashSet::new();
+    for p in &got {
+        assert!(h[p.prompt_index].unwrap() >= threshold, "{p:?}");
+        assert!(
+            seen.insert(p.prompt_index),
+            "a prompt served twice: {got:?}"
+        );
+        assert_eq!(p.strategy, Strategy::KCenter);
+    }
+    assert!(
+        got.iter()
+            .all(|p| p.scores.entropy <= got[0].scores.entropy)
+    );
+    let again = acquire_pairs(&model, None, &prompts, 5, &kcenter, "v0").unwrap();
+    assert_eq!(got, again, "a seed makes the round repeatable");
 }
 
 #[test]

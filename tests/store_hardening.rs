@@ -468,6 +468,8 @@ async fn a_model_completion_holding_nul_is_stored_without_it(b: Backend) {
         prompt_id: prompt.id,
         completion_a: " was\u{0} fine".into(),
         completion_b: " was dull".into(),
+        ends_a: true,
+        ends_b: false,
         model_version_id: version.id,
         score_parts: ScoreParts {
             strategy: Strategy::Random,

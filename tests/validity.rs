@@ -1,17 +1,19 @@
 //! What would bias an experiment (issue 13), checked through the store on both databases: rounds draw
-//! prompts reproducibly from the seed and without replacement until the pool is spent.
+//! prompts reproducibly from the seed and without replacement until the pool is spent, and whether a
+//! completion ended at EOS reaches training.
 
 mod common;
 
 use std::collections::HashSet;
 
 use common::{Backend, TestApp};
-use prefloop::store::queue::draw_prompts;
+use prefloop::store::queue::{draw_prompts, training_preferences};
 use serde_json::json;
 
 db_tests!(
     prompts_are_drawn_without_replacement_until_the_pool_is_spent,
     the_same_seed_draws_the_same_prompts,
+    whether_a_completion_ended_reaches_training_on_its_side,
 );
 
 fn prompts_ndjson(n: usize) -> String {
@@ -71,4 +73,51 @@ async fn the_same_seed_draws_the_same_prompts(b: Backend) {
     let project = app.create_project(json!({"name": "third"})).await;
     app.import(&project, "prompts", &prompts_ndjson(40)).await;
     assert_ne!(texts(&app, &project, 5, 7).await, draws[0][0]);
+}
+
+async fn whether_a_completion_ended_reaches_training_on_its_side(b: Backend) {
+    let app = TestApp::new(b).await;
+    let project = app.create_project(json!({"name": "ends"})).await;
+    // "cut" stopped at the length limit; "whole" (and every completion of the second pair, by default)
+    // ended where its author stopped.
+    let pairs = [
+        json!({"prompt": "The film", "completion_a": " was cut", "completion_b": " was whole.",
+               "ends_a": false}),
+        json!({"prompt": "The book", "completion_a": " was long.", "completion_b": " was short."}),
+    ];
+    let body: String = pairs.iter().map(|p| p.to_string() + "\n").collect();
+    app.import(&project, "pairs", &body).await;
+    let ann = app.annotator("ann").await;
+    // Always prefer the completion that begins " was c" or " was l", whichever side it is shown on.
+    for _ in 0..2 {
+        let (_, l) = app.next(&project, &ann).await;
+        let left = l["left"].as_str().unwrap();
+        let choice = if left.starts_with(" was c") || left.starts_with(" was l") {
+            "left"
+        } else {
+            "right"
+        };
+        app.judge(l["lease_id"].as_str().unwrap(), &ann, choice)
+            .await;
+    }
+    let mut prefs = training_preferences(&app.store, &project).await.unwrap();
+    prefs.sort_by(|x, y| x.prompt.cmp(&y.prompt));
+    let flags: Vec<_> = prefs
+        .iter()
+        .map(|p| {
+            (
+                p.prompt.as_str(),
+                p.chosen.as_str(),
+                p.chosen_ends,
+                p.rejected_ends,
+            )
+        })
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            ("The book", " was long.", true, true),
+            ("The film", " was cut", false, true),
+        ]
+    );
 }

@@ -99,6 +99,8 @@ pub fn run(args: AcquireArgs) -> anyhow::Result<()> {
             "prompt": p.prompt,
             "completion_a": p.completion_a,
             "completion_b": p.completion_b,
+            "ends_a": p.ends_a,
+            "ends_b": p.ends_b,
             "scores": {
                 "entropy": p.scores.entropy,
                 "reward_a": p.scores.reward_a,

@@ -87,6 +87,14 @@ pub struct SimulateArgs {
     pub oversample_pairs: Option<u32>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Continue an experiment in --out: the runs (strategy, seed) already in its results.csv are kept and
+    /// not run again; a run that was interrupted starts over (its database is discarded).
+    #[arg(long)]
+    pub resume: bool,
+    /// Keep every version's checkpoint (a full model each); by default a run's checkpoints are deleted
+    /// once its results are written.
+    #[arg(long)]
+    pub keep_checkpoints: bool,
 }
 
 /// One row of results.csv: a trained version of one run.
@@ -102,6 +110,21 @@ struct Row {
     win_rate_low: f64,
     win_rate_high: f64,
     reward: f64,
+    /// Comparisons behind the win rate, and how many of them were ties (identical completions or
+    /// equal judgments).
+    eval_prompts: usize,
+    ties: usize,
+}
+
+/// A run's checkpoints (never the reference's files) once its rows are written: each is a full model.
+fn remove_checkpoints(versions: &[crate::store::training::ModelVersion]) {
+    for v in versions.iter().filter(|v| v.project_id.is_some()) {
+        if let Err(e) = std::fs::remove_dir_all(&v.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("could not remove checkpoint {}: {e}", v.path);
+        }
+    }
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
@@ -141,8 +164,23 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&args.out)?;
     let db = args.out.join("simulate.db");
-    if db.exists() {
-        bail!("{} exists: remove it or choose another --out", db.display());
+    let csv = args.out.join("results.csv");
+    let mut rows = Vec::new();
+    if args.resume {
+        if csv.exists() {
+            rows = read_csv(&csv)?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let f = args.out.join(format!("simulate.db{suffix}"));
+            if f.exists() {
+                std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
+            }
+        }
+    } else if db.exists() {
+        bail!(
+            "{} exists: remove it, choose another --out, or continue it with --resume",
+            db.display()
+        );
     }
     let store = Store::connect(&format!("sqlite://{}?mode=rwc", db.display())).await?;
     let reference = ensure_reference_version(&store, &args.model.display().to_string()).await?;
@@ -166,9 +204,16 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     };
     let _active = ActiveLoop::start(store.clone(), Some(engine), config).await?;
 
-    let mut rows = Vec::new();
-    for &strategy in &strategies {
-        for seed in 0..args.seeds {
+    // Seed by seed, every strategy in each: an experiment stopped early has as many runs of each.
+    for seed in 0..args.seeds {
+        for &strategy in &strategies {
+            if rows
+                .iter()
+                .any(|r: &Row| r.strategy == strategy.as_str() && r.seed == seed)
+            {
+                eprintln!("{} seed {seed}: in results.csv already", strategy.as_str());
+                continue;
+            }
             let started = Instant::now();
             let project = create_project(&store, run_settings(&args, strategy, seed)).await?;
             insert_prompts(&store, &project.id, train, Split::Train).await?;
@@ -213,7 +258,17 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
                         win_rate_low: win.win_rate_low.unwrap_or(f64::NAN),
                         win_rate_high: win.win_rate_high.unwrap_or(f64::NAN),
                         reward: win.mean_reward,
+                        eval_prompts: win.eval_prompts,
+                        ties: win.ties,
                     }));
+                    if !args.keep_checkpoints {
+                        remove_checkpoints(&versions);
+                    }
+                    eprintln!(
+                        "{} seed {seed}: done in {:.0} s",
+                        strategy.as_str(),
+                        started.elapsed().as_secs_f64()
+                    );
                     break;
                 }
                 if let Some(run) = latest_training_run(&store, &project.id).await?
@@ -226,7 +281,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            write_csv(&args.out.join("results.csv"), &rows)?;
+            write_csv(&csv, &rows)?;
         }
     }
     write_chart(&args.out.join("win_rate.svg"), &rows)?;
@@ -272,13 +327,13 @@ fn run_settings(args: &SimulateArgs, strategy: Strategy, seed: u64) -> ProjectIn
     }
 }
 
+const CSV_HEADER: &str = "strategy,seed,labels,decisive_labels,win_rate,win_rate_low,win_rate_high,reward,eval_prompts,ties";
+
 fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
-    let mut out = String::from(
-        "strategy,seed,labels,decisive_labels,win_rate,win_rate_low,win_rate_high,reward\n",
-    );
+    let mut out = format!("{CSV_HEADER}\n");
     for r in rows {
         out.push_str(&format!(
-            "{},{},{},{},{:.4},{:.4},{:.4},{:.4}\n",
+            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{}\n",
             r.strategy,
             r.seed,
             r.labels,
@@ -286,13 +341,91 @@ fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
             r.win_rate,
             r.win_rate_low,
             r.win_rate_high,
-            r.reward
+            r.reward,
+            r.eval_prompts,
+            r.ties
         ));
     }
-    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+    // Written beside and renamed, so an interrupted write never leaves half a file to resume from.
+    let tmp = path.with_extension("csv.tmp");
+    std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Mean win rate per strategy against labels, with every seed's point behind it.
+/// The rows of a results.csv this command wrote.
+fn read_csv(path: &Path) -> anyhow::Result<Vec<Row>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(CSV_HEADER) {
+        bail!(
+            "{}: not a results.csv of this version (its header is not {CSV_HEADER})",
+            path.display()
+        );
+    }
+    lines
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let f: Vec<&str> = l.split(',').collect();
+            let bad = || {
+                anyhow::anyhow!(
+                    "{} line {}: {l:?} is not a result row",
+                    path.display(),
+                    i + 2
+                )
+            };
+            if f.len() != 10 {
+                return Err(bad());
+            }
+            let num = |k: usize| f[k].parse::<f64>().map_err(|_| bad());
+            Ok(Row {
+                strategy: f[0].to_string(),
+                seed: f[1].parse().map_err(|_| bad())?,
+                labels: f[2].parse().map_err(|_| bad())?,
+                decisive: f[3].parse().map_err(|_| bad())?,
+                win_rate: num(4)?,
+                win_rate_low: num(5)?,
+                win_rate_high: num(6)?,
+                reward: num(7)?,
+                eval_prompts: f[8].parse().map_err(|_| bad())?,
+                ties: f[9].parse().map_err(|_| bad())?,
+            })
+        })
+        .collect()
+}
+
+/// Per strategy and label count: the mean win rate over seeds and a 95% interval for it, Wilson's over
+/// every seed's comparisons pooled (ties as half), so a point's bar narrows with seeds and prompts.
+fn pooled(rows: &[Row]) -> BTreeMap<&str, BTreeMap<i64, (f64, f64, f64)>> {
+    let mut sums: BTreeMap<&str, BTreeMap<i64, (f64, f64, f64, usize)>> = BTreeMap::new();
+    for r in rows {
+        let e = sums
+            .entry(&r.strategy)
+            .or_default()
+            .entry(r.labels)
+            .or_insert((0.0, 0.0, 0.0, 0));
+        e.0 += r.win_rate;
+        e.1 += r.win_rate * r.eval_prompts as f64;
+        e.2 += r.eval_prompts as f64;
+        e.3 += 1;
+    }
+    sums.into_iter()
+        .map(|(s, by)| {
+            let points = by
+                .into_iter()
+                .map(|(l, (sum, score, n, k))| {
+                    let (low, high) = crate::domain::wilson_interval(score, n.max(1.0));
+                    (l, (sum / k as f64, low, high))
+                })
+                .collect();
+            (s, points)
+        })
+        .collect()
+}
+
+/// Mean win rate per strategy against labels with its pooled 95% interval, every seed's point behind it,
+/// and the 0.5 line (no better than the reference).
 fn write_chart(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let mut by_strategy: BTreeMap<&str, BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
@@ -318,13 +451,21 @@ fn write_chart(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
         .x_desc("labels")
         .y_desc("win rate")
         .draw()?;
-    let colours = [BLUE, RED, GREEN, MAGENTA, CYAN];
+    chart.draw_series(LineSeries::new(
+        [(0, 0.5), (max_labels + max_labels / 10, 0.5)],
+        BLACK.mix(0.4),
+    ))?;
+    let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let intervals = pooled(rows);
     for (i, (strategy, points)) in by_strategy.iter().enumerate() {
         let colour = colours[i % colours.len()];
-        let means: Vec<(i64, f64)> = points
-            .iter()
-            .map(|(l, v)| (*l, v.iter().sum::<f64>() / v.len() as f64))
-            .collect();
+        let summary = &intervals[strategy];
+        let means: Vec<(i64, f64)> = summary.iter().map(|(l, m)| (*l, m.0)).collect();
+        // Bars side by side: each strategy's a little to the right of the one before.
+        let shift = (max_labels / 100).max(1) * i as i64;
+        chart.draw_series(summary.iter().map(|(l, (_, low, high))| {
+            PathElement::new([(*l + shift, *low), (*l + shift, *high)], colour.mix(0.6))
+        }))?;
         chart
             .draw_series(LineSeries::new(means.clone(), colour.stroke_width(2)))?
             .label(*strategy)
@@ -342,4 +483,68 @@ fn write_chart(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(strategy: &str, seed: u64, labels: i64, win_rate: f64) -> Row {
+        Row {
+            strategy: strategy.into(),
+            seed,
+            labels,
+            decisive: labels - 1,
+            win_rate,
+            win_rate_low: win_rate - 0.1,
+            win_rate_high: win_rate + 0.1,
+            reward: 0.25,
+            eval_prompts: 100,
+            ties: 7,
+        }
+    }
+
+    #[test]
+    fn results_read_back_as_written_and_a_foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.csv");
+        let rows = vec![row("random", 0, 32, 0.5), row("kcenter", 2, 64, 0.625)];
+        write_csv(&path, &rows).unwrap();
+        let back = read_csv(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            (
+                back[1].strategy.as_str(),
+                back[1].seed,
+                back[1].labels,
+                back[1].decisive
+            ),
+            ("kcenter", 2, 64, 63)
+        );
+        assert_eq!(
+            (back[1].win_rate, back[1].eval_prompts, back[1].ties),
+            (0.625, 100, 7)
+        );
+        std::fs::write(&path, "strategy,seed,labels,win_rate\nrandom,0,8,0.5\n").unwrap();
+        let err = read_csv(&path).unwrap_err().to_string();
+        assert!(err.contains("not a results.csv"), "{err}");
+        std::fs::write(
+            &path,
+            format!("{CSV_HEADER}\nrandom,zero,8,8,0.5,0.4,0.6,0,10,0\n"),
+        )
+        .unwrap();
+        let err = read_csv(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn the_pooled_interval_is_over_every_seeds_comparisons() {
+        // Two seeds of 100 comparisons at 0.6 and 0.8: the mean 0.7, and Wilson's interval for 140 of 200.
+        let rows = vec![row("hybrid", 0, 32, 0.6), row("hybrid", 1, 32, 0.8)];
+        let p = pooled(&rows);
+        let (mean, low, high) = p["hybrid"][&32];
+        assert!((mean - 0.7).abs() < 1e-12);
+        assert_eq!((low, high), crate::domain::wilson_interval(140.0, 200.0));
+        assert!(low < 0.7 && high > 0.7 && high - low < 0.14);
+    }
 }

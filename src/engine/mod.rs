@@ -21,6 +21,7 @@ use worker::Job;
 
 use crate::domain::{LoopSettings, PairScores, Strategy};
 use crate::learn::Progress;
+use crate::learn::candidates::PairText;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -74,6 +75,9 @@ pub struct ScoredPair {
     pub prompt_index: usize,
     pub completion_a: String,
     pub completion_b: String,
+    /// Whether each completion stopped at EOS rather than at the length limit.
+    pub ends_a: bool,
+    pub ends_b: bool,
     pub scores: PairScores,
     /// 0-based position in the strategy's order (ties broken by the seed).
     pub rank: usize,
@@ -83,8 +87,7 @@ pub struct ScoredPair {
 #[derive(Debug, Clone)]
 pub struct RescoreRequest {
     pub policy: PolicyRef,
-    /// (prompt, completion a, completion b).
-    pub pairs: Vec<(String, String, String)>,
+    pub pairs: Vec<PairText>,
     pub settings: LoopSettings,
     /// Entropy is re-estimated only for strategies that rank by it.
     pub strategy: Strategy,

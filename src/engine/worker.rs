@@ -184,6 +184,8 @@ fn acquire(models: &mut Models, req: AcquireRequest) -> Result<Vec<ScoredPair>, 
             prompt_index: p.prompt_index,
             completion_a: p.completion_a,
             completion_b: p.completion_b,
+            ends_a: p.ends_a,
+            ends_b: p.ends_b,
             scores: p.scores,
             rank: p.rank,
         })
@@ -212,20 +214,18 @@ fn rescore(models: &mut Models, req: RescoreRequest) -> Result<Vec<PairScores>, 
     let reference = models.reference.clone();
     let policy = models.get(&req.policy)?;
     let reference = (!is_reference).then_some(&reference);
-    let pairs: Vec<(String, String, String)> = if req.settings.chat_template {
+    let mut pairs = req.pairs;
+    if req.settings.chat_template {
         let tok = policy.tokenizer();
-        req.pairs
-            .iter()
-            .map(|(p, a, b)| (tok.chat_prompt(p), a.clone(), b.clone()))
-            .collect()
-    } else {
-        req.pairs.clone()
-    };
+        for p in &mut pairs {
+            p.prompt = tok.chat_prompt(&p.prompt);
+        }
+    }
     let mut scores = score_pairs(policy, reference, &pairs, &cfg.reward).map_err(model_error)?;
     if cfg.strategy.needs_entropy() {
         let prompt_ids: Vec<Vec<u32>> = pairs
             .iter()
-            .map(|(p, _, _)| encode_prompt(policy, p))
+            .map(|p| encode_prompt(policy, &p.prompt))
             .collect::<Result<_, _>>()?;
         let entropies = prompt_entropies(policy, &prompt_ids, &cfg).map_err(model_error)?;
         for (s, e) in scores.iter_mut().zip(entropies) {

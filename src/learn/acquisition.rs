@@ -143,8 +143,114 @@ pub fn order_candidates(
                 kb.cmp(&ka).then_with(|| desc(cert(a), cert(b)))
             });
         }
+        // Without embeddings, k-center's prompts come in entropy order; acquisition, which has them,
+        // orders them farthest-first (`farthest_first`) and spreads with `spread_over_prompts`.
+        Strategy::KCenter => {
+            let kept = kept_prompts_in_entropy_order(candidates, keep_fraction, seed);
+            return spread_over_prompts(candidates, &kept, seed);
+        }
     }
     idx
+}
+
+/// k-center's order of pairs, given its order of prompts: each prompt's pairs by certainty (ties seeded),
+/// then the first pair of every prompt in `prompt_order`, then the second of each, and so on, so that no
+/// prompt gets a second pair before every prompt has one; pairs of prompts not in `prompt_order` follow,
+/// by certainty. A permutation of `0..candidates.len()`.
+pub fn spread_over_prompts(
+    candidates: &[Candidate],
+    prompt_order: &[usize],
+    seed: u64,
+) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..candidates.len()).collect();
+    idx.shuffle(&mut StdRng::seed_from_u64(seed));
+    idx.sort_by(|&a, &b| {
+        desc(
+            candidates[a].scores.certainty,
+            candidates[b].scores.certainty,
+        )
+    });
+    let position: std::collections::HashMap<usize, usize> = prompt_order
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (p, i))
+        .collect();
+    // (layer: how many better pairs of the same prompt come first, the prompt's position) per pair.
+    let mut layer_of = vec![0usize; candidates.len()];
+    let mut seen: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    for &i in &idx {
+        let n = seen.entry(candidates[i].prompt).or_insert(0);
+        layer_of[i] = *n;
+        *n += 1;
+    }
+    let (kept, rest): (Vec<usize>, Vec<usize>) = idx
+        .into_iter()
+        .partition(|&i| position.contains_key(&candidates[i].prompt));
+    let mut kept = kept;
+    kept.sort_by_key(|&i| (layer_of[i], position[&candidates[i].prompt]));
+    kept.extend(rest);
+    kept
+}
+
+/// Greedy k-center (farthest-first traversal) over points: `first`, then each time the point whose
+/// cosine distance to the nearest point already chosen is largest (ties: the lower index). The order in
+/// which a batch covers the space best: any prefix of it is a 2-approximation of the k-center cover.
+/// Points of zero norm are at distance 1 from everything. Returns a permutation of `0..points.len()`.
+pub fn farthest_first(points: &[Vec<f32>], first: usize) -> Vec<usize> {
+    let n = points.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let unit: Vec<Vec<f64>> = points
+        .iter()
+        .map(|p| {
+            let norm = p.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+            p.iter()
+                .map(|&x| if norm > 0.0 { x as f64 / norm } else { 0.0 })
+                .collect()
+        })
+        .collect();
+    let dist = |a: usize, b: usize| {
+        1.0 - unit[a]
+            .iter()
+            .zip(&unit[b])
+            .map(|(x, y)| x * y)
+            .sum::<f64>()
+    };
+    let first = first.min(n - 1);
+    let mut order = vec![first];
+    let mut nearest: Vec<f64> = (0..n).map(|i| dist(i, first)).collect();
+    let mut chosen = vec![false; n];
+    chosen[first] = true;
+    while order.len() < n {
+        let next = (0..n)
+            .filter(|&i| !chosen[i])
+            .fold(None::<usize>, |best, i| match best {
+                Some(b) if nearest[b] >= nearest[i] => Some(b),
+                _ => Some(i),
+            })
+            .expect("a point is left");
+        chosen[next] = true;
+        order.push(next);
+        for i in 0..n {
+            nearest[i] = nearest[i].min(dist(i, next));
+        }
+    }
+    order
+}
+
+/// The prompt ids hybrid would keep, best entropy first.
+fn kept_prompts_in_entropy_order(
+    candidates: &[Candidate],
+    keep_fraction: f64,
+    seed: u64,
+) -> Vec<usize> {
+    let (prompts, entropies) = distinct_prompts(candidates);
+    let keep = ((prompts.len() as f64) * keep_fraction.clamp(0.0, 1.0)).ceil() as usize;
+    top_by_entropy(&entropies, keep.max(1), seed)
+        .into_iter()
+        .map(|i| prompts[i])
+        .collect()
 }
 
 /// The `m` candidates to acquire, best first (see [`order_candidates`]).
@@ -181,19 +287,19 @@ fn top_prompts_by_entropy(
     keep_fraction: f64,
     seed: u64,
 ) -> std::collections::HashSet<usize> {
-    let mut prompts: Vec<(usize, Option<f64>)> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for c in candidates {
-        if seen.insert(c.prompt) {
-            prompts.push((c.prompt, c.scores.entropy));
-        }
-    }
-    let keep = ((prompts.len() as f64) * keep_fraction.clamp(0.0, 1.0)).ceil() as usize;
-    let entropies: Vec<Option<f64>> = prompts.iter().map(|p| p.1).collect();
-    top_by_entropy(&entropies, keep.max(1), seed)
+    kept_prompts_in_entropy_order(candidates, keep_fraction, seed)
         .into_iter()
-        .map(|i| prompts[i].0)
         .collect()
+}
+
+/// The distinct prompt ids of `candidates` in first-seen order, with their entropies.
+fn distinct_prompts(candidates: &[Candidate]) -> (Vec<usize>, Vec<Option<f64>>) {
+    let mut seen = std::collections::HashSet::new();
+    candidates
+        .iter()
+        .filter(|c| seen.insert(c.prompt))
+        .map(|c| (c.prompt, c.scores.entropy))
+        .unzip()
 }
 
 /// Descending order on f64 with NaN last.
@@ -261,6 +367,52 @@ mod tests {
         assert_eq!(
             select_candidates(Strategy::Certainty, &c, 2, 1.0, 7),
             [2, 4]
+        );
+    }
+
+    #[test]
+    fn kcenter_gives_every_prompt_one_pair_before_any_gets_a_second() {
+        // Prompt 9 (highest entropy) has the two most certain pairs; prompts 5 and 7 one each.
+        let c = vec![
+            cand(9, 8.0, 0.0, 3.0),
+            cand(5, 6.0, 0.0, 0.1),
+            cand(9, 8.0, 0.0, 2.0),
+            cand(7, 7.0, 0.0, 0.5),
+        ];
+        // Without embeddings the prompts come by entropy: 9, 7, 5, then 9's second pair.
+        assert_eq!(
+            order_candidates(Strategy::KCenter, &c, 1.0, 1),
+            [0, 3, 1, 2]
+        );
+        // Hybrid on the same candidates serves prompt 9 twice first.
+        assert_eq!(order_candidates(Strategy::Hybrid, &c, 1.0, 1), [0, 2, 3, 1]);
+        // Given an order of prompts, that order; a prompt left out comes after, by certainty.
+        assert_eq!(spread_over_prompts(&c, &[5, 9], 1), [1, 0, 2, 3]);
+    }
+
+    #[test]
+    fn farthest_first_covers_the_space_before_it_repeats_a_region() {
+        // Two tight clusters (around x and around y) and one point on the diagonal.
+        let p = |x: f32, y: f32| vec![x, y];
+        let points = vec![
+            p(1.0, 0.0),
+            p(1.0, 0.05),
+            p(0.0, 1.0),
+            p(0.05, 1.0),
+            p(1.0, 1.0),
+        ];
+        let order = farthest_first(&points, 0);
+        // From cluster x, the far cluster y, then the diagonal (45° from both), then the near twins.
+        assert_eq!(&order[..3], &[0, 2, 4]);
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, [0, 1, 2, 3, 4]);
+        assert_eq!(farthest_first(&points, 3)[..2], [3, 0]);
+        assert!(farthest_first(&[], 0).is_empty());
+        // A zero vector is as far as anything can be, and is not NaN.
+        assert_eq!(
+            farthest_first(&[p(1.0, 0.0), p(0.0, 0.0), p(1.0, 0.1)], 0)[1],
+            1
         );
     }
 

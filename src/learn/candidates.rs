@@ -60,6 +60,9 @@ pub struct AcquiredPair {
     pub prompt: String,
     pub completion_a: String,
     pub completion_b: String,
+    /// Whether each completion stopped at EOS rather than at `max_new_tokens`.
+    pub ends_a: bool,
+    pub ends_b: bool,
     /// Prompt index in the input.
     pub prompt_index: usize,
     pub scores: PairScores,
@@ -195,24 +198,40 @@ impl Default for RewardSpec {
     }
 }
 
+/// A pair as it is stored: the prompt, both completions as text, and whether each is whole (it stopped at
+/// EOS, or was imported whole) so that scoring appends EOS where training does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairText {
+    pub prompt: String,
+    pub a: String,
+    pub b: String,
+    pub ends_a: bool,
+    pub ends_b: bool,
+}
+
 /// Implicit rewards and certainty of existing pairs (imported ones, or pending ones after a new model
-/// version), each item (prompt, completion a, completion b) as text. `reference` `None` means the policy is the
-/// reference. Entropy is left `None`: it needs sampling, see [`prompt_entropies`].
+/// version). `reference` `None` means the policy is the reference. Entropy is left `None`: it needs
+/// sampling, see [`prompt_entropies`].
 pub fn score_pairs(
     policy: &LanguageModel,
     reference: Option<&LanguageModel>,
-    items: &[(String, String, String)],
+    items: &[PairText],
     spec: &RewardSpec,
 ) -> Result<Vec<PairScores>, ModelError> {
     let tok = policy.tokenizer();
+    let eos = tok.eos_id();
     let mut seqs = Vec::with_capacity(2 * items.len());
-    for (prompt, a, b) in items {
-        let p = fit_prompt(prompt_ids(tok, prompt)?, spec.max_prompt_tokens);
-        let fit = |c: &str| {
-            Ok::<_, ModelError>(fit_completion(tok.encode(c)?, spec.max_completion_tokens))
+    for item in items {
+        let p = fit_prompt(prompt_ids(tok, &item.prompt)?, spec.max_prompt_tokens);
+        let fit = |c: &str, ends: bool| {
+            Ok::<_, ModelError>(fit_completion(
+                tok.encode(c)?,
+                ends.then_some(eos),
+                spec.max_completion_tokens,
+            ))
         };
-        seqs.push((p.clone(), fit(a)?));
-        seqs.push((p, fit(b)?));
+        seqs.push((p.clone(), fit(&item.a, item.ends_a)?));
+        seqs.push((p, fit(&item.b, item.ends_b)?));
     }
     let lp: Vec<f64> = policy
         .score(&seqs)?
@@ -259,8 +278,8 @@ pub fn acquire_pairs(
     } else {
         vec![None; prompts.len()]
     };
-    // Hybrid generates pairs only for the prompts it keeps; the others for every prompt.
-    let kept: Vec<usize> = if cfg.strategy == Strategy::Hybrid {
+    // Hybrid and k-center generate pairs only for the prompts they keep; the others for every prompt.
+    let kept: Vec<usize> = if matches!(cfg.strategy, Strategy::Hybrid | Strategy::KCenter) {
         let frac = cfg.keep_fraction.clamp(0.0, 1.0);
         let keep = ((prompts.len() as f64 * frac).ceil() as usize)
             .max(m)
@@ -282,14 +301,21 @@ pub fn acquire_pairs(
     let kept_ids: Vec<Vec<u32>> = kept.iter().map(|&i| ids[i].clone()).collect();
     let pairs = policy.sample(&kept_ids, 2, &params)?;
 
-    // Rewards from the completions' TEXT, as the trainer and later re-scoring see them (the sampler's own ids
-    // may end in an EOS the text leaves out). Identical completions make no comparison and are dropped.
+    // Rewards from the completions' TEXT and whether each stopped at EOS, as the trainer and later
+    // re-scoring see them (the text may not re-encode to the sampler's own ids). Identical completions
+    // make no comparison and are dropped.
     let mut items = Vec::new();
     let mut prompt_of = Vec::new();
     for (&i, samples) in kept.iter().zip(&pairs) {
         let (a, b) = (&samples[0], &samples[1]);
         if a.text != b.text {
-            items.push((prompts[i].clone(), a.text.clone(), b.text.clone()));
+            items.push(PairText {
+                prompt: prompts[i].clone(),
+                a: a.text.clone(),
+                b: b.text.clone(),
+                ends_a: a.stopped_at_eos,
+                ends_b: b.stopped_at_eos,
+            });
             prompt_of.push(i);
         }
     }
@@ -303,18 +329,50 @@ pub fn acquire_pairs(
         })
         .collect();
 
-    // Hybrid's prompt filter already ran: order what is left by certainty.
+    // Hybrid's prompt filter already ran: order what is left by certainty. k-center orders the kept
+    // prompts farthest-first in the policy's embedding space, from the most uncertain one.
     let keep_all = 1.0;
-    let order = acquisition::select_candidates(cfg.strategy, &candidates, m, keep_all, cfg.seed);
+    let order = if cfg.strategy == Strategy::KCenter {
+        let with_pairs: Vec<usize> = {
+            let mut v = prompt_of.clone();
+            v.dedup();
+            v
+        };
+        let embeddings = policy.embed(
+            &with_pairs
+                .iter()
+                .map(|&i| ids[i].clone())
+                .collect::<Vec<_>>(),
+        )?;
+        let first = with_pairs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| {
+                let e = |i: usize| entropies[i].unwrap_or(f64::NEG_INFINITY);
+                e(*a.1).total_cmp(&e(*b.1)).then(b.0.cmp(&a.0))
+            })
+            .map_or(0, |(k, _)| k);
+        let prompt_order: Vec<usize> = acquisition::farthest_first(&embeddings, first)
+            .into_iter()
+            .map(|k| with_pairs[k])
+            .collect();
+        let mut order = acquisition::spread_over_prompts(&candidates, &prompt_order, cfg.seed);
+        order.truncate(m);
+        order
+    } else {
+        acquisition::select_candidates(cfg.strategy, &candidates, m, keep_all, cfg.seed)
+    };
     Ok(order
         .into_iter()
         .enumerate()
         .map(|(rank, c)| {
-            let (prompt, a, b) = items[c].clone();
+            let item = items[c].clone();
             AcquiredPair {
-                prompt,
-                completion_a: a,
-                completion_b: b,
+                prompt: item.prompt,
+                completion_a: item.a,
+                completion_b: item.b,
+                ends_a: item.ends_a,
+                ends_b: item.ends_b,
                 prompt_index: prompt_of[c],
                 scores: candidates[c].scores,
                 strategy: cfg.strategy,
@@ -343,12 +401,24 @@ mod tests {
             "a completion that runs on",
             "short",
         );
-        let items = vec![(prompt.to_string(), a.to_string(), b.to_string())];
+        // `a` was cut at the length limit, `b` stopped at EOS.
+        let items = vec![PairText {
+            prompt: prompt.to_string(),
+            a: a.to_string(),
+            b: b.to_string(),
+            ends_a: false,
+            ends_b: true,
+        }];
         // What the trainer sees with 4 prompt and 6 completion tokens kept.
         let p = fit_prompt(prompt_ids(tok, prompt).unwrap(), 4);
-        let fit = |c: &str| fit_completion(tok.encode(c).unwrap(), 6);
-        assert_eq!((p.len(), fit(a).len()), (4, 6));
-        let seqs = vec![(p.clone(), fit(a)), (p, fit(b))];
+        let eos = tok.eos_id();
+        let (fa, fb) = (
+            fit_completion(tok.encode(a).unwrap(), None, 6),
+            fit_completion(tok.encode(b).unwrap(), Some(eos), 6),
+        );
+        assert_eq!((p.len(), fa.len()), (4, 6));
+        assert_eq!(fb.last(), Some(&eos), "a whole completion ends in EOS");
+        let seqs = vec![(p.clone(), fa), (p, fb)];
         let (lp, rf) = (
             policy.score(&seqs).unwrap(),
             reference.score(&seqs).unwrap(),

@@ -18,8 +18,9 @@ pub trait DpoModel: Sized {
     fn completion_logprobs(&self, batch: &[(&[u32], &[u32])]) -> Result<SeqLogProbs, BoxError>;
     /// The same without building a graph: (sum, tokens) per sequence.
     fn score_completions(&self, batch: &[(&[u32], &[u32])]) -> Result<Vec<(f64, usize)>, BoxError>;
-    /// The context given to an empty prompt: the first completion token needs something to be predicted from.
-    fn empty_prompt_token(&self) -> u32;
+    /// The end-of-sequence token: appended to a whole completion, and the context given to an empty prompt
+    /// (the first completion token needs something to be predicted from).
+    fn eos_token(&self) -> u32;
     /// Every trainable weight.
     fn trainable_vars(&self) -> Vec<Var>;
     fn device(&self) -> &Device;
@@ -44,7 +45,7 @@ impl DpoModel for LanguageModel {
             .collect())
     }
 
-    fn empty_prompt_token(&self) -> u32 {
+    fn eos_token(&self) -> u32 {
         self.tokenizer().eos_id()
     }
 
@@ -90,8 +91,13 @@ pub fn fit_prompt(mut ids: Vec<u32>, max: usize) -> Vec<u32> {
     ids
 }
 
-/// A completion as training sees it: its first `max` tokens.
-pub fn fit_completion(mut ids: Vec<u32>, max: usize) -> Vec<u32> {
+/// A completion as training sees it: its ids, then EOS when it is whole (`ends`: it stopped where its
+/// author or the model chose, as TRL appends EOS to every completion of its files), and then its first
+/// `max` tokens, so a completion cut by the limit carries no EOS it never had.
+pub fn fit_completion(mut ids: Vec<u32>, ends: Option<u32>, max: usize) -> Vec<u32> {
+    if let Some(eos) = ends {
+        ids.push(eos);
+    }
     ids.truncate(max);
     ids
 }
@@ -106,11 +112,13 @@ pub(super) fn tokenize_pairs<M: DpoModel>(
         .iter()
         .map(|p| {
             let mut prompt = fit_prompt(enc(&p.prompt)?, cfg.max_prompt_tokens);
+            let eos = model.eos_token();
             if prompt.is_empty() {
-                prompt.push(model.empty_prompt_token());
+                prompt.push(eos);
             }
-            let chosen = fit_completion(enc(&p.chosen)?, cfg.max_completion_tokens);
-            let rejected = fit_completion(enc(&p.rejected)?, cfg.max_completion_tokens);
+            let max = cfg.max_completion_tokens;
+            let chosen = fit_completion(enc(&p.chosen)?, p.chosen_ends.then_some(eos), max);
+            let rejected = fit_completion(enc(&p.rejected)?, p.rejected_ends.then_some(eos), max);
             Ok(TokenizedPair {
                 prompt,
                 chosen,
@@ -129,4 +137,19 @@ pub(super) fn sequences(tok: &[TokenizedPair]) -> Vec<(&[u32], &[u32])> {
         .iter()
         .map(|t| (t.prompt.as_slice(), t.rejected.as_slice()));
     chosen.chain(rejected).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_completion_ends_in_eos_and_a_cut_one_does_not() {
+        let eos = 0;
+        assert_eq!(fit_completion(vec![5, 6], Some(eos), 8), [5, 6, eos]);
+        assert_eq!(fit_completion(vec![5, 6], None, 8), [5, 6]);
+        // The limit applies after EOS: a completion cut by the trainer's limit has no EOS.
+        assert_eq!(fit_completion(vec![5, 6, 7], Some(eos), 3), [5, 6, 7]);
+        assert_eq!(fit_prompt(vec![1, 2, 3, 4], 2), [3, 4]);
+    }
 }

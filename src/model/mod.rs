@@ -22,6 +22,7 @@
 //! - [`init_cpu_threads`]: call once at start-up (the CLI commands do) for candle's CPU speed on shared cores.
 
 mod config;
+mod embed;
 mod error;
 mod llama;
 mod load;

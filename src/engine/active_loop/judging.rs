@@ -131,6 +131,7 @@ impl Judges {
         let input = JudgmentInput {
             choice: verdict.choice,
             rationale: Some(verdict.rationale),
+            seconds: None,
         };
         record_judgment(store, &lease.lease_id, &user, &input, None).await?;
         Ok(true)

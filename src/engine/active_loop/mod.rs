@@ -43,8 +43,9 @@ pub struct LoopConfig {
     /// Pairs acquired per round.
     pub round_size: usize,
     /// Acquire no new round while a training run is due or running, so every round is chosen by the
-    /// policy trained on all labels before it (the paper's protocol; `prefloop simulate` uses it). A live
-    /// server keeps acquiring with the current policy instead, so annotators never wait.
+    /// policy trained on all labels before it (the paper's protocol; `prefloop simulate` uses it), and
+    /// keep no buffer beyond one round of `round_size`. A live server keeps a buffer sized to demand and
+    /// keeps acquiring with the current policy instead, so annotators never wait.
     pub wait_for_training: bool,
 }
 

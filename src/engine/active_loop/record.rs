@@ -11,6 +11,7 @@ use super::error::LoopResult;
 use crate::domain::{JudgeKind, VersionMetrics};
 use crate::engine::{EngineError, EngineHandle, PolicyRef, RescoreRequest, TrainRequest};
 use crate::learn::Progress;
+use crate::learn::candidates::PairText;
 use crate::store::judges::list_judges;
 use crate::store::leases::count_labels;
 use crate::store::projects::Project;
@@ -179,12 +180,12 @@ async fn rescore_open_pairs(
         policy: policy.clone(),
         pairs: open
             .iter()
-            .map(|p| {
-                (
-                    p.prompt.clone(),
-                    p.completion_a.clone(),
-                    p.completion_b.clone(),
-                )
+            .map(|p| PairText {
+                prompt: p.prompt.clone(),
+                a: p.completion_a.clone(),
+                b: p.completion_b.clone(),
+                ends_a: p.ends_a,
+                ends_b: p.ends_b,
             })
             .collect(),
         settings: project.settings.clone(),

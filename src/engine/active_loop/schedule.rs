@@ -77,16 +77,24 @@ pub(super) fn run_due(
     every > 0 && (new >= every as i64 || (budget_spent && new > 0))
 }
 
-/// The decisive label count, when an automatic run is due for the project.
-async fn automatic_run_due(inner: &Inner, project: &Project) -> LoopResult<Option<i64>> {
-    if project.settings.train_every == 0 {
+/// Decisive labels still wanting before the next automatic run is due (at least 1); `None` when the
+/// project trains only on demand.
+pub(super) async fn decisive_until_due(
+    inner: &Inner,
+    project: &Project,
+) -> LoopResult<Option<i64>> {
+    let every = project.settings.train_every as i64;
+    if every == 0 {
         return Ok(None);
     }
+    let (decisive, since) = decisive_and_round_start(inner, project).await?;
+    Ok(Some((every - (decisive - since)).max(1)))
+}
+
+/// The project's decisive labels, and the count its current round started from: the later of what the
+/// last trained version saw and what the last automatic run started at.
+async fn decisive_and_round_start(inner: &Inner, project: &Project) -> LoopResult<(i64, i64)> {
     let decisive = count_decisive_labels(&inner.store, &project.id).await?;
-    let budget_spent = match project.label_budget {
-        Some(budget) => count_labels(inner.store.pool(), &project.id).await? >= budget,
-        None => false,
-    };
     let seen = training::latest_trained_version(&inner.store, &project.id)
         .await?
         .map_or(0, |v| v.decisive_seen);
@@ -98,11 +106,24 @@ async fn automatic_run_due(inner: &Inner, project: &Project) -> LoopResult<Optio
         .get(&project.id)
         .copied()
         .unwrap_or(0);
+    Ok((decisive, seen.max(started)))
+}
+
+/// The decisive label count, when an automatic run is due for the project.
+async fn automatic_run_due(inner: &Inner, project: &Project) -> LoopResult<Option<i64>> {
+    if project.settings.train_every == 0 {
+        return Ok(None);
+    }
+    let (decisive, since) = decisive_and_round_start(inner, project).await?;
+    let budget_spent = match project.label_budget {
+        Some(budget) => count_labels(inner.store.pool(), &project.id).await? >= budget,
+        None => false,
+    };
     let due = run_due(
         project.settings.train_every,
         decisive,
-        seen,
-        started,
+        since,
+        since,
         budget_spent,
     );
     Ok(due.then_some(decisive))

@@ -183,7 +183,14 @@ async fn fill_pool(inner: &Inner, engine: &EngineHandle, project: &Project) -> L
     );
     let pace = inner.supply.seconds_per_pair(&project.id);
     let configured = inner.config.round_size.max(1);
-    let target = buffer_target(per_minute, pace, inner.config.low_water, configured);
+    // The paper's protocol makes one round at a time with the newest policy, and no more pairs than
+    // the round still needs decisive labels (ties and both-bad answers make it ask for more): no buffer.
+    let target = if inner.config.wait_for_training {
+        let wanting = super::schedule::decisive_until_due(inner, project).await?;
+        wanting.map_or(configured, |w| configured.min(w as usize))
+    } else {
+        buffer_target(per_minute, pace, inner.config.low_water, configured)
+    };
     let previous = inner
         .supply
         .targets
@@ -203,7 +210,11 @@ async fn fill_pool(inner: &Inner, engine: &EngineHandle, project: &Project) -> L
     let Some(policy) = super::current_policy(store, Some(engine), &project.id).await? else {
         return Ok(());
     };
-    let m = round_size(target, free, configured);
+    let m = if inner.config.wait_for_training {
+        target - free // target > free here
+    } else {
+        round_size(target, free, configured)
+    };
     let s = &project.settings;
     let wanted = s.oversample.prompts_to_draw(project.strategy, m);
     let counts = count_pairs(store, &project.id).await?;
@@ -235,6 +246,8 @@ async fn fill_pool(inner: &Inner, engine: &EngineHandle, project: &Project) -> L
             prompt_id: prompts[p.prompt_index].id.clone(),
             completion_a: p.completion_a.clone(),
             completion_b: p.completion_b.clone(),
+            ends_a: p.ends_a,
+            ends_b: p.ends_b,
             model_version_id: policy.version_id.clone(),
             score_parts: ScoreParts {
                 strategy: project.strategy,
