@@ -8,6 +8,18 @@
   for (const box of document.querySelectorAll("input.link-box")) {
     box.addEventListener("click", () => box.select());
   }
+  for (const button of document.querySelectorAll("button[data-copy]")) {
+    button.addEventListener("click", async () => {
+      const box = document.getElementById(button.dataset.copy);
+      try {
+        await navigator.clipboard.writeText(box.value);
+        button.textContent = "Copied";
+      } catch (_) {
+        box.select();  // no clipboard access (plain http): selected, for Ctrl+C
+        button.textContent = "Selected: press Ctrl+C";
+      }
+    });
+  }
   for (const form of document.querySelectorAll("form[data-confirm]")) {
     form.addEventListener("submit", (ev) => {
       if (!window.confirm(form.dataset.confirm)) ev.preventDefault();

@@ -20,6 +20,7 @@
   let doneReason = null; // why the last request brought no pair: "budget", "coming" or "empty"
   let coming = null;     // what the model is preparing, and when we heard it
   let waitTicker = null;
+  let shownAt = performance.now();  // when the pair on screen was first shown: time per label counts from it
 
   function setAnswered(n) {
     answered = Math.max(0, n);
@@ -71,6 +72,7 @@
 
   function render() {
     $("answered").textContent = String(answered);
+    if (stopped && !queue[0]) return;
     const cur = queue[0];
     $("loading").hidden = true;
     // No pair on screen, but one is on its way (a request is out, or the model is preparing pairs).
@@ -107,6 +109,7 @@
       $("rationale").value = "";
       bench.dataset.shown = cur.lease_id;
       bench.dataset.pair = cur.pair_id;
+      shownAt = performance.now();
     }
   }
 
@@ -125,15 +128,33 @@
 
   // Keeps one pair ready behind the one on screen; while pairs are coming, keeps asking (each request
   // waits on the server) until one arrives.
+  // The project will serve this annotator nothing more (403: no longer assigned, or below the gold
+  // bar): say why, and stop asking.
+  let stopped = false;
+  function stop(message) {
+    stopped = true;
+    doneReason = "stopped";
+    $("loading").hidden = true;
+    $("work").hidden = true;
+    $("waiting").hidden = true;
+    $("done").hidden = false;
+    $("done-title").textContent = "No more pairs for you here";
+    $("done-text").textContent = message;
+  }
+
   function prefetch() {
-    if (prefetching || queue.length >= 2) return prefetching;
+    if (stopped || prefetching || queue.length >= 2) return prefetching;
     let failed = false;
     prefetching = fetchNext(WAIT_SECONDS)
-      .catch((e) => { failed = true; say(`Could not fetch the next pair: ${e.message}`, true); })
+      .catch((e) => {
+        if (e.status === 403) { stop(e.message); return; }
+        failed = true;
+        say(`Could not fetch the next pair: ${e.message}`, true);
+      })
       .finally(() => {
         prefetching = null;
         render();
-        if (queue.length < 2 && (doneReason === "coming" || failed)) setTimeout(prefetch, failed ? 5000 : 250);
+        if (!stopped && queue.length < 2 && (doneReason === "coming" || failed)) setTimeout(prefetch, failed ? 5000 : 250);
       });
     return prefetching;
   }
@@ -144,7 +165,8 @@
     const lease = queue[0];
     const text = rationale !== undefined ? rationale : $("rationale").value.trim();
     try {
-      await call(`/api/v1/leases/${lease.lease_id}/judgment`, { choice, rationale: text || null });
+      const seconds = Math.max(0, (performance.now() - shownAt) / 1000);
+      await call(`/api/v1/leases/${lease.lease_id}/judgment`, { choice, rationale: text || null, seconds });
       queue.shift();
       setAnswered(answered + 1);
       answerCount += 1;
@@ -287,7 +309,17 @@
   setInterval(heartbeat, Math.max(5, Math.min(60, leaseSeconds / 3)) * 1000);
   window.addEventListener("pagehide", () => { queue.forEach((l) => release(l, true)); queue = []; });
 
+  // The guidelines open by themselves on an annotator's first visit to a project.
+  const seenKey = `prefloop:guidelines-seen:${project}`;
+  if (bench.dataset.guidelines && !localStorage.getItem(seenKey)) {
+    openDialog("guidelines");
+    localStorage.setItem(seenKey, "1");
+  }
+
   fetchNext(0)
     .then(() => { render(); prefetch(); })
-    .catch((e) => { $("loading").textContent = `Could not fetch a pair: ${e.message}`; });
+    .catch((e) => {
+      if (e.status === 403) stop(e.message);
+      else $("loading").textContent = `Could not fetch a pair: ${e.message}`;
+    });
 })();

@@ -572,6 +572,7 @@ async fn a_server_killed_during_training_resumes() {
             &JudgmentInput {
                 choice: Choice::Left,
                 rationale: None,
+                seconds: None,
             },
             None,
         )

@@ -11,9 +11,9 @@ use utoipa::ToSchema;
 
 pub use metrics::{
     EvalMetrics, LossPoint, RewardStats, RunMetrics, StepMetrics, TrainedMetrics, VersionMetrics,
-    WinRate,
+    WinRate, wilson_interval,
 };
-pub use settings::{CompletionSettings, LoopSettings, Oversample};
+pub use settings::{CompletionSettings, DEFAULT_GOLD_RATE, GOLD_TRIAL, LoopSettings, Oversample};
 
 /// A name that is not one of an enum's values; says which values there are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,28 +94,35 @@ named_enum! {
         Uncertainty = "uncertainty",
         /// Keep the top fraction of prompts by entropy, then the most certain pairs among them.
         Hybrid = "hybrid",
+        /// Hybrid's kept prompts in k-center order (farthest-first over the policy's prompt embeddings),
+        /// each prompt's most certain pair, one pair per prompt before any prompt gets a second: a batch
+        /// of uncertain prompts that are not alike.
+        KCenter = "kcenter",
     }
 }
 
 impl Strategy {
     /// Whether the strategy needs the prompt's predictive entropy (N extra samples per prompt).
     pub fn needs_entropy(self) -> bool {
-        matches!(self, Strategy::Entropy | Strategy::Hybrid)
+        matches!(
+            self,
+            Strategy::Entropy | Strategy::Hybrid | Strategy::KCenter
+        )
     }
 
     /// Whether the strategy needs implicit rewards (policy and reference log-probs of both completions).
     pub fn needs_rewards(self) -> bool {
         matches!(
             self,
-            Strategy::Certainty | Strategy::Uncertainty | Strategy::Hybrid
+            Strategy::Certainty | Strategy::Uncertainty | Strategy::Hybrid | Strategy::KCenter
         )
     }
 
-    /// The score a stored pair is served by, highest first; `None` leaves the order to the seeded tie
-    /// key (random).
+    /// The score a stored pair is served by, highest first; `None` leaves the order to the tie key: the
+    /// seeded rank of random, and k-center's acquisition order (a set, not a score per pair).
     pub fn serve_score(self, s: &PairScores) -> Option<f64> {
         match self {
-            Strategy::Random => None,
+            Strategy::Random | Strategy::KCenter => None,
             Strategy::Entropy => s.entropy,
             Strategy::Certainty | Strategy::Hybrid => Some(s.certainty),
             Strategy::Uncertainty => Some(-s.certainty),
@@ -157,6 +164,38 @@ named_enum! {
         /// One completion at temperature 1, summing the policy's full per-token entropy along it:
         /// Σ_t H(πθ(·|x, y<t)). One sample instead of N; lower variance per sample.
         Tokens = "tokens",
+    }
+}
+
+named_enum! {
+    /// How the votes of a pair labelled by several annotators become what DPO trains on.
+    #[derive(Default)]
+    pub enum LabelAggregation ("label aggregation") {
+        /// One preference per pair, by the majority of its decisive votes; a tie of votes trains nothing.
+        #[default]
+        Majority = "majority",
+        /// The majority's preference, with the pair's label smoothing set to the minority's share of its
+        /// decisive votes (conservative DPO per pair): a 2–1 pair trains with smoothing 1/3.
+        Soft = "soft",
+    }
+}
+
+named_enum! {
+    /// How the workbench shows a pair's completions.
+    #[derive(Default)]
+    pub enum Display ("display") {
+        /// Each completion rendered as Markdown on its own.
+        #[default]
+        Markdown = "markdown",
+        /// Raw text: the prompt in grey, the continuation after it, as the model wrote it.
+        Raw = "raw",
+    }
+}
+
+impl EntropyEstimator {
+    /// What projects stored before the setting existed ran with.
+    pub fn stored_before_the_field() -> EntropyEstimator {
+        EntropyEstimator::Samples
     }
 }
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{EntropyEstimator, LossKind, Schedule, Strategy};
+use super::{Display, EntropyEstimator, LabelAggregation, LossKind, Schedule, Strategy};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -56,7 +56,7 @@ impl Oversample {
         let per_pair = match strategy {
             Strategy::Random => 1,
             Strategy::Certainty | Strategy::Uncertainty => self.pairs.max(1),
-            Strategy::Entropy | Strategy::Hybrid => self.prompts.max(1),
+            Strategy::Entropy | Strategy::Hybrid | Strategy::KCenter => self.prompts.max(1),
         };
         m * per_pair as usize
     }
@@ -90,8 +90,10 @@ pub struct LoopSettings {
     pub oversample: Oversample,
     /// N, the completions per prompt of the `samples` entropy estimator.
     pub entropy_samples: u32,
-    /// How entropy-using strategies estimate a prompt's entropy. Settings stored before it existed read
-    /// as the default (`samples`), through the struct's `#[serde(default)]`.
+    /// How entropy-using strategies estimate a prompt's entropy. A new project gets `tokens` (a quarter
+    /// of the cost of `samples` at N = 4, and as stable across seeds: docs/EXPERIMENTS.md); settings
+    /// stored before the field existed keep what they ran with, `samples`.
+    #[serde(default = "EntropyEstimator::stored_before_the_field")]
     pub entropy_estimator: EntropyEstimator,
     /// Wrap each prompt in the model's chat template (as one user turn) before generating, scoring
     /// and training: for instruction-tuned models.
@@ -99,7 +101,27 @@ pub struct LoopSettings {
     /// Install a trained version only when it beats the one serving (win rate on the eval prompts
     /// when the project measures it, else held-out DPO accuracy); otherwise every run's version serves.
     pub install_only_if_better: bool,
+    /// Distinct annotators who answer a pair before it counts as labelled (never one person twice).
+    pub labels_per_pair: u32,
+    /// How several votes on one pair train DPO.
+    pub label_aggregation: LabelAggregation,
+    /// Share of served pairs drawn from the gold pairs; `None`: 0.05 when the project has any.
+    pub gold_rate: Option<f64>,
+    /// An annotator whose share of correct gold answers is below this after `GOLD_TRIAL` gold answers
+    /// receives no more pairs; `None`: no bar.
+    pub min_gold_accuracy: Option<f64>,
+    /// How the workbench shows completions.
+    pub display: Display,
+    /// One line on what decides an answer, shown on the workbench above every pair ("Which
+    /// continuation is more positive?"); empty: the guidelines' first line.
+    pub criterion: String,
 }
+
+/// Gold answers an annotator gives before `min_gold_accuracy` applies to them.
+pub const GOLD_TRIAL: i64 = 10;
+
+/// The share of served pairs drawn from gold when a project with gold pairs sets none.
+pub const DEFAULT_GOLD_RATE: f64 = 0.05;
 
 impl Default for LoopSettings {
     fn default() -> Self {
@@ -118,9 +140,15 @@ impl Default for LoopSettings {
             completions: CompletionSettings::default(),
             oversample: Oversample::default(),
             entropy_samples: 4,
-            entropy_estimator: EntropyEstimator::Samples,
+            entropy_estimator: EntropyEstimator::Tokens,
             chat_template: false,
             install_only_if_better: true,
+            labels_per_pair: 1,
+            label_aggregation: LabelAggregation::Majority,
+            gold_rate: None,
+            min_gold_accuracy: None,
+            display: Display::Markdown,
+            criterion: String::new(),
         }
     }
 }
@@ -150,6 +178,10 @@ mod tests {
         old.as_object_mut().unwrap().remove("entropy_estimator");
         let back: LoopSettings = serde_json::from_value(old).unwrap();
         assert_eq!(back.entropy_estimator, EntropyEstimator::Samples);
+        assert_eq!(
+            LoopSettings::default().entropy_estimator,
+            EntropyEstimator::Tokens
+        );
         let tokens: LoopSettings =
             serde_json::from_value(serde_json::json!({"entropy_estimator": "tokens"})).unwrap();
         assert_eq!(tokens.entropy_estimator, EntropyEstimator::Tokens);

@@ -68,16 +68,16 @@ pub(super) async fn run(
     let cfg = DpoConfig::from_settings(&req.settings);
     let (train, eval): (Vec<_>, Vec<_>) = req.preferences.iter().partition(|p| !p.eval);
     let chat = req.settings.chat_template;
+    let soft = req.settings.label_aggregation == crate::domain::LabelAggregation::Soft;
     let to_pairs = |v: Vec<&Preference>| -> Vec<PreferencePair> {
         v.into_iter()
-            .map(|p| PreferencePair {
-                prompt: if chat {
+            .map(|p| {
+                let prompt = if chat {
                     current.tokenizer().chat_prompt(&p.prompt)
                 } else {
                     p.prompt.clone()
-                },
-                chosen: p.chosen.clone(),
-                rejected: p.rejected.clone(),
+                };
+                training_pair(p, prompt, soft)
             })
             .collect()
     };
@@ -142,4 +142,55 @@ pub(super) async fn run(
         steps,
         metrics,
     })
+}
+
+/// What DPO trains on for one stored preference, its prompt as the model sees it. With `soft`
+/// aggregation a pair its annotators split on carries its votes, and trains with label smoothing
+/// minority / decisive votes.
+fn training_pair(p: &Preference, prompt: String, soft: bool) -> PreferencePair {
+    PreferencePair {
+        prompt,
+        chosen: p.chosen.clone(),
+        rejected: p.rejected.clone(),
+        chosen_ends: p.chosen_ends,
+        rejected_ends: p.rejected_ends,
+        split_votes: (soft && p.votes_against > 0)
+            .then_some((p.votes_against, p.votes_for + p.votes_against)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_two_to_one_pair_trains_with_smoothing_one_third_under_soft_aggregation() {
+        let p = Preference {
+            prompt: "p".into(),
+            chosen: "good".into(),
+            rejected: "bad".into(),
+            chosen_ends: true,
+            rejected_ends: false,
+            eval: false,
+            votes_for: 2,
+            votes_against: 1,
+        };
+        let soft = training_pair(&p, "p".into(), true);
+        assert!((soft.label_smoothing(0.0) - 1.0 / 3.0).abs() < 1e-12);
+        assert!(!soft.rejected_ends);
+        // Majority: the run's own smoothing, whatever the split.
+        assert_eq!(
+            training_pair(&p, "p".into(), false).label_smoothing(0.05),
+            0.05
+        );
+        // A unanimous pair has nothing to smooth.
+        let unanimous = Preference {
+            votes_against: 0,
+            ..p
+        };
+        assert_eq!(
+            training_pair(&unanimous, "p".into(), true).split_votes,
+            None
+        );
+    }
 }

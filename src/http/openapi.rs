@@ -15,13 +15,20 @@ use super::api;
         api::projects::update_project, api::projects::get_stats,
         api::items::import_prompts, api::items::import_pairs,
         api::leases::next_pair, api::leases::record_judgment, api::leases::heartbeat,
-        api::leases::release, api::leases::undo,
+        api::leases::release, api::leases::undo, api::leases::flag,
         api::export::export,
         api::users::create_user, api::users::list_users, api::users::revoke_user,
         api::runs::start_training, api::runs::list_runs, api::runs::list_versions, api::runs::get_run,
         api::runs::cancel_run, api::generate::generate, api::judges::attach_judge,
         api::judges::list_judges, api::judges::detach_judge,
+        api::quality::annotators, api::quality::list_flags, api::quality::resolve_flag,
+        api::quality::browse, api::members::members, api::members::add, api::members::remove,
+        api::members::login_link,
     ),
+    components(schemas(
+        crate::store::export::ExportFormat, crate::store::export::AnnotatorFilter,
+        crate::store::flags::FlagAction,
+    )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

@@ -21,6 +21,47 @@ pub struct PreferencePair {
     pub prompt: String,
     pub chosen: String,
     pub rejected: String,
+    /// Whether each completion is whole: it ended where its author (or the model, by sampling EOS) stopped,
+    /// not where a length limit cut it. Training appends EOS to a whole completion, as TRL does, so DPO
+    /// learns when to stop. A TRL file's completions are whole.
+    #[serde(default = "whole")]
+    pub chosen_ends: bool,
+    #[serde(default = "whole")]
+    pub rejected_ends: bool,
+    /// (minority votes, decisive votes) of a pair several annotators split on, for soft aggregation:
+    /// the pair trains with label smoothing minority / decisive instead of the run's own (DPO loss only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_votes: Option<(u32, u32)>,
+}
+
+fn whole() -> bool {
+    true
+}
+
+impl PreferencePair {
+    /// A pair of whole completions (both end with EOS in training).
+    pub fn new(
+        prompt: impl Into<String>,
+        chosen: impl Into<String>,
+        rejected: impl Into<String>,
+    ) -> PreferencePair {
+        PreferencePair {
+            prompt: prompt.into(),
+            chosen: chosen.into(),
+            rejected: rejected.into(),
+            chosen_ends: true,
+            rejected_ends: true,
+            split_votes: None,
+        }
+    }
+
+    /// The label smoothing this pair trains with: its own for a split vote, else `default`.
+    pub fn label_smoothing(&self, default: f64) -> f64 {
+        match self.split_votes {
+            Some((minority, total)) if total > 0 => minority as f64 / total as f64,
+            _ => default,
+        }
+    }
 }
 
 /// One bad input line (1-based).
@@ -144,11 +185,11 @@ fn parse_preference(
         };
         return parse_conversation(&v, chat);
     }
-    let pair = PreferencePair {
-        prompt: string_field(&v, "prompt")?,
-        chosen: string_field(&v, "chosen").and_then(|c| non_empty("chosen", c))?,
-        rejected: string_field(&v, "rejected").and_then(|c| non_empty("rejected", c))?,
-    };
+    let pair = PreferencePair::new(
+        string_field(&v, "prompt")?,
+        string_field(&v, "chosen").and_then(|c| non_empty("chosen", c))?,
+        string_field(&v, "rejected").and_then(|c| non_empty("rejected", c))?,
+    );
     if pair.chosen == pair.rejected {
         return Err("chosen and rejected are identical".into());
     }
@@ -174,11 +215,11 @@ fn parse_conversation(
             .filter(|c| !c.is_empty())
             .ok_or_else(|| format!("field {name:?}: the chat template does not extend the prompt"))
     };
-    let pair = PreferencePair {
-        prompt: prompt_text.clone(),
-        chosen: completion("chosen")?,
-        rejected: completion("rejected")?,
-    };
+    let pair = PreferencePair::new(
+        prompt_text.clone(),
+        completion("chosen")?,
+        completion("rejected")?,
+    );
     if pair.chosen == pair.rejected {
         return Err("chosen and rejected are identical".into());
     }

@@ -79,6 +79,17 @@ pub struct LossOutput {
 
 /// The preference loss of a batch of pairs.
 pub fn preference_loss(cfg: &LossConfig, lp: &PairLogProbs) -> Result<LossOutput> {
+    preference_loss_smoothed(cfg, lp, None)
+}
+
+/// The preference loss with a label smoothing per pair (`smoothing[i]` for pair i, each in [0, 0.5)):
+/// conservative DPO where the annotators split, −(1−εᵢ) log σ(βhᵢ) − εᵢ log σ(−βhᵢ). `None` is
+/// [`preference_loss`], the run's one smoothing for every pair. The IPO loss has no smoothing.
+pub fn preference_loss_smoothed(
+    cfg: &LossConfig,
+    lp: &PairLogProbs,
+    smoothing: Option<&[f64]>,
+) -> Result<LossOutput> {
     let pick = |s: &SeqLogProbs| -> Result<Tensor> {
         match cfg.kind {
             LossKind::Dpo => Ok(s.sum.clone()),
@@ -91,12 +102,23 @@ pub fn preference_loss(cfg: &LossConfig, lp: &PairLogProbs) -> Result<LossOutput
     let per_pair = match cfg.kind {
         LossKind::Dpo => {
             let z = (&h * cfg.beta)?;
-            let eps = cfg.label_smoothing;
-            let main = (softplus(&z.neg()?)? * (1.0 - eps))?;
-            if eps > 0.0 {
-                (main + (softplus(&z)? * eps)?)?
-            } else {
-                main
+            match smoothing {
+                Some(per_pair) => {
+                    let eps: Vec<f32> = per_pair.iter().map(|&e| e as f32).collect();
+                    let eps =
+                        Tensor::from_vec(eps, per_pair.len(), z.device())?.to_dtype(z.dtype())?;
+                    let keep = eps.affine(-1.0, 1.0)?;
+                    (softplus(&z.neg()?)?.mul(&keep)? + softplus(&z)?.mul(&eps)?)?
+                }
+                None => {
+                    let eps = cfg.label_smoothing;
+                    let main = (softplus(&z.neg()?)? * (1.0 - eps))?;
+                    if eps > 0.0 {
+                        (main + (softplus(&z)? * eps)?)?
+                    } else {
+                        main
+                    }
+                }
             }
         }
         LossKind::Ipo => (h - 1.0 / (2.0 * cfg.beta))?.sqr()?,
@@ -168,6 +190,40 @@ mod tests {
             close(values[i] as f64, exact, 1e-4 * exact.max(1.0));
             close(slopes[i] as f64, sigma, 1e-5);
         }
+    }
+
+    #[test]
+    fn a_two_to_one_pair_trains_with_smoothing_one_third() {
+        // Two pairs with the same log-probs; the second was split 2–1 by its annotators.
+        let lp = PairLogProbs {
+            policy_chosen: seq(&[-10.0, -10.0], &[5.0, 5.0]),
+            policy_rejected: seq(&[-12.0, -12.0], &[3.0, 3.0]),
+            reference_chosen: seq(&[-11.0, -11.0], &[5.0, 5.0]),
+            reference_rejected: seq(&[-11.0, -11.0], &[3.0, 3.0]),
+        };
+        let cfg = LossConfig {
+            kind: LossKind::Dpo,
+            beta: 0.1,
+            label_smoothing: 0.0,
+        };
+        let pair = crate::learn::PreferencePair {
+            split_votes: Some((1, 3)),
+            ..crate::learn::PreferencePair::new("p", "a", "b")
+        };
+        let eps = pair.label_smoothing(0.0);
+        close(eps, 1.0 / 3.0, 1e-12);
+        let out = preference_loss_smoothed(&cfg, &lp, Some(&[0.0, eps])).unwrap();
+        // βh = 0.2: pair 1 log(1 + e^−0.2), pair 2 (2/3)·log(1 + e^−0.2) + (1/3)·log(1 + e^0.2).
+        let (lo, hi) = ((1f64 + (-0.2f64).exp()).ln(), (1f64 + 0.2f64.exp()).ln());
+        let want = (lo + (2.0 / 3.0) * lo + (1.0 / 3.0) * hi) / 2.0;
+        close(scalar(&out.loss), want, 1e-6);
+        // The run's smoothing for every pair is the same as `preference_loss`.
+        let same = preference_loss_smoothed(&cfg, &lp, Some(&[0.0, 0.0])).unwrap();
+        close(
+            scalar(&same.loss),
+            scalar(&preference_loss(&cfg, &lp).unwrap().loss),
+            1e-7,
+        );
     }
 
     #[test]

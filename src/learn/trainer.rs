@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::data::PreferencePair;
-use super::dpo::{PairLogProbs, SeqLogProbs, preference_loss, reward_sums};
+use super::dpo::{PairLogProbs, SeqLogProbs, preference_loss_smoothed, reward_sums};
 use super::optim::AdamW;
 use super::policy::{DpoModel, sequences, tokenize_pairs};
 use super::reference::ReferenceCache;
@@ -123,9 +123,10 @@ pub fn train_dpo<M: DpoModel>(
                 let lp = policy
                     .completion_logprobs(&seqs)
                     .map_err(model_err("policy forward pass"))?;
-                let out = preference_loss(
+                let out = preference_loss_smoothed(
                     &cfg.loss,
                     &pair_logprobs(lp, &pairs, cache, policy.device())?,
+                    smoothing(&pairs, cfg).as_deref(),
                 )?;
                 // The step's loss is the mean over all its pairs: weight each micro-batch by its share.
                 let share = micro.len() as f64 / step_pairs.len() as f64;
@@ -200,7 +201,11 @@ pub fn evaluate<M: DpoModel>(
             sum: Tensor::new(sums, model.device())?,
             tokens: Tensor::new(counts, model.device())?,
         };
-        let out = preference_loss(&cfg.loss, &pair_logprobs(lp, chunk, cache, model.device())?)?;
+        let out = preference_loss_smoothed(
+            &cfg.loss,
+            &pair_logprobs(lp, chunk, cache, model.device())?,
+            smoothing(chunk, cfg).as_deref(),
+        )?;
         loss += out.loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
         rewards.add(&reward_sums(&out)?.0);
     }
@@ -211,6 +216,16 @@ pub fn evaluate<M: DpoModel>(
         loss: loss / n,
         rewards: rewards.scaled(1.0 / n),
     })
+}
+
+/// Each pair's own label smoothing when any pair of the batch has split votes (soft aggregation),
+/// the run's setting for the others; `None` when every pair trains with the run's setting.
+fn smoothing(pairs: &[PreferencePair], cfg: &DpoConfig) -> Option<Vec<f64>> {
+    let eps = cfg.loss.label_smoothing;
+    pairs
+        .iter()
+        .any(|p| p.split_votes.is_some())
+        .then(|| pairs.iter().map(|p| p.label_smoothing(eps)).collect())
 }
 
 /// Splits the policy's 2b log-probs into chosen/rejected halves and adds the cached reference ones.
@@ -277,11 +292,7 @@ mod tests {
     use super::*;
 
     fn pair(i: usize) -> PreferencePair {
-        PreferencePair {
-            prompt: format!("p{i}"),
-            chosen: "a".into(),
-            rejected: "b".into(),
-        }
+        PreferencePair::new(format!("p{i}"), "a", "b")
     }
 
     #[test]

@@ -51,8 +51,41 @@ struct PairLine {
     prompt: String,
     completion_a: String,
     completion_b: String,
+    /// Whether each completion is whole (ended where its author or model stopped) rather than cut at a
+    /// length limit; training appends EOS to a whole one. Default true.
+    ends_a: Option<bool>,
+    ends_b: Option<bool>,
+    /// A gold pair's known answer: the better completion, "a" or "b".
+    gold: Option<String>,
     id: Option<ExternalId>,
     meta: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The better completion of a gold pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GoldSide {
+    A,
+    B,
+}
+
+impl GoldSide {
+    fn parse(s: &str) -> Result<GoldSide, String> {
+        match s {
+            "a" => Ok(GoldSide::A),
+            "b" => Ok(GoldSide::B),
+            other => Err(format!(
+                "gold must be \"a\" or \"b\" (the better completion), got {other:?}"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GoldSide::A => "a",
+            GoldSide::B => "b",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
@@ -85,6 +118,9 @@ pub enum NewItem {
         prompt: String,
         completion_a: String,
         completion_b: String,
+        ends_a: bool,
+        ends_b: bool,
+        gold: Option<GoldSide>,
         external_id: Option<String>,
         meta: String,
     },
@@ -188,6 +224,9 @@ fn parse_line(kind: ImportKind, line: &[u8]) -> Result<NewItem, String> {
                 prompt: l.prompt,
                 completion_a: l.completion_a,
                 completion_b: l.completion_b,
+                ends_a: l.ends_a.unwrap_or(true),
+                ends_b: l.ends_b.unwrap_or(true),
+                gold: l.gold.as_deref().map(GoldSide::parse).transpose()?,
                 external_id: l.id.map(ExternalId::into_string),
                 meta: meta_text(l.meta),
             })
@@ -281,6 +320,9 @@ async fn insert_chunk(
                 prompt,
                 completion_a,
                 completion_b,
+                ends_a,
+                ends_b,
+                gold,
                 external_id,
                 meta,
             } => {
@@ -293,8 +335,8 @@ async fn insert_chunk(
                 }
                 let done = sqlx::query(
                     "INSERT INTO pairs (id, project_id, prompt_id, external_id, completion_a, completion_b, \
-                     meta, source, random_key, status, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'imported', $8, 'pending', $9) \
+                     ends_a, ends_b, gold, meta, source, random_key, status, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'imported', $11, 'pending', $12) \
                      ON CONFLICT (project_id, external_id) DO NOTHING",
                 )
                 .bind(new_id())
@@ -303,6 +345,9 @@ async fn insert_chunk(
                 .bind(external_id)
                 .bind(completion_a)
                 .bind(completion_b)
+                .bind(ends_a as i64)
+                .bind(ends_b as i64)
+                .bind(gold.map(GoldSide::as_str))
                 .bind(meta)
                 .bind(rand::random::<f64>())
                 .bind(now_ms())
@@ -444,10 +489,14 @@ pub async fn import_ndjson(
 pub async fn count_pairs(store: &Store, project_id: &str) -> Result<PairCounts> {
     let row = sqlx::query(
         "SELECT \
-           COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0) AS pending, \
+           COALESCE(SUM(CASE WHEN status = 'pending' AND gold IS NULL AND excluded = 0 \
+                             THEN 1 ELSE 0 END), 0) AS pending, \
            COALESCE(SUM(CASE WHEN status = 'labelled' THEN 1 ELSE 0 END), 0) AS labelled, \
-           COALESCE(SUM(CASE WHEN status = 'pending' AND lease_id IS NOT NULL AND leased_until > $2 \
-                             THEN 1 ELSE 0 END), 0) AS leased, \
+           COALESCE(SUM(CASE WHEN status = 'pending' AND gold IS NULL AND lease_id IS NOT NULL \
+                             AND leased_until > $2 THEN 1 ELSE 0 END), 0) AS leased, \
+           COALESCE(SUM(CASE WHEN gold IS NOT NULL THEN 1 ELSE 0 END), 0) AS gold, \
+           COALESCE(SUM(CASE WHEN held = 1 THEN 1 ELSE 0 END), 0) AS held, \
+           COALESCE(SUM(CASE WHEN excluded = 1 THEN 1 ELSE 0 END), 0) AS excluded, \
            (SELECT COUNT(*) FROM prompts WHERE project_id = $1) AS prompts, \
            (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = 'train') AS train_prompts \
          FROM pairs WHERE project_id = $1",
@@ -461,6 +510,9 @@ pub async fn count_pairs(store: &Store, project_id: &str) -> Result<PairCounts> 
         pending: get("pending")?,
         labelled: get("labelled")?,
         leased: get("leased")?,
+        gold: get("gold")?,
+        held: get("held")?,
+        excluded: get("excluded")?,
         prompts: get("prompts")?,
         train_prompts: get("train_prompts")?,
     })
@@ -468,9 +520,16 @@ pub async fn count_pairs(store: &Store, project_id: &str) -> Result<PairCounts> 
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PairCounts {
+    /// Pairs still waiting for (more) labels: not gold, not excluded.
     pub pending: i64,
     pub labelled: i64,
     pub leased: i64,
+    /// Gold pairs (known answer), mixed into what annotators are served.
+    pub gold: i64,
+    /// Pairs held from serving while a flag on them is open.
+    pub held: i64,
+    /// Pairs an admin excluded on review: never served or trained.
+    pub excluded: i64,
     pub prompts: i64,
     /// Prompts in the train split: what the model draws rounds from.
     pub train_prompts: i64,

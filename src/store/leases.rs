@@ -15,7 +15,7 @@ use super::projects::Project;
 use super::text::check_storable;
 use super::users::User;
 use super::{Dialect, Result, Store, StoreError, new_id};
-use crate::domain::Choice;
+use crate::domain::{Choice, DEFAULT_GOLD_RATE};
 
 /// A pair handed to one annotator, with the order its completions are shown in.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -266,10 +266,33 @@ async fn try_lease(
         return Ok(Attempt::Again(BudgetLock::Exclusive));
     }
 
+    if let Some(bar) = project.settings.min_gold_accuracy {
+        let (answered, correct) = gold_record(&mut tx, &project.id, &user.id).await?;
+        if super::quality::below_gold_bar(Some(bar), answered, correct) {
+            tx.rollback().await?;
+            return Err(StoreError::Forbidden(format!(
+                "your answers to this project's check pairs ({correct} of {answered} as expected) are below \
+                 its bar of {:.0}%: no more pairs are served to you; ask the project's admin",
+                bar * 100.0
+            )));
+        }
+    }
+
     let lease_id = new_id();
     let expires = now + project.lease_seconds * 1000;
     let mut claimed = None;
-    if store.dialect() == Dialect::Postgres {
+    let gold_rate = project.settings.gold_rate.unwrap_or(DEFAULT_GOLD_RATE);
+    if gold_rate > 0.0 && rand::random::<f64>() < gold_rate {
+        claimed = sqlx::query(CLAIM_GOLD)
+            .bind(&lease_id)
+            .bind(expires)
+            .bind(&project.id)
+            .bind(now)
+            .bind(&user.id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    }
+    if claimed.is_none() && store.dialect() == Dialect::Postgres {
         claimed = claim_among_candidates(&mut tx, project, user, &lease_id, expires, now).await?;
     }
     if claimed.is_none() {
@@ -333,22 +356,40 @@ async fn try_lease(
 /// key fixed at insert. The outer conditions repeat the inner ones so that a concurrent claim of the same
 /// row can never succeed twice. It returns what the annotator is shown, so the lease needs no second
 /// read of the pair.
-const CLAIM_SQLITE: &str = "UPDATE pairs SET lease_id = $1, leased_until = $2 WHERE id = ( \
-       SELECT id FROM pairs WHERE project_id = $3 AND status = 'pending' \
-         AND (leased_until IS NULL OR leased_until <= $4) \
+const CLAIM_SQLITE: &str = concat!(
+    "UPDATE pairs SET lease_id = $1, leased_until = $2 WHERE id = ( \
+       SELECT id FROM pairs WHERE project_id = $3 AND ",
+    servable_sql!(),
+    " AND (leased_until IS NULL OR leased_until <= $4) \
          AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = pairs.id AND j.user_id = $5 \
                          AND j.superseded_at IS NULL) \
        ORDER BY score DESC NULLS LAST, random_key LIMIT 1) \
      AND status = 'pending' AND (leased_until IS NULL OR leased_until <= $4) \
      RETURNING id, completion_a, completion_b, \
-       (SELECT text FROM prompts q WHERE q.id = pairs.prompt_id) AS prompt";
+       (SELECT text FROM prompts q WHERE q.id = pairs.prompt_id) AS prompt"
+);
 
-const CLAIM_POSTGRES: &str = "UPDATE pairs SET lease_id = $1, leased_until = $2 WHERE id = ( \
-       SELECT id FROM pairs WHERE project_id = $3 AND status = 'pending' \
-         AND (leased_until IS NULL OR leased_until <= $4) \
+const CLAIM_POSTGRES: &str = concat!(
+    "UPDATE pairs SET lease_id = $1, leased_until = $2 WHERE id = ( \
+       SELECT id FROM pairs WHERE project_id = $3 AND ",
+    servable_sql!(),
+    " AND (leased_until IS NULL OR leased_until <= $4) \
          AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = pairs.id AND j.user_id = $5 \
                          AND j.superseded_at IS NULL) \
        ORDER BY score DESC NULLS LAST, random_key LIMIT 1 FOR UPDATE SKIP LOCKED) \
+     AND status = 'pending' AND (leased_until IS NULL OR leased_until <= $4) \
+     RETURNING id, completion_a, completion_b, \
+       (SELECT text FROM prompts q WHERE q.id = pairs.prompt_id) AS prompt"
+);
+
+/// Claims a gold pair the user has not answered, in the order fixed at import. Gold pairs stay pending
+/// for good: every annotator answers each one once.
+const CLAIM_GOLD: &str = "UPDATE pairs SET lease_id = $1, leased_until = $2 WHERE id = ( \
+       SELECT id FROM pairs WHERE project_id = $3 AND status = 'pending' AND gold IS NOT NULL \
+         AND held = 0 AND excluded = 0 AND (leased_until IS NULL OR leased_until <= $4) \
+         AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = pairs.id AND j.user_id = $5 \
+                         AND j.superseded_at IS NULL) \
+       ORDER BY random_key LIMIT 1) \
      AND status = 'pending' AND (leased_until IS NULL OR leased_until <= $4) \
      RETURNING id, completion_a, completion_b, \
        (SELECT text FROM prompts q WHERE q.id = pairs.prompt_id) AS prompt";
@@ -393,18 +434,21 @@ async fn claim_among_candidates(
 }
 
 /// The best free pairs the user has not answered, read without locking.
-const PICK_POSTGRES: &str = "SELECT id FROM pairs WHERE project_id = $1 AND status = 'pending' \
-       AND (leased_until IS NULL OR leased_until <= $2) \
+const PICK_POSTGRES: &str = concat!(
+    "SELECT id FROM pairs WHERE project_id = $1 AND ",
+    servable_sql!(),
+    " AND (leased_until IS NULL OR leased_until <= $2) \
        AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = pairs.id AND j.user_id = $3 \
                        AND j.superseded_at IS NULL) \
-     ORDER BY score DESC NULLS LAST, random_key LIMIT $4";
+     ORDER BY score DESC NULLS LAST, random_key LIMIT $4"
+);
 
 /// Locks the best of the candidates ($4 …) still free, skipping those locked by another claim.
 static CLAIM_AMONG_POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let ids: Vec<String> = (0..CANDIDATES).map(|i| format!("${}", i + 4)).collect();
     format!(
         "UPDATE pairs SET lease_id = $1, leased_until = $2 WHERE id = ( \
-           SELECT id FROM pairs WHERE id IN ({}) AND status = 'pending' \
+           SELECT id FROM pairs WHERE id IN ({}) AND status = 'pending' AND held = 0 \
              AND (leased_until IS NULL OR leased_until <= $3) \
            ORDER BY score DESC NULLS LAST, random_key LIMIT 1 FOR UPDATE SKIP LOCKED) \
          AND status = 'pending' AND (leased_until IS NULL OR leased_until <= $3) \
@@ -414,12 +458,39 @@ static CLAIM_AMONG_POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::
     )
 });
 
+/// An annotator's gold answers in a project: (answered, as expected). Skips are not answers.
+pub(super) async fn gold_record(
+    tx: &mut Transaction<'static, Any>,
+    project_id: &str,
+    user_id: &str,
+) -> Result<(i64, i64)> {
+    let row = sqlx::query(concat!(
+        "SELECT COUNT(*) AS answered, \
+           COALESCE(SUM(CASE WHEN ",
+        preferred_side_sql!(),
+        " = p.gold THEN 1 ELSE 0 END), 0) AS correct \
+         FROM judgments j JOIN pairs p ON p.id = j.pair_id \
+         WHERE j.user_id = $1 AND j.project_id = $2 AND j.superseded_at IS NULL \
+           AND j.choice <> 'skip' AND p.gold IS NOT NULL"
+    ))
+    .bind(user_id)
+    .bind(project_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((super::int(&row, "answered")?, super::int(&row, "correct")?))
+}
+
 /// What a judgment request asks for.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JudgmentInput {
     pub choice: Choice,
     pub rationale: Option<String>,
+    /// Seconds the pair was on the annotator's screen before the answer, as the client measured it: a
+    /// client that leases the next pair ahead sends it, so time per label counts from when the pair was
+    /// shown, not from the lease. At most the lease's age; without it, the lease's age.
+    #[serde(default)]
+    pub seconds: Option<f64>,
 }
 
 pub const MAX_RATIONALE_BYTES: usize = 20_000;
@@ -534,19 +605,29 @@ pub async fn record_judgment(
         )));
     }
     // A skip puts the pair back for others (this annotator is not offered it again); any other answer
-    // labels it. Only while the pair still waits for this lease: the update is the check.
-    let status = if input.choice == Choice::Skip {
-        "pending"
-    } else {
-        "labelled"
-    };
+    // labels it once it makes the project's `labels_per_pair` current votes, and until then the pair
+    // goes back to be answered by someone else. A gold pair stays pending: everyone answers it once.
+    // Only while the pair still waits for this lease: the update is the check.
+    let per_pair: Option<String> =
+        sqlx::query_scalar("SELECT settings FROM projects WHERE id = $1")
+            .bind(&lease.project_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let labels_per_pair = per_pair
+        .and_then(|s| serde_json::from_str::<crate::domain::LoopSettings>(&s).ok())
+        .map_or(1, |s| s.labels_per_pair.max(1)) as i64;
     let held = sqlx::query(
-        "UPDATE pairs SET status = $1, lease_id = NULL, leased_until = NULL \
+        "UPDATE pairs SET lease_id = NULL, leased_until = NULL, status = CASE \
+           WHEN $1 = 'skip' OR gold IS NOT NULL THEN 'pending' \
+           WHEN $4 > 1 + (SELECT COUNT(*) FROM judgments j WHERE j.pair_id = pairs.id \
+                          AND j.superseded_at IS NULL AND j.choice <> 'skip') THEN 'pending' \
+           ELSE 'labelled' END \
          WHERE id = $2 AND lease_id = $3 AND status = 'pending'",
     )
-    .bind(status)
+    .bind(input.choice.as_str())
     .bind(&lease.pair_id)
     .bind(&lease.id)
+    .bind(labels_per_pair)
     .execute(&mut **tx)
     .await?;
     if held.rows_affected() == 0 {
@@ -565,7 +646,7 @@ pub async fn record_judgment(
         choice: input.choice,
         left_is_a: lease.left_is_a,
         rationale: input.rationale.clone(),
-        seconds: (now - lease.created_at).max(0) as f64 / 1000.0,
+        seconds: answer_seconds(input.seconds, now - lease.created_at),
         idempotency_key: idempotency_key.map(str::to_string),
         created_at: super::rfc3339(now),
         superseded_at: None,
@@ -593,6 +674,16 @@ pub async fn record_judgment(
         .await?;
     tx.commit().await?;
     Ok((judgment, true))
+}
+
+/// The seconds a judgment records: the client's measure of how long the pair was shown when it gives a
+/// sane one, never more than the lease has existed (`lease_age_ms`).
+fn answer_seconds(client: Option<f64>, lease_age_ms: i64) -> f64 {
+    let age = lease_age_ms.max(0) as f64 / 1000.0;
+    match client {
+        Some(s) if s.is_finite() && s >= 0.0 => s.min(age),
+        _ => age,
+    }
 }
 
 /// Keeps a lease alive for another lease period; returns the new expiry (ms).
@@ -674,4 +765,19 @@ pub async fn ensure_lease_access(store: &Store, lease_id: &str, user: &User) -> 
     Err(StoreError::Forbidden(
         "you are no longer assigned to this project: this lease was handed back".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer_seconds;
+
+    #[test]
+    fn time_per_label_counts_from_when_the_pair_was_shown() {
+        assert_eq!(answer_seconds(Some(4.5), 30_000), 4.5);
+        // Never more than the lease has existed, and nonsense falls back to the lease's age.
+        assert_eq!(answer_seconds(Some(99.0), 30_000), 30.0);
+        assert_eq!(answer_seconds(Some(-1.0), 30_000), 30.0);
+        assert_eq!(answer_seconds(Some(f64::NAN), 2_000), 2.0);
+        assert_eq!(answer_seconds(None, 2_500), 2.5);
+    }
 }

@@ -4,6 +4,24 @@
 //! Portable column types only (docs/ARCHITECTURE.md): UUID text ids, Unix-millisecond BIGINT times,
 //! JSON as text. Functions take `&Store` or a transaction and return domain types, never rows.
 
+/// The condition, as SQL on the `pairs` table (unaliased), for a pair that waits to be served as an
+/// ordinary pair: pending, not gold (gold pairs are mixed in by their own rule), not held for review and
+/// not excluded. Every count of "pairs ready" and every ordinary claim uses it.
+macro_rules! servable_sql {
+    () => {
+        "status = 'pending' AND gold IS NULL AND held = 0 AND excluded = 0"
+    };
+}
+
+/// Which completion a judgment row (aliased `j`) preferred, 'a' or 'b', as SQL; NULL for answers
+/// that prefer neither.
+macro_rules! preferred_side_sql {
+    () => {
+        "(CASE WHEN j.choice = 'left' THEN (CASE WHEN j.left_is_a = 1 THEN 'a' ELSE 'b' END) \
+           WHEN j.choice = 'right' THEN (CASE WHEN j.left_is_a = 1 THEN 'b' ELSE 'a' END) END)"
+    };
+}
+
 pub mod dashboard;
 pub mod export;
 pub mod flags;
@@ -12,6 +30,7 @@ pub mod judges;
 pub mod leases;
 pub mod members;
 pub mod projects;
+pub mod quality;
 pub mod queue;
 pub mod sessions;
 pub mod stats;

@@ -8,7 +8,8 @@ use utoipa::ToSchema;
 use super::text::check_storable;
 use super::{Result, Store, StoreError, new_id, now_ms};
 use crate::domain::{
-    CompletionSettings, EntropyEstimator, LoopSettings, LossKind, Oversample, Schedule, Strategy,
+    CompletionSettings, Display, EntropyEstimator, LabelAggregation, LoopSettings, LossKind,
+    Oversample, Schedule, Strategy,
 };
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -52,10 +53,28 @@ pub struct ProjectInput {
     pub entropy_estimator: Option<EntropyEstimator>,
     pub chat_template: Option<bool>,
     pub install_only_if_better: Option<bool>,
+    pub labels_per_pair: Option<u32>,
+    pub label_aggregation: Option<LabelAggregation>,
+    /// Share of served pairs drawn from gold (0–1); `null`: the default, 0.05 when there are gold pairs.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<f64>)]
+    pub gold_rate: Option<Option<f64>>,
+    /// Gold accuracy (0–1) below which an annotator stops receiving pairs after 10 gold answers;
+    /// `null`: no bar.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<f64>)]
+    pub min_gold_accuracy: Option<Option<f64>>,
+    pub display: Option<Display>,
+    /// One line shown on the workbench above every pair (at most 300 characters).
+    pub criterion: Option<String>,
 }
 
 /// Tells "absent" (keep) from an explicit `null` (clear) for PATCH.
-fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
     Ok(Some(Option::deserialize(d)?))
 }
 
@@ -98,7 +117,13 @@ impl ProjectInput {
             entropy_samples,
             entropy_estimator,
             chat_template,
-            install_only_if_better
+            install_only_if_better,
+            labels_per_pair,
+            label_aggregation,
+            gold_rate,
+            min_gold_accuracy,
+            display,
+            criterion
         );
         p.validate()
     }
@@ -145,6 +170,25 @@ impl Project {
         }
         if s.oversample.prompts == 0 || s.oversample.pairs == 0 {
             return bad("oversample.prompts and oversample.pairs must be at least 1");
+        }
+        if s.label_aggregation == LabelAggregation::Soft && s.loss == LossKind::Ipo {
+            return bad(
+                "label_aggregation \"soft\" smooths the dpo loss; the ipo loss has no smoothing",
+            );
+        }
+        check_storable("criterion", &s.criterion)?;
+        if s.criterion.chars().count() > 300 || s.criterion.contains(['\n', '\r']) {
+            return bad("criterion must be one line of at most 300 characters");
+        }
+        if !(1..=100).contains(&s.labels_per_pair) {
+            return bad("labels_per_pair must be 1 to 100");
+        }
+        let share = |x: Option<f64>| x.is_none_or(|x| (0.0..=1.0).contains(&x));
+        if !share(s.gold_rate) {
+            return bad("gold_rate must be between 0 and 1");
+        }
+        if !share(s.min_gold_accuracy) {
+            return bad("min_gold_accuracy must be between 0 and 1");
         }
         Ok(())
     }

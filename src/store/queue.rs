@@ -11,10 +11,11 @@ use crate::domain::{Choice, PairScores, ScoreParts, Strategy};
 
 /// Pending pairs nobody holds: what `/next` can still hand out.
 pub async fn count_free_pending(store: &Store, project_id: &str) -> Result<i64> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n FROM pairs WHERE project_id = $1 AND status = 'pending' \
-         AND (lease_id IS NULL OR leased_until <= $2)",
-    )
+    let row = sqlx::query(concat!(
+        "SELECT COUNT(*) AS n FROM pairs WHERE project_id = $1 AND ",
+        servable_sql!(),
+        " AND (lease_id IS NULL OR leased_until <= $2)"
+    ))
     .bind(project_id)
     .bind(store.clock().now_ms())
     .fetch_one(store.pool())
@@ -81,6 +82,9 @@ pub struct GeneratedPair {
     pub prompt_id: String,
     pub completion_a: String,
     pub completion_b: String,
+    /// Whether each completion stopped at EOS (not at the length limit).
+    pub ends_a: bool,
+    pub ends_b: bool,
     pub model_version_id: String,
     /// The strategy, every score and the rank that chose the pair; the strategy's serve score orders
     /// the queue (higher first, `None`, the random strategy's, after every score).
@@ -97,15 +101,17 @@ pub async fn insert_generated_pairs(
     let mut tx = store.begin_write().await?;
     for p in pairs {
         sqlx::query(
-            "INSERT INTO pairs (id, project_id, prompt_id, completion_a, completion_b, meta, source, \
-             model_version_id, strategy, score, score_parts, random_key, status, created_at) \
-             VALUES ($1, $2, $3, $4, $5, '{}', 'generated', $6, $7, $8, $9, $10, 'pending', $11)",
+            "INSERT INTO pairs (id, project_id, prompt_id, completion_a, completion_b, ends_a, ends_b, meta, \
+             source, model_version_id, strategy, score, score_parts, random_key, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, '{}', 'generated', $8, $9, $10, $11, $12, 'pending', $13)",
         )
         .bind(new_id())
         .bind(project_id)
         .bind(&p.prompt_id)
         .bind(without_nul(&p.completion_a).into_owned())
         .bind(without_nul(&p.completion_b).into_owned())
+        .bind(p.ends_a as i64)
+        .bind(p.ends_b as i64)
         .bind(&p.model_version_id)
         .bind(p.score_parts.strategy.as_str())
         .bind(p.score_parts.strategy.serve_score(&p.score_parts.scores))
@@ -126,13 +132,16 @@ pub struct OpenPair {
     pub prompt: String,
     pub completion_a: String,
     pub completion_b: String,
+    pub ends_a: bool,
+    pub ends_b: bool,
 }
 
 pub async fn open_pairs(store: &Store, project_id: &str) -> Result<Vec<OpenPair>> {
     let rows = sqlx::query(
-        "SELECT p.id, q.text AS prompt, p.completion_a, p.completion_b FROM pairs p \
+        "SELECT p.id, q.text AS prompt, p.completion_a, p.completion_b, p.ends_a, p.ends_b FROM pairs p \
          JOIN prompts q ON q.id = p.prompt_id \
-         WHERE p.project_id = $1 AND p.status = 'pending' AND (p.lease_id IS NULL OR p.leased_until <= $2) \
+         WHERE p.project_id = $1 AND p.status = 'pending' AND p.gold IS NULL AND p.held = 0 \
+           AND p.excluded = 0 AND (p.lease_id IS NULL OR p.leased_until <= $2) \
          ORDER BY p.created_at",
     )
     .bind(project_id)
@@ -146,6 +155,8 @@ pub async fn open_pairs(store: &Store, project_id: &str) -> Result<Vec<OpenPair>
                 prompt: r.try_get("prompt")?,
                 completion_a: r.try_get("completion_a")?,
                 completion_b: r.try_get("completion_b")?,
+                ends_a: super::flag(r, "ends_a")?,
+                ends_b: super::flag(r, "ends_b")?,
             })
         })
         .collect()
@@ -191,41 +202,83 @@ pub struct Preference {
     pub prompt: String,
     pub chosen: String,
     pub rejected: String,
+    /// Whether each completion stopped at EOS: training then appends EOS to it.
+    pub chosen_ends: bool,
+    pub rejected_ends: bool,
     /// Whether the prompt is in the eval split.
     pub eval: bool,
+    /// Decisive votes for `chosen` and for `rejected` (the minority; 0 with one vote per pair).
+    pub votes_for: u32,
+    pub votes_against: u32,
 }
 
-/// Every current decisive judgment of the project as a preference, oldest first: what DPO trains on.
+/// What DPO trains on: one preference per pair that has current decisive votes, by their majority (a
+/// tie of votes gives none), oldest first by each pair's first vote. Gold pairs (they measure
+/// annotators) and pairs excluded on review never train.
 pub async fn training_preferences(store: &Store, project_id: &str) -> Result<Vec<Preference>> {
     let rows = sqlx::query(
-        "SELECT j.choice, j.left_is_a, p.completion_a, p.completion_b, q.text AS prompt, q.split \
+        "SELECT j.pair_id, j.choice, j.left_is_a, p.completion_a, p.completion_b, p.ends_a, p.ends_b, \
+         q.text AS prompt, q.split \
          FROM judgments j JOIN pairs p ON p.id = j.pair_id JOIN prompts q ON q.id = p.prompt_id \
          WHERE j.project_id = $1 AND j.superseded_at IS NULL AND j.choice IN ('left', 'right') \
+           AND p.gold IS NULL AND p.excluded = 0 \
          ORDER BY j.seq",
     )
     .bind(project_id)
     .fetch_all(store.pool())
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
+    // Per pair, in order of its first vote: the row of that vote and the votes for A and for B.
+    let mut order: Vec<String> = Vec::new();
+    let mut votes: std::collections::HashMap<String, (usize, u32, u32)> =
+        std::collections::HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        let pair: String = r.try_get("pair_id")?;
         let choice: String = r.try_get("choice")?;
         let Ok(choice) = choice.parse::<Choice>() else {
             continue;
         };
-        let split: String = r.try_get("split")?;
-        if let Some((chosen, rejected)) = preference_of(
-            choice,
-            super::flag(r, "left_is_a")?,
-            r.try_get("completion_a")?,
-            r.try_get("completion_b")?,
-        ) {
-            out.push(Preference {
-                prompt: r.try_get("prompt")?,
-                chosen,
-                rejected,
-                eval: split == "eval",
-            });
+        let Some((a_wins, _)) = preference_of(choice, super::flag(r, "left_is_a")?, true, false)
+        else {
+            continue;
+        };
+        let e = votes.entry(pair.clone()).or_insert_with(|| {
+            order.push(pair);
+            (i, 0, 0)
+        });
+        if a_wins {
+            e.1 += 1;
+        } else {
+            e.2 += 1;
         }
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for pair in &order {
+        let (row, for_a, for_b) = votes[pair];
+        if for_a == for_b {
+            continue;
+        }
+        let r = &rows[row];
+        let split: String = r.try_get("split")?;
+        let a = (
+            r.try_get::<String, _>("completion_a")?,
+            super::flag(r, "ends_a")?,
+        );
+        let b = (
+            r.try_get::<String, _>("completion_b")?,
+            super::flag(r, "ends_b")?,
+        );
+        let ((chosen, chosen_ends), (rejected, rejected_ends)) =
+            if for_a > for_b { (a, b) } else { (b, a) };
+        out.push(Preference {
+            prompt: r.try_get("prompt")?,
+            chosen,
+            rejected,
+            chosen_ends,
+            rejected_ends,
+            eval: split == "eval",
+            votes_for: for_a.max(for_b),
+            votes_against: for_a.min(for_b),
+        });
     }
     Ok(out)
 }

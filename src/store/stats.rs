@@ -32,6 +32,15 @@ pub struct ProjectStats {
     pub pairs_per_minute: f64,
     /// Answers per minute (skips included), over the last ten minutes.
     pub answers_per_minute: f64,
+    /// Gold pairs (known answer), mixed into what is served.
+    pub gold_pairs: i64,
+    /// Pairs held from serving while a flag on them is open.
+    pub held_pairs: i64,
+    /// Pairs excluded on review.
+    pub excluded_pairs: i64,
+    /// Where several annotators answered one pair.
+    #[serde(flatten)]
+    pub agreement: super::quality::Agreement,
 }
 
 /// The window `pairs_per_minute` is measured over.
@@ -47,7 +56,6 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
            COALESCE(SUM(CASE WHEN choice = 'skip' THEN 1 ELSE 0 END), 0) AS skips, \
            COALESCE(SUM(CASE WHEN choice = 'tie' THEN 1 ELSE 0 END), 0) AS ties, \
            COALESCE(SUM(CASE WHEN choice = 'both_bad' THEN 1 ELSE 0 END), 0) AS both_bad, \
-           COALESCE(SUM(CASE WHEN choice IN ('left', 'right') THEN 1 ELSE 0 END), 0) AS decisive, \
            COUNT(DISTINCT user_id) AS annotators \
          FROM judgments WHERE project_id = $1 AND superseded_at IS NULL",
     )
@@ -67,11 +75,11 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
     let minutes = (PRODUCTION_WINDOW_MS / 60_000) as f64;
     Ok(ProjectStats {
         labels,
-        decisive_labels: super::int(&row, "decisive")?,
+        decisive_labels: count_decisive_labels(store, &project.id).await?,
         label_budget: project.label_budget,
         remaining: project.label_budget.map(|b| (b - labels).max(0)),
         pending_pairs: counts.pending,
-        ready_pairs: counts.pending - counts.leased,
+        ready_pairs: super::queue::count_free_pending(store, &project.id).await?,
         leased_pairs: counts.leased,
         labelled_pairs: counts.labelled,
         prompts: counts.prompts,
@@ -82,6 +90,10 @@ pub async fn project_stats(store: &Store, project: &Project) -> Result<ProjectSt
         both_bad: super::int(&row, "both_bad")?,
         pairs_per_minute: made as f64 / minutes,
         answers_per_minute: answered as f64 / minutes,
+        gold_pairs: counts.gold,
+        held_pairs: counts.held,
+        excluded_pairs: counts.excluded,
+        agreement: super::quality::project_agreement(store, &project.id).await?,
     })
 }
 
@@ -113,10 +125,12 @@ pub async fn answering_since(store: &Store, project_id: &str, since_ms: i64) -> 
 }
 
 /// Decisive labels (left or right, not undone) of a project: what rounds of `train_every` count.
+/// Answers to gold pairs measure annotators and train nothing, so they do not count.
 pub async fn count_decisive_labels(store: &Store, project_id: &str) -> Result<i64> {
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM judgments WHERE project_id = $1 AND superseded_at IS NULL \
-         AND choice IN ('left', 'right')",
+        "SELECT COUNT(*) FROM judgments j JOIN pairs p ON p.id = j.pair_id \
+         WHERE j.project_id = $1 AND j.superseded_at IS NULL AND j.choice IN ('left', 'right') \
+           AND p.gold IS NULL AND p.excluded = 0",
     )
     .bind(project_id)
     .fetch_one(store.pool())
@@ -147,13 +161,16 @@ pub struct ProjectSupply {
 pub async fn project_supply(store: &Store) -> Result<Vec<ProjectSupply>> {
     let now = store.clock().now_ms();
     let rows = sqlx::query(
-        "SELECT p.id AS id, \
-           (SELECT COUNT(*) FROM pairs WHERE project_id = p.id AND status = 'pending' \
-              AND (lease_id IS NULL OR leased_until <= $1)) AS ready, \
+        concat!(
+            "SELECT p.id AS id, \
+           (SELECT COUNT(*) FROM pairs WHERE project_id = p.id AND ",
+            servable_sql!(),
+            " AND (lease_id IS NULL OR leased_until <= $1)) AS ready, \
            (SELECT COUNT(*) FROM pairs WHERE project_id = p.id AND source = 'generated' \
               AND created_at >= $2) AS made, \
            (SELECT COUNT(*) FROM judgments WHERE project_id = p.id AND created_at >= $2) AS answered \
-         FROM projects p ORDER BY p.created_at, p.id",
+         FROM projects p ORDER BY p.created_at, p.id"
+        ),
     )
     .bind(now)
     .bind(now - PRODUCTION_WINDOW_MS)

@@ -62,14 +62,16 @@ pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -
     let lease_id = new_id();
     let expires = now + project.lease_seconds * 1000;
     // Not while anyone holds a live lease on it, nor once another annotator has leased it since the
-    // undone answer, nor while any current label stands on it.
+    // undone answer, nor while the pair has all the current labels it needs (`labels_per_pair`; one
+    // by default, so no label may stand on it). A gold pair is everyone's to answer once.
+    let labels_per_pair = project.settings.labels_per_pair.max(1) as i64;
     let claimed = sqlx::query(
         "UPDATE pairs SET status = 'pending', lease_id = $1, leased_until = $2 \
          WHERE id = $3 AND (status = 'labelled' OR lease_id IS NULL OR leased_until <= $4) \
            AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.pair_id = pairs.id AND l.user_id <> $5 \
                            AND l.created_at >= $6) \
-           AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = pairs.id \
-                           AND j.superseded_at IS NULL AND j.choice <> 'skip')",
+           AND (gold IS NOT NULL OR $7 > (SELECT COUNT(*) FROM judgments j WHERE j.pair_id = pairs.id \
+                     AND j.superseded_at IS NULL AND j.choice <> 'skip'))",
     )
     .bind(&lease_id)
     .bind(expires)
@@ -77,8 +79,21 @@ pub async fn undo_last_judgment(store: &Store, project: &Project, user: &User) -
     .bind(now)
     .bind(&user.id)
     .bind(answered_at)
+    .bind(labels_per_pair)
     .execute(&mut **tx)
     .await?;
+    if claimed.rows_affected() == 0 {
+        // Not the caller's to answer again, but one vote short now: back to the pool for anyone.
+        sqlx::query(
+            "UPDATE pairs SET status = 'pending' WHERE id = $1 AND status = 'labelled' \
+               AND $2 > (SELECT COUNT(*) FROM judgments j WHERE j.pair_id = pairs.id \
+                         AND j.superseded_at IS NULL AND j.choice <> 'skip')",
+        )
+        .bind(&undone.pair_id)
+        .bind(labels_per_pair)
+        .execute(&mut **tx)
+        .await?;
+    }
     let lease = if claimed.rows_affected() == 1 {
         sqlx::query(
             "INSERT INTO leases (id, pair_id, project_id, user_id, left_is_a, status, created_at, expires_at) \

@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `trl` (default): {"prompt","chosen","rejected"}; `full`: every judgment with its context.
     #[serde(default)]
@@ -35,7 +36,8 @@ pub struct ExportQuery {
 
 /// Stream the project's judgments as NDJSON, in the order they were given. Only a few exports stream at
 /// once (each holds a database connection while its client reads); beyond them, 503 with Retry-After.
-#[utoipa::path(get, path = "/api/v1/projects/{id}/export", params(ExportQuery),
+#[utoipa::path(get, path = "/api/v1/projects/{id}/export",
+    params(("id" = String, Path, description = "project id"), ExportQuery),
     responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 404),
         (status = 503, description = "too many exports running; retry later")))]
 pub async fn export(

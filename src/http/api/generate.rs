@@ -43,7 +43,8 @@ pub struct Generated {
 }
 
 /// See what a model version writes now.
-#[utoipa::path(post, tag = TAG, path = "/api/v1/projects/{id}/generate", request_body = GenerateInput,
+#[utoipa::path(post, tag = TAG, path = "/api/v1/projects/{id}/generate",
+    params(("id" = String, Path, description = "project id")), request_body = GenerateInput,
     responses((status = 200, body = Generated), (status = 409), (status = 422), (status = 429)))]
 pub async fn generate(
     State(state): State<AppState>,

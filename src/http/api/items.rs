@@ -21,7 +21,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
 }
 
 /// Import prompts, one JSON object per line: {"prompt"} with optional "id", "meta", "split".
-#[utoipa::path(post, path = "/api/v1/projects/{id}/prompts", request_body(content = String, content_type = "application/x-ndjson"),
+#[utoipa::path(post, path = "/api/v1/projects/{id}/prompts",
+    params(("id" = String, Path, description = "project id")), request_body(content = String, content_type = "application/x-ndjson"),
     responses((status = 200, body = ImportReport), (status = 404), (status = 413)))]
 pub async fn import_prompts(
     state: State<AppState>,
@@ -34,7 +35,8 @@ pub async fn import_prompts(
 
 /// Import ready-made pairs, one JSON object per line: {"prompt", "completion_a", "completion_b"} with
 /// optional "id" and "meta".
-#[utoipa::path(post, path = "/api/v1/projects/{id}/pairs", request_body(content = String, content_type = "application/x-ndjson"),
+#[utoipa::path(post, path = "/api/v1/projects/{id}/pairs",
+    params(("id" = String, Path, description = "project id")), request_body(content = String, content_type = "application/x-ndjson"),
     responses((status = 200, body = ImportReport), (status = 404), (status = 413)))]
 pub async fn import_pairs(
     state: State<AppState>,

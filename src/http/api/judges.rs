@@ -51,7 +51,8 @@ pub struct JudgeInput {
 
 /// Attach an AI judge that answers this project's pairs by itself (its judgments are marked as an AI's),
 /// or, with `"role": "evaluate"`, one that only measures each new version's win rate.
-#[utoipa::path(post, tag = TAG, path = "/api/v1/projects/{id}/judges", request_body = JudgeInput,
+#[utoipa::path(post, tag = TAG, path = "/api/v1/projects/{id}/judges",
+    params(("id" = String, Path, description = "project id")), request_body = JudgeInput,
     responses((status = 201, body = Judge), (status = 404), (status = 422)))]
 pub async fn attach_judge(
     State(state): State<AppState>,
@@ -105,7 +106,8 @@ pub async fn attach_judge(
     Ok((StatusCode::CREATED, Json(judge)))
 }
 
-#[utoipa::path(get, tag = TAG, path = "/api/v1/projects/{id}/judges", responses((status = 200, body = [Judge])))]
+#[utoipa::path(get, tag = TAG, path = "/api/v1/projects/{id}/judges",
+    params(("id" = String, Path, description = "project id")), responses((status = 200, body = [Judge])))]
 pub async fn list_judges(
     State(state): State<AppState>,
     _: Admin,
@@ -115,7 +117,8 @@ pub async fn list_judges(
     Ok(Json(judges::list_judges(&state.store, &project.id).await?))
 }
 
-#[utoipa::path(delete, tag = TAG, path = "/api/v1/projects/{id}/judges/{judge_id}", responses((status = 204), (status = 404)))]
+#[utoipa::path(delete, tag = TAG, path = "/api/v1/projects/{id}/judges/{judge_id}",
+    params(("id" = String, Path, description = "project id"), ("judge_id" = String, Path, description = "judge id")), responses((status = 204), (status = 404)))]
 pub async fn detach_judge(
     State(state): State<AppState>,
     _: Admin,

@@ -16,6 +16,7 @@ use crate::http::AppState;
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiQuery, OptionalJson, Path};
+use crate::store::flags::{FlagInput, flag_leased_pair};
 use crate::store::leases::{self, Judgment, JudgmentInput, LeasedPair};
 use crate::store::members::ensure_access;
 use crate::store::projects::{Project, get_project};
@@ -30,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/leases/{id}/judgment", post(record_judgment))
         .route("/api/v1/leases/{id}/heartbeat", post(heartbeat))
         .route("/api/v1/leases/{id}/release", post(release))
+        .route("/api/v1/leases/{id}/flag", post(flag))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -45,6 +47,7 @@ pub const MAX_WAIT_SECONDS: u64 = 30;
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct NextQuery {
     /// Seconds to wait for a pair when none is free now (0 to 30, default 0).
     #[serde(default)]
@@ -147,7 +150,7 @@ pub async fn lease_or_wait(
 /// coming (the model is producing and budget remains, or pairs held by others may come back) and none
 /// when the project is finished (budget spent, or no prompts and no pairs left). Asking again before
 /// answering returns the same lease.
-#[utoipa::path(post, path = "/api/v1/projects/{id}/next", params(NextQuery),
+#[utoipa::path(post, path = "/api/v1/projects/{id}/next", params(("id" = String, Path, description = "project id"), NextQuery),
     request_body(content = Option<NextRequest>),
     responses((status = 200, body = LeasedPair),
               (status = 204, description = "nothing to label now; Retry-After when more is coming"),
@@ -177,7 +180,8 @@ pub async fn next_pair(
 
 /// Answer a lease. 201 with the new judgment; the same request again is a 200 with the same judgment.
 /// Send an `Idempotency-Key` header to make retries safe even across a changed choice.
-#[utoipa::path(post, path = "/api/v1/leases/{id}/judgment", request_body = JudgmentInput,
+#[utoipa::path(post, path = "/api/v1/leases/{id}/judgment",
+    params(("id" = String, Path, description = "lease id")), request_body = JudgmentInput,
     responses((status = 201, body = Judgment), (status = 200, body = Judgment, description = "repeat"),
               (status = 403), (status = 404), (status = 409)))]
 pub async fn record_judgment(
@@ -223,6 +227,7 @@ pub struct LeaseExpiry {
 
 /// Keep a lease alive for another lease period (the workbench calls this while the page is open).
 #[utoipa::path(post, path = "/api/v1/leases/{id}/heartbeat",
+    params(("id" = String, Path, description = "lease id")),
     responses((status = 200, body = LeaseExpiry), (status = 403), (status = 404), (status = 409)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
@@ -239,6 +244,7 @@ pub async fn heartbeat(
 
 /// Give a lease back unanswered: the pair is free for others at once.
 #[utoipa::path(post, path = "/api/v1/leases/{id}/release",
+    params(("id" = String, Path, description = "lease id")),
     responses((status = 204), (status = 403), (status = 404)))]
 pub async fn release(
     State(state): State<AppState>,
@@ -249,9 +255,27 @@ pub async fn release(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Flag the pair behind the caller's lease as broken, with a note for the admins. The pair is held from
+/// serving until an admin resolves the flag (`POST /api/v1/flags/{id}/resolve`); the lease runs on,
+/// so the caller still answers or skips it.
+#[utoipa::path(post, path = "/api/v1/leases/{id}/flag", request_body = FlagInput,
+    params(("id" = String, Path, description = "lease id")),
+    responses((status = 204), (status = 403), (status = 404), (status = 422)))]
+pub async fn flag(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(lease_id): Path<String>,
+    ApiJson(req): ApiJson<FlagInput>,
+) -> ApiResult<StatusCode> {
+    leases::ensure_lease_access(&state.store, &lease_id, &user).await?;
+    flag_leased_pair(&state.store, &lease_id, &user, &req.note).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Take back the caller's last answer in this project: it is kept but superseded, and the pair is leased
 /// to the caller again.
 #[utoipa::path(post, path = "/api/v1/projects/{id}/undo",
+    params(("id" = String, Path, description = "project id")),
     responses((status = 200, body = Undo), (status = 404, description = "nothing to undo")))]
 pub async fn undo(
     State(state): State<AppState>,

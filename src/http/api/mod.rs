@@ -5,7 +5,9 @@ pub mod generate;
 pub mod items;
 pub mod judges;
 pub mod leases;
+pub mod members;
 pub mod projects;
+pub mod quality;
 pub mod runs;
 pub mod users;
 
@@ -30,6 +32,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(runs::router())
         .merge(generate::router())
         .merge(judges::router())
+        .merge(quality::router())
+        .merge(members::router())
 }
 
 /// The active loop, when it has a model: what training and generation need.

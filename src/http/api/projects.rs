@@ -48,7 +48,8 @@ pub async fn list_projects(
     Ok(Json(projects::list_projects(&state.store).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{id}", responses((status = 200, body = Project), (status = 404)))]
+#[utoipa::path(get, path = "/api/v1/projects/{id}",
+    params(("id" = String, Path, description = "project id")), responses((status = 200, body = Project), (status = 404)))]
 pub async fn get_project(
     State(state): State<AppState>,
     _: Admin,
@@ -58,7 +59,8 @@ pub async fn get_project(
 }
 
 /// Change any of the fields given; absent fields keep their value, `"label_budget": null` lifts the budget.
-#[utoipa::path(patch, path = "/api/v1/projects/{id}", request_body = ProjectInput,
+#[utoipa::path(patch, path = "/api/v1/projects/{id}",
+    params(("id" = String, Path, description = "project id")), request_body = ProjectInput,
     responses((status = 200, body = Project), (status = 404), (status = 422)))]
 pub async fn update_project(
     State(state): State<AppState>,
@@ -87,7 +89,8 @@ pub struct StatsResponse {
 
 /// Labels spent and left, pairs pending, annotators, the current model version and the latest training
 /// run. Open to annotators too: the workbench shows the budget.
-#[utoipa::path(get, path = "/api/v1/projects/{id}/stats", responses((status = 200, body = StatsResponse), (status = 404)))]
+#[utoipa::path(get, path = "/api/v1/projects/{id}/stats",
+    params(("id" = String, Path, description = "project id")), responses((status = 200, body = StatsResponse), (status = 404)))]
 pub async fn get_stats(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -31,6 +31,7 @@ pub struct RunStarted {
 
 /// Queue a DPO update of the project now (it runs in the background).
 #[utoipa::path(post, tag = TAG, path = "/api/v1/projects/{id}/train",
+    params(("id" = String, Path, description = "project id")),
     responses((status = 202, body = RunStarted), (status = 404), (status = 409, description = "no model loaded")))]
 pub async fn start_training(
     State(state): State<AppState>,
@@ -42,7 +43,8 @@ pub async fn start_training(
     Ok((StatusCode::ACCEPTED, Json(RunStarted { run_id: run.id })))
 }
 
-#[utoipa::path(get, tag = TAG, path = "/api/v1/training-runs/{id}", responses((status = 200, body = TrainingRun), (status = 404)))]
+#[utoipa::path(get, tag = TAG, path = "/api/v1/training-runs/{id}",
+    params(("id" = String, Path, description = "training run id")), responses((status = 200, body = TrainingRun), (status = 404)))]
 pub async fn get_run(
     State(state): State<AppState>,
     _: Admin,
@@ -51,7 +53,8 @@ pub async fn get_run(
     Ok(Json(training::get_training_run(&state.store, &id).await?))
 }
 
-#[utoipa::path(get, tag = TAG, path = "/api/v1/projects/{id}/training-runs", responses((status = 200, body = [TrainingRun])))]
+#[utoipa::path(get, tag = TAG, path = "/api/v1/projects/{id}/training-runs",
+    params(("id" = String, Path, description = "project id")), responses((status = 200, body = [TrainingRun])))]
 pub async fn list_runs(
     State(state): State<AppState>,
     _: Admin,
@@ -65,7 +68,8 @@ pub async fn list_runs(
 
 /// The versions trained for the project, oldest first, each with the labels it saw and its metrics
 /// (the training run's last step, and the win rate on eval prompts when the project has them and a judge).
-#[utoipa::path(get, tag = TAG, path = "/api/v1/projects/{id}/model-versions", responses((status = 200, body = [ModelVersion])))]
+#[utoipa::path(get, tag = TAG, path = "/api/v1/projects/{id}/model-versions",
+    params(("id" = String, Path, description = "project id")), responses((status = 200, body = [ModelVersion])))]
 pub async fn list_versions(
     State(state): State<AppState>,
     _: Admin,
@@ -79,6 +83,7 @@ pub async fn list_versions(
 
 /// Cancel a queued run at once, or a running one between two steps; the served model is untouched.
 #[utoipa::path(post, tag = TAG, path = "/api/v1/training-runs/{id}/cancel",
+    params(("id" = String, Path, description = "training run id")),
     responses((status = 200, body = TrainingRun), (status = 404), (status = 409, description = "already finished")))]
 pub async fn cancel_run(
     State(state): State<AppState>,

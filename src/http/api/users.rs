@@ -50,7 +50,8 @@ pub async fn list_users(State(state): State<AppState>, _: Admin) -> ApiResult<Js
     Ok(Json(users::list_users(&state.store).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/users/{id}/revoke", responses((status = 204), (status = 404)))]
+#[utoipa::path(post, path = "/api/v1/users/{id}/revoke",
+    params(("id" = String, Path, description = "user id")), responses((status = 204), (status = 404)))]
 pub async fn revoke_user(
     State(state): State<AppState>,
     _: Admin,

@@ -9,14 +9,15 @@ use axum::{Form, Router};
 use serde::Deserialize;
 
 use super::{AdminPage, CsrfForm, Nav, PageError, PageResult, charts, page, training_panel, when};
-use crate::domain::{EntropyEstimator, LossKind, Schedule, Strategy};
+use crate::domain::{Display, EntropyEstimator, LabelAggregation, LossKind, Schedule, Strategy};
 use crate::http::AppState;
 use crate::store::dashboard::project_overview;
-use crate::store::flags::list_flags;
+use crate::store::flags::{FlagAction, list_flags, resolve_flag};
 use crate::store::members::{add_member, list_members, remove_member};
 use crate::store::projects::{
     Project, ProjectInput, create_project, get_project, list_projects, update_project,
 };
+use crate::store::quality::{BrowsedPair, PairFilter, browse_pairs, list_annotators};
 use crate::store::sessions::{create_login_link, login_url};
 use crate::store::stats::project_stats;
 use crate::store::users::{self, Role, User, UserKind};
@@ -28,6 +29,8 @@ pub fn router() -> Router<AppState> {
         .route("/admin/projects/{id}", get(dashboard))
         .route("/admin/projects/{id}/settings", post(save_settings))
         .route("/admin/projects/{id}/members", post(change_members))
+        .route("/admin/projects/{id}/flags/{flag_id}", post(resolve))
+        .route("/admin/projects/{id}/pairs", get(data_browser))
         .route(
             "/admin/projects/{id}/train",
             post(training_panel::train_now),
@@ -169,13 +172,20 @@ struct AnnotatorRow {
     biased: bool,
     median: String,
     agreement: String,
+    /// "correct of answered" gold pairs, or "–".
+    gold: String,
+    /// Stopped by the project's `min_gold_accuracy`.
+    stopped: bool,
 }
 
 struct FlagRow {
+    id: String,
     annotator: String,
     note: String,
     prompt: String,
     when: String,
+    /// "open", "kept" or "excluded".
+    status: &'static str,
 }
 
 struct Choice {
@@ -206,25 +216,46 @@ struct DashboardPage {
     prompts: i64,
     median_seconds: String,
     annotators: Vec<AnnotatorRow>,
-    pairs_labelled_twice: i64,
+    /// The project's agreement where several annotators answered one pair, in words.
     agreement: String,
+    gold_pairs: i64,
+    held: i64,
+    excluded: i64,
     labels_chart: String,
     seconds_chart: String,
     sampled: usize,
     members: Vec<User>,
     candidates: Vec<User>,
+    /// With no members yet: the annotators who answered here and would lose access to a first member.
+    lose_active: Vec<String>,
     flags: Vec<FlagRow>,
     strategies: Vec<Choice>,
     losses: Vec<Choice>,
     schedules: Vec<Choice>,
     estimators: Vec<Choice>,
+    aggregations: Vec<Choice>,
+    displays: Vec<Choice>,
     budget_field: String,
+    gold_rate_field: String,
+    gold_bar_field: String,
     training: training_panel::TrainingPanel,
     live: bool,
 }
 
-fn percent(agree: i64, of: i64) -> String {
-    format!("{:.0}% of {of}", 100.0 * agree as f64 / of as f64)
+/// The agreement line under the annotators' table.
+fn agreement_text(a: &crate::store::quality::Agreement) -> String {
+    let Some(rate) = a.agreement_rate else {
+        return "no pair has two decisive votes yet".into();
+    };
+    let alpha = a.krippendorff_alpha.map_or_else(
+        || "undefined (every vote the same)".into(),
+        |x| format!("{x:.2}"),
+    );
+    format!(
+        "{} pairs with two or more decisive votes, {:.0}% unanimous; Krippendorff's α {alpha}",
+        a.agreement_pairs,
+        rate * 100.0
+    )
 }
 
 /// Every value of a setting, the project's marked selected.
@@ -253,44 +284,75 @@ async fn dashboard(
     let stats = project_stats(&state.store, &project).await?;
     let o = project_overview(&state.store, &project.id).await?;
     let members = list_members(&state.store, &project.id).await?;
-    let candidates = users::list_users(&state.store)
+    let candidates: Vec<User> = users::list_users(&state.store)
         .await?
         .into_iter()
         .filter(|u| {
             !u.revoked && u.role == Role::Annotator && !members.iter().any(|m| m.id == u.id)
         })
         .collect();
-    let flags = list_flags(&state.store, &project.id, 50)
+    let flags = list_flags(&state.store, &project.id, 50, false)
         .await?
         .into_iter()
         .map(|f| FlagRow {
+            status: match f.resolution {
+                None => "open",
+                Some(FlagAction::Keep) => "kept",
+                Some(FlagAction::Exclude) => "excluded",
+            },
+            id: f.id,
             annotator: f.annotator,
             note: f.note,
             prompt: f.prompt.chars().take(160).collect(),
             when: when(f.created_at),
         })
         .collect();
-    let annotators = o
-        .annotators
-        .iter()
-        .map(|a| AnnotatorRow {
-            name: a.name.clone(),
-            kind: a.kind.clone(),
-            labels: a.labels,
-            skips: a.skips,
-            left_rate: a.left_rate.map_or_else(
-                || "–".into(),
-                |r| format!("{:.0}% of {}", r * 100.0, a.left_right),
-            ),
-            left_pct: a.left_rate.map_or(50, |r| (r * 100.0).round() as i64),
-            // Flag a lean only once there are enough answers for it to mean something.
-            biased: a.left_right >= 20 && a.left_rate.is_some_and(|r| !(0.35..=0.65).contains(&r)),
-            median: a
-                .median_seconds
-                .map_or_else(|| "–".into(), |s| format!("{s:.1} s")),
-            agreement: a
-                .agreement
-                .map_or_else(|| "–".into(), |(x, n)| percent(x, n)),
+    let quality = list_annotators(
+        &state.store,
+        &project.id,
+        project.settings.min_gold_accuracy,
+    )
+    .await?;
+    let lose_active: Vec<String> = if members.is_empty() {
+        let answered: std::collections::HashSet<&str> =
+            quality.iter().map(|a| a.user_id.as_str()).collect();
+        candidates
+            .iter()
+            .filter(|u: &&User| answered.contains(u.id.as_str()))
+            .map(|u| u.name.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let annotators = quality
+        .into_iter()
+        .map(|a| {
+            AnnotatorRow {
+                left_rate: a.left_rate.map_or_else(
+                    || "–".into(),
+                    |r| format!("{:.0}% of {}", r * 100.0, a.decisive),
+                ),
+                left_pct: a.left_rate.map_or(50, |r| (r * 100.0).round() as i64),
+                // Flag a lean only once there are enough answers for it to mean something.
+                biased: a.decisive >= 20
+                    && a.left_rate.is_some_and(|r| !(0.35..=0.65).contains(&r)),
+                median: a
+                    .median_seconds
+                    .map_or_else(|| "–".into(), |s| format!("{s:.1} s")),
+                agreement: a
+                    .agreement_rate
+                    .map_or_else(|| "–".into(), |r| format!("{:.0}%", r * 100.0)),
+                gold: if a.gold_answered == 0 {
+                    "–".into()
+                } else {
+                    format!("{} of {}", a.gold_correct, a.gold_answered)
+                },
+                stopped: a.below_gold_bar,
+                name: a.name,
+                kind: a.kind,
+                labels: a.labels,
+                skips: a.skips,
+            }
         })
         .collect();
     let active_hours = o.hourly.len() as i64;
@@ -332,16 +394,16 @@ async fn dashboard(
             .median_seconds
             .map_or_else(|| "–".into(), |m| format!("{m:.1} s")),
         annotators,
-        pairs_labelled_twice: o.pairs_labelled_twice,
-        agreement: o.agreement.map_or_else(
-            || "no pair labelled twice yet".into(),
-            |(x, n)| percent(x, n),
-        ),
+        agreement: agreement_text(&stats.agreement),
+        gold_pairs: stats.gold_pairs,
+        held: stats.held_pairs,
+        excluded: stats.excluded_pairs,
         labels_chart: charts::cumulative_labels(&o.hourly, project.label_budget),
         seconds_chart: charts::seconds_histogram(&o.seconds),
         sampled: o.seconds.len(),
         members,
         candidates,
+        lose_active,
         flags,
         strategies: choices(Strategy::ALL, project.strategy, Strategy::as_str),
         losses: choices(LossKind::ALL, s.loss, LossKind::as_str),
@@ -351,9 +413,20 @@ async fn dashboard(
             s.entropy_estimator,
             EntropyEstimator::as_str,
         ),
+        aggregations: choices(
+            LabelAggregation::ALL,
+            s.label_aggregation,
+            LabelAggregation::as_str,
+        ),
+        displays: choices(Display::ALL, s.display, Display::as_str),
         budget_field: project
             .label_budget
             .map(|b| b.to_string())
+            .unwrap_or_default(),
+        gold_rate_field: s.gold_rate.map(|r| r.to_string()).unwrap_or_default(),
+        gold_bar_field: s
+            .min_gold_accuracy
+            .map(|r| r.to_string())
             .unwrap_or_default(),
         project,
     })
@@ -376,6 +449,29 @@ struct SettingsForm {
     /// Absent from forms rendered before the field existed: keep the project's.
     #[serde(default)]
     entropy_estimator: Option<String>,
+    #[serde(default)]
+    labels_per_pair: Option<String>,
+    #[serde(default)]
+    label_aggregation: Option<String>,
+    #[serde(default)]
+    gold_rate: Option<String>,
+    #[serde(default)]
+    min_gold_accuracy: Option<String>,
+    #[serde(default)]
+    display: Option<String>,
+    #[serde(default)]
+    criterion: Option<String>,
+}
+
+/// A share (0–1) typed in a form, blank for none.
+fn optional_share(field: &str, text: &str) -> Result<Option<f64>, PageError> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.parse()
+        .map(Some)
+        .map_err(|_| PageError::Bad(format!("{field} must be a number from 0 to 1, or blank")))
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(field: &str, v: &str) -> Result<T, PageError> {
@@ -408,10 +504,114 @@ async fn save_settings(
             .as_deref()
             .map(|v| parse_enum("entropy estimator", v))
             .transpose()?,
+        labels_per_pair: f
+            .labels_per_pair
+            .as_deref()
+            .map(|v| number("labels per pair", v))
+            .transpose()?,
+        label_aggregation: f
+            .label_aggregation
+            .as_deref()
+            .map(|v| parse_enum("label aggregation", v))
+            .transpose()?,
+        gold_rate: f
+            .gold_rate
+            .as_deref()
+            .map(|v| optional_share("gold rate", v))
+            .transpose()?,
+        min_gold_accuracy: f
+            .min_gold_accuracy
+            .as_deref()
+            .map(|v| optional_share("minimum gold accuracy", v))
+            .transpose()?,
+        display: f
+            .display
+            .as_deref()
+            .map(|v| parse_enum("display", v))
+            .transpose()?,
+        criterion: f.criterion.map(|c| c.trim().to_string()),
         ..ProjectInput::default()
     };
     let project = update_project(&state.store, &id, input).await?;
     Ok(Redirect::to(&format!("/admin/projects/{}?saved=1", project.id)).into_response())
+}
+
+#[derive(Template)]
+#[template(path = "pairs.html")]
+struct PairsPage {
+    nav: Nav,
+    project: Project,
+    pairs: Vec<BrowsedPair>,
+    status: String,
+    flagged: bool,
+    disagreement: bool,
+    gold: bool,
+    /// Whether a page of older pairs follows, and its address.
+    more: bool,
+    next_page: String,
+}
+
+/// The data browser: a project's pairs by status, flags, disagreement and gold, with their votes.
+async fn data_browser(
+    State(state): State<AppState>,
+    AdminPage(session): AdminPage,
+    Path(id): Path<String>,
+    Query(filter): Query<PairFilter>,
+) -> PageResult {
+    const PAGE: i64 = 50;
+    let project = get_project(&state.store, &id).await?;
+    let offset = filter.offset.unwrap_or(0).max(0);
+    let mut pairs = browse_pairs(
+        &state.store,
+        &project.id,
+        &PairFilter {
+            limit: Some(PAGE + 1),
+            offset: Some(offset),
+            ..filter.clone()
+        },
+    )
+    .await?;
+    let more = pairs.len() as i64 > PAGE;
+    pairs.truncate(PAGE as usize);
+    let status = filter.status.clone().unwrap_or_else(|| "all".into());
+    let next_page = format!(
+        "/admin/projects/{}/pairs?status={status}&flagged={}&disagreement={}&gold={}&offset={}",
+        project.id,
+        filter.flagged,
+        filter.disagreement,
+        filter.gold,
+        offset + PAGE
+    );
+    page(PairsPage {
+        nav: Nav::of(&session),
+        pairs,
+        status,
+        flagged: filter.flagged,
+        disagreement: filter.disagreement,
+        gold: filter.gold,
+        more,
+        next_page,
+        project,
+    })
+}
+
+#[derive(Deserialize)]
+struct ResolveForm {
+    csrf: String,
+    action: String,
+}
+
+async fn resolve(
+    State(state): State<AppState>,
+    AdminPage(session): AdminPage,
+    Path((id, flag_id)): Path<(String, String)>,
+    Form(f): Form<ResolveForm>,
+) -> PageResult {
+    session.check_csrf(&f.csrf)?;
+    let project = get_project(&state.store, &id).await?;
+    let action: FlagAction = parse_enum("action", &f.action)?;
+    resolve_flag(&state.store, &flag_id, &session.user, action).await?;
+    Ok(Redirect::to(&format!("/admin/projects/{}#flags", project.id)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -3,19 +3,18 @@
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{Nav, PageResult, SignedIn, markdown, page};
+use crate::domain::Display;
 use crate::http::AppState;
 use crate::http::api::leases::{NextOutcome, NextQuery, NextRequest, lease_or_wait};
 use crate::http::auth::AuthUser;
 use crate::http::error::ApiResult;
-use crate::http::extract::{ApiJson, ApiQuery, OptionalJson};
-use crate::store::flags::flag_leased_pair;
-use crate::store::leases::{self, LeasedPair};
+use crate::http::extract::{ApiQuery, OptionalJson};
+use crate::store::leases::LeasedPair;
 use crate::store::members::ensure_access;
 use crate::store::projects::get_project;
 use crate::store::stats::project_stats;
@@ -26,7 +25,10 @@ pub fn router() -> Router<AppState> {
         .route("/projects/{id}/annotate", get(workbench))
         .route("/ui/api/projects/{id}/next", post(next_pair))
         .route("/ui/api/projects/{id}/undo", post(undo))
-        .route("/ui/api/leases/{id}/flag", post(flag))
+        .route(
+            "/ui/api/leases/{id}/flag",
+            post(crate::http::api::leases::flag),
+        )
 }
 
 #[derive(Template)]
@@ -37,6 +39,8 @@ struct WorkbenchPage {
     project_name: String,
     guidelines_html: String,
     has_guidelines: bool,
+    /// One line on what decides an answer, shown above every pair (empty: none).
+    criterion: String,
     lease_seconds: i64,
 }
 
@@ -51,6 +55,7 @@ async fn workbench(
         nav: Nav::of(&session),
         guidelines_html: markdown::render(&project.guidelines),
         has_guidelines: !project.guidelines.trim().is_empty(),
+        criterion: criterion_line(&project.settings.criterion, &project.guidelines),
         project_id: project.id,
         project_name: project.name,
         lease_seconds: project.lease_seconds,
@@ -68,17 +73,74 @@ struct ShownPair {
     right_html: String,
 }
 
-impl From<LeasedPair> for ShownPair {
-    fn from(l: LeasedPair) -> Self {
+impl ShownPair {
+    /// The pair as the project shows it: each text rendered as Markdown, or raw, where each side is the
+    /// prompt in grey with the continuation after it, exactly as the model wrote it (an indented line
+    /// stays a line, not a code box).
+    fn new(l: LeasedPair, display: Display) -> Self {
+        let (prompt_html, left_html, right_html) = match display {
+            Display::Markdown => (
+                markdown::render(&l.prompt),
+                markdown::render(&l.left),
+                markdown::render(&l.right),
+            ),
+            Display::Raw => {
+                let prompt = escape(&l.prompt);
+                let side = |c: &str| {
+                    format!(
+                        "<pre class=\"raw\"><span class=\"raw-prompt\">{prompt}</span>{}</pre>",
+                        escape(c)
+                    )
+                };
+                (
+                    format!("<pre class=\"raw\">{prompt}</pre>"),
+                    side(&l.left),
+                    side(&l.right),
+                )
+            }
+        };
         ShownPair {
-            prompt_html: markdown::render(&l.prompt),
-            left_html: markdown::render(&l.left),
-            right_html: markdown::render(&l.right),
+            prompt_html,
+            left_html,
+            right_html,
             lease_id: l.lease_id,
             pair_id: l.pair_id,
             expires_at: l.expires_at,
         }
     }
+}
+
+/// Text as HTML text: the five characters that mean something in HTML, escaped.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The line the workbench shows above every pair: the project's criterion, else the first line of its
+/// guidelines (without Markdown's heading marks), else none.
+fn criterion_line(criterion: &str, guidelines: &str) -> String {
+    let c = criterion.trim();
+    if !c.is_empty() {
+        return c.to_string();
+    }
+    guidelines
+        .lines()
+        .map(|l| l.trim().trim_start_matches('#').trim())
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -109,7 +171,7 @@ async fn next_pair(
         NextOutcome::Leased(lease) => {
             let stats = project_stats(&state.store, &project).await?;
             NextAnswer {
-                lease: Some(ShownPair::from(lease)),
+                lease: Some(ShownPair::new(lease, project.settings.display)),
                 remaining: stats.remaining,
                 reason: None,
                 pairs_coming: 0,
@@ -153,24 +215,48 @@ async fn undo(
     ensure_access(&state.store, &project.id, &user).await?;
     let undo = undo_last_judgment(&state.store, &project, &user).await?;
     Ok(Json(UndoAnswer {
-        lease: undo.lease.map(ShownPair::from),
+        lease: undo
+            .lease
+            .map(|l| ShownPair::new(l, project.settings.display)),
         undone_choice: undo.undone.choice.as_str(),
     }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FlagRequest {
-    note: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn flag(
-    State(state): State<AppState>,
-    AuthUser(user): AuthUser,
-    Path(lease_id): Path<String>,
-    ApiJson(req): ApiJson<FlagRequest>,
-) -> ApiResult<StatusCode> {
-    leases::ensure_lease_access(&state.store, &lease_id, &user).await?;
-    flag_leased_pair(&state.store, &lease_id, &user, &req.note).await?;
-    Ok(StatusCode::NO_CONTENT)
+    #[test]
+    fn the_criterion_is_the_setting_else_the_guidelines_first_line() {
+        assert_eq!(
+            criterion_line("Which is kinder?", "# Other"),
+            "Which is kinder?"
+        );
+        assert_eq!(
+            criterion_line("", "\n## Pick the more positive one\nmore"),
+            "Pick the more positive one"
+        );
+        assert_eq!(criterion_line("  ", ""), "");
+    }
+
+    #[test]
+    fn raw_display_escapes_and_keeps_the_prompt_before_each_side() {
+        let lease = LeasedPair {
+            lease_id: "l".into(),
+            pair_id: "p".into(),
+            project_id: "x".into(),
+            prompt: "The <b>film</b>".into(),
+            left: "\n    was fine".into(),
+            right: " & dull".into(),
+            expires_at: String::new(),
+            expires_at_ms: 0,
+            left_is_a: true,
+        };
+        let shown = ShownPair::new(lease, Display::Raw);
+        assert_eq!(
+            shown.left_html,
+            "<pre class=\"raw\"><span class=\"raw-prompt\">The &lt;b&gt;film&lt;/b&gt;</span>\n    was fine</pre>"
+        );
+        assert!(shown.right_html.ends_with(" &amp; dull</pre>"));
+    }
 }

@@ -44,6 +44,9 @@ pub fn router() -> Router<AppState> {
         .route("/static/app.css", get(app_css))
         .route("/static/annotate.js", get(annotate_js))
         .route("/static/admin.js", get(admin_js))
+        // Browsers ask for /favicon.ico on every page unless told otherwise: answer both names.
+        .route("/static/favicon.svg", get(favicon))
+        .route("/favicon.ico", get(favicon))
         .merge(login::router())
         .merge(annotate::router())
         .merge(admin::router())
@@ -79,6 +82,10 @@ async fn admin_js() -> Response {
         "text/javascript; charset=utf-8",
         include_str!("../../../static/admin.js"),
     )
+}
+
+async fn favicon() -> Response {
+    asset("image/svg+xml", include_str!("../../../static/favicon.svg"))
 }
 
 /// What a page can fail with; answered as an HTML page (or a redirect to sign in).
