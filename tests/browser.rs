@@ -24,6 +24,7 @@ db_tests!(
     admin_imports_and_reads_the_dashboard,
     script_in_a_completion_is_shown_as_text,
     the_workbench_waits_for_a_pair_and_goes_on_by_itself,
+    raw_text_on_a_phone_and_the_review_of_a_flag,
 );
 
 fn chromedriver() -> Option<PathBuf> {
@@ -233,6 +234,30 @@ impl Browser {
             .to_string()
     }
 
+    /// Flags the pair on screen with `note` by the keyboard and the dialog (the page then skips it).
+    async fn flag(&self, note: &str) {
+        self.press('f').await;
+        self.wait_for(
+            "the flag box",
+            "return document.getElementById('flag-dialog').open",
+        )
+        .await;
+        self.client
+            .find(Locator::Id("flag-note"))
+            .await
+            .unwrap()
+            .send_keys(note)
+            .await
+            .unwrap();
+        self.client
+            .find(Locator::Css("#flag-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
     async fn answered(&self) -> String {
         self.text("#answered").await
     }
@@ -295,6 +320,20 @@ async fn annotator_answers_with_the_keyboard(backend: Backend) {
 
     // Five answers by keyboard: left (1), right (→), tie (T), skip (S) then undo (U), both bad (B), right (2).
     let mut pair = b.shown_pair_after("").await;
+    // A first visit opens the guidelines; the criterion line (their first line) stays on the page.
+    b.wait_for(
+        "the guidelines on a first visit",
+        "return document.getElementById('guidelines').open",
+    )
+    .await;
+    b.client
+        .find(Locator::Css("#guidelines button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(b.text("#criterion").await, "Criterion: Prefer warmth");
     b.screenshot("workbench", backend).await;
     let mut expected = Vec::new();
     b.client
@@ -370,26 +409,7 @@ async fn annotator_answers_with_the_keyboard(backend: Backend) {
     b.press(Key::Escape.into()).await;
 
     // Flag with a note: stored for the admins, and the pair is skipped.
-    b.press('f').await;
-    b.wait_for(
-        "the flag box",
-        "return document.getElementById('flag-dialog').open",
-    )
-    .await;
-    b.client
-        .find(Locator::Id("flag-note"))
-        .await
-        .unwrap()
-        .send_keys("completion B is cut off")
-        .await
-        .unwrap();
-    b.client
-        .find(Locator::Css("#flag-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.flag("completion B is cut off").await;
     b.shown_pair_after(&pair).await;
     let note: String = sqlx::query_scalar("SELECT note FROM flags WHERE user_id = $1")
         .bind(&ann.id)
@@ -831,4 +851,102 @@ async fn the_workbench_waits_for_a_pair_and_goes_on_by_itself(backend: Backend) 
         "answered this session survives a reload"
     );
     assert_eq!(b.text("#done-title").await, "Nothing left to label");
+}
+
+async fn raw_text_on_a_phone_and_the_review_of_a_flag(backend: Backend) {
+    let Some(b) = start(backend).await else {
+        return;
+    };
+    let project = b
+        .app
+        .create_project(
+            json!({"name": "raw", "display": "raw", "labels_per_pair": 2,
+            "criterion": "Which continuation is more positive?"}),
+        )
+        .await;
+    let pairs: String = (0..3)
+        .map(|i| {
+            json!({"prompt": format!("The film {i}"), "completion_a": format!("\n    was a joy {i}"),
+                   "completion_b": format!(" was dull {i}")})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    b.app.import(&project, "pairs", &pairs).await;
+    let token = b.app.annotator("ada").await;
+    b.sign_in_with_token(&token).await;
+
+    // A phone: one header row, the answer buttons fixed on screen, no key hints on touch.
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.goto(&format!("/projects/{project}/annotate")).await;
+    let first = b.shown_pair_after("").await;
+    assert_eq!(
+        b.text("#criterion").await,
+        "Criterion: Which continuation is more positive?"
+    );
+    // Raw: each side is the prompt (grey) and the continuation as written: an indented line is text,
+    // not a code box.
+    let raw = b
+        .js("const l = [...document.querySelectorAll('#left pre.raw, #right pre.raw')].find((e) => e.textContent.includes('joy')); \
+             return l && l.querySelector('.raw-prompt') \
+             ? [l.querySelector('.raw-prompt').textContent, l.textContent, document.querySelectorAll('#work code').length] : null")
+        .await;
+    assert!(raw[0].as_str().unwrap().starts_with("The film"), "{raw}");
+    assert!(raw[1].as_str().unwrap().contains("\n    was"), "{raw}");
+    assert_eq!(raw[2], json!(0));
+    let layout = b
+        .js("const a = document.querySelector('.answers').getBoundingClientRect(); \
+             const h = document.querySelector('header.bar').getBoundingClientRect(); \
+             const r = document.querySelector('[data-choice=right]').getBoundingClientRect(); \
+             return [a.bottom <= window.innerHeight + 1, h.height < 60, r.right <= window.innerWidth + 1, \
+                     getComputedStyle(document.querySelector('.answers')).position]")
+        .await;
+    assert_eq!(layout, json!([true, true, true, "fixed"]), "phone layout");
+    b.screenshot("workbench-phone", backend).await;
+
+    // Flag the pair on screen: it is skipped, and held from everyone until an admin resolves it.
+    b.flag("the continuation is cut").await;
+    b.shown_pair_after(&first).await;
+    let other = b.app.annotator("bob").await;
+    let mut seen = Vec::new();
+    while let (axum::http::StatusCode::OK, l) = b.app.next(&project, &other).await {
+        seen.push(l["pair_id"].as_str().unwrap().to_string());
+        b.app
+            .judge(l["lease_id"].as_str().unwrap(), &other, "left")
+            .await;
+    }
+    assert!(!seen.contains(&first), "a flagged pair is held: {seen:?}");
+
+    // The admin sees the flag, excludes the pair, and finds it in the data browser.
+    b.client.set_window_size(1280, 1400).await.unwrap();
+    let admin = b.app.admin.clone();
+    b.sign_in_with_token(&admin).await;
+    b.goto(&format!("/admin/projects/{project}")).await;
+    assert!(b.text("#flags").await.contains("the continuation is cut"));
+    b.client
+        .find(Locator::Css("#flags button[value=exclude]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_for(
+        "the flag resolved",
+        "return document.querySelector('#flags') && document.querySelector('#flags').innerText.includes('excluded')",
+    )
+    .await;
+    let excluded: i64 = sqlx::query_scalar("SELECT excluded FROM pairs WHERE id = $1")
+        .bind(&first)
+        .fetch_one(b.app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(excluded, 1);
+    b.goto(&format!("/admin/projects/{project}/pairs?flagged=true"))
+        .await;
+    let rows = b.text("#pairs").await;
+    assert!(
+        rows.contains("excluded") && rows.contains("ada: skip"),
+        "{rows}"
+    );
+    b.screenshot("data-browser", backend).await;
 }

@@ -44,8 +44,10 @@ impl Server {
         let server = Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            // A guard against a hung server, not a speed check: importing 200,000 lines again (each
+            // looked up as a possible duplicate) takes minutes in a debug build on a busy 2-core box.
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
+                .timeout(Duration::from_secs(600))
                 .build()
                 .unwrap(),
         };

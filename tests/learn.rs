@@ -37,7 +37,9 @@ fn word(rng: &mut StdRng, len: usize) -> String {
         .collect()
 }
 
-/// Pairs where the chosen completion is the rejected one with one letter replaced by the marker.
+/// Pairs where the chosen completion is the rejected one with one letter replaced by the marker. Both
+/// are 4-letter fragments cut where the sampler's 4-token limit cuts them, so neither ends with EOS (as
+/// the loop's own completions that run to `max_new_tokens`).
 fn toy_pairs(n: usize, seed: u64) -> Vec<PreferencePair> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..n)
@@ -45,11 +47,15 @@ fn toy_pairs(n: usize, seed: u64) -> Vec<PreferencePair> {
             let rejected = word(&mut rng, 4);
             let mut chosen: Vec<char> = rejected.chars().collect();
             chosen[rng.random_range(0..4)] = MARKER;
-            PreferencePair::new(
-                word(&mut rng, 3),
-                chosen.into_iter().collect::<String>(),
-                rejected,
-            )
+            PreferencePair {
+                chosen_ends: false,
+                rejected_ends: false,
+                ..PreferencePair::new(
+                    word(&mut rng, 3),
+                    chosen.into_iter().collect::<String>(),
+                    rejected,
+                )
+            }
         })
         .collect()
 }

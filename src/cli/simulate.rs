@@ -285,10 +285,14 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         }
     }
     write_chart(&args.out.join("win_rate.svg"), &rows)?;
+    let table_path = args.out.join("table.md");
+    std::fs::write(&table_path, table(&rows))
+        .with_context(|| format!("writing {}", table_path.display()))?;
     eprintln!(
-        "wrote {} and {}",
-        args.out.join("results.csv").display(),
-        args.out.join("win_rate.svg").display()
+        "wrote {}, {} and {}",
+        csv.display(),
+        args.out.join("win_rate.svg").display(),
+        table_path.display()
     );
     Ok(())
 }
@@ -395,28 +399,60 @@ fn read_csv(path: &Path) -> anyhow::Result<Vec<Row>> {
         .collect()
 }
 
-/// Per strategy and label count: the mean win rate over seeds and a 95% interval for it, Wilson's over
-/// every seed's comparisons pooled (ties as half), so a point's bar narrows with seeds and prompts.
-fn pooled(rows: &[Row]) -> BTreeMap<&str, BTreeMap<i64, (f64, f64, f64)>> {
-    let mut sums: BTreeMap<&str, BTreeMap<i64, (f64, f64, f64, usize)>> = BTreeMap::new();
+/// One point of a strategy's curve: its runs' k-th versions together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RoundSummary {
+    /// Mean labels and decisive labels the k-th versions saw (rounds count decisive labels, so the
+    /// labels differ a little between seeds).
+    labels: f64,
+    decisive: f64,
+    /// Mean win rate over the seeds, and Wilson's 95% interval over every seed's comparisons pooled
+    /// (ties as half), so the bar narrows with seeds and prompts.
+    win_rate: f64,
+    low: f64,
+    high: f64,
+    seeds: usize,
+}
+
+/// Per strategy, per round (the k-th version of each run, in results.csv's order): see [`RoundSummary`].
+fn pooled(rows: &[Row]) -> BTreeMap<&str, Vec<RoundSummary>> {
+    #[derive(Default)]
+    struct Sums {
+        labels: f64,
+        decisive: f64,
+        win_rate: f64,
+        score: f64,
+        n: f64,
+        seeds: usize,
+    }
+    let mut sums: BTreeMap<&str, BTreeMap<usize, Sums>> = BTreeMap::new();
+    let mut seen: BTreeMap<(&str, u64), usize> = BTreeMap::new();
     for r in rows {
-        let e = sums
-            .entry(&r.strategy)
-            .or_default()
-            .entry(r.labels)
-            .or_insert((0.0, 0.0, 0.0, 0));
-        e.0 += r.win_rate;
-        e.1 += r.win_rate * r.eval_prompts as f64;
-        e.2 += r.eval_prompts as f64;
-        e.3 += 1;
+        let k = seen.entry((&r.strategy, r.seed)).or_insert(0);
+        let e = sums.entry(&r.strategy).or_default().entry(*k).or_default();
+        *k += 1;
+        e.labels += r.labels as f64;
+        e.decisive += r.decisive as f64;
+        e.win_rate += r.win_rate;
+        e.score += r.win_rate * r.eval_prompts as f64;
+        e.n += r.eval_prompts as f64;
+        e.seeds += 1;
     }
     sums.into_iter()
         .map(|(s, by)| {
             let points = by
-                .into_iter()
-                .map(|(l, (sum, score, n, k))| {
-                    let (low, high) = crate::domain::wilson_interval(score, n.max(1.0));
-                    (l, (sum / k as f64, low, high))
+                .into_values()
+                .map(|e| {
+                    let k = e.seeds as f64;
+                    let (low, high) = crate::domain::wilson_interval(e.score, e.n.max(1.0));
+                    RoundSummary {
+                        labels: e.labels / k,
+                        decisive: e.decisive / k,
+                        win_rate: e.win_rate / k,
+                        low,
+                        high,
+                        seeds: e.seeds,
+                    }
                 })
                 .collect();
             (s, points)
@@ -424,19 +460,49 @@ fn pooled(rows: &[Row]) -> BTreeMap<&str, BTreeMap<i64, (f64, f64, f64)>> {
         .collect()
 }
 
+/// The experiment's table as Markdown: per strategy and round, the mean labels (decisive labels) the
+/// versions saw and the mean win rate with its pooled interval; then the labels each strategy needed for
+/// its mean to reach random's final mean (none when random was not run).
+fn table(rows: &[Row]) -> String {
+    let summary = pooled(rows);
+    let mut out = String::from(
+        "| strategy | round | labels (decisive) | seeds | mean win rate | 95% interval (pooled) |\n|---|---|---|---|---|---|\n",
+    );
+    for (strategy, rounds) in &summary {
+        for (k, m) in rounds.iter().enumerate() {
+            out.push_str(&format!(
+                "| {strategy} | {} | {:.1} ({:.1}) | {} | {:.3} | {:.3}–{:.3} |\n",
+                k + 1,
+                m.labels,
+                m.decisive,
+                m.seeds,
+                m.win_rate,
+                m.low,
+                m.high
+            ));
+        }
+    }
+    if let Some(bar) = summary.get("random").and_then(|r| r.last()) {
+        out.push_str(&format!(
+            "\nLabels each strategy needed for its mean win rate to reach random's final {:.3} \
+             (at {:.1} labels):\n\n",
+            bar.win_rate, bar.labels
+        ));
+        for (strategy, rounds) in &summary {
+            let reached = rounds.iter().find(|m| m.win_rate >= bar.win_rate);
+            out.push_str(&match reached {
+                Some(m) => format!("- {strategy}: {:.1}\n", m.labels),
+                None => format!("- {strategy}: not reached\n"),
+            });
+        }
+    }
+    out
+}
+
 /// Mean win rate per strategy against labels with its pooled 95% interval, every seed's point behind it,
 /// and the 0.5 line (no better than the reference).
 fn write_chart(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    let mut by_strategy: BTreeMap<&str, BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
-    for r in rows {
-        by_strategy
-            .entry(&r.strategy)
-            .or_default()
-            .entry(r.labels)
-            .or_default()
-            .push(r.win_rate);
-    }
     let max_labels = rows.iter().map(|r| r.labels).max().unwrap_or(1).max(1);
     let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -456,24 +522,27 @@ fn write_chart(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
         BLACK.mix(0.4),
     ))?;
     let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
-    let intervals = pooled(rows);
-    for (i, (strategy, points)) in by_strategy.iter().enumerate() {
+    for (i, (strategy, summary)) in pooled(rows).iter().enumerate() {
         let colour = colours[i % colours.len()];
-        let summary = &intervals[strategy];
-        let means: Vec<(i64, f64)> = summary.iter().map(|(l, m)| (*l, m.0)).collect();
+        let means: Vec<(i64, f64)> = summary
+            .iter()
+            .map(|m| (m.labels.round() as i64, m.win_rate))
+            .collect();
         // Bars side by side: each strategy's a little to the right of the one before.
         let shift = (max_labels / 100).max(1) * i as i64;
-        chart.draw_series(summary.iter().map(|(l, (_, low, high))| {
-            PathElement::new([(*l + shift, *low), (*l + shift, *high)], colour.mix(0.6))
+        chart.draw_series(summary.iter().map(|m| {
+            let x = m.labels.round() as i64 + shift;
+            PathElement::new([(x, m.low), (x, m.high)], colour.mix(0.6))
         }))?;
         chart
-            .draw_series(LineSeries::new(means.clone(), colour.stroke_width(2)))?
+            .draw_series(LineSeries::new(means, colour.stroke_width(2)))?
             .label(*strategy)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
-        chart.draw_series(points.iter().flat_map(|(l, v)| {
-            v.iter()
-                .map(move |w| Circle::new((*l, *w), 3, colour.mix(0.35).filled()))
-        }))?;
+        chart.draw_series(
+            rows.iter()
+                .filter(|r| r.strategy == *strategy)
+                .map(|r| Circle::new((r.labels, r.win_rate), 3, colour.mix(0.35).filled())),
+        )?;
     }
     chart
         .configure_series_labels()
@@ -538,13 +607,43 @@ mod tests {
     }
 
     #[test]
+    fn the_table_says_what_reached_randoms_final_win_rate() {
+        let rows = vec![
+            row("random", 0, 32, 0.5),
+            row("random", 0, 64, 0.6),
+            row("kcenter", 0, 32, 0.65),
+            row("kcenter", 0, 64, 0.7),
+            row("entropy", 0, 32, 0.4),
+            row("entropy", 0, 64, 0.55),
+        ];
+        let t = table(&rows);
+        assert!(
+            t.contains("| kcenter | 1 | 32.0 (31.0) | 1 | 0.650 |"),
+            "{t}"
+        );
+        assert!(t.contains("- kcenter: 32.0"), "{t}");
+        assert!(t.contains("- random: 64.0"), "{t}");
+        assert!(t.contains("- entropy: not reached"), "{t}");
+    }
+
+    #[test]
     fn the_pooled_interval_is_over_every_seeds_comparisons() {
-        // Two seeds of 100 comparisons at 0.6 and 0.8: the mean 0.7, and Wilson's interval for 140 of 200.
-        let rows = vec![row("hybrid", 0, 32, 0.6), row("hybrid", 1, 32, 0.8)];
+        // Two seeds of 100 comparisons at 0.6 and 0.8 in their first round (32 and 36 labels): the
+        // mean 0.7 at 34 labels, and Wilson's interval for 140 of 200.
+        let rows = vec![
+            row("hybrid", 0, 32, 0.6),
+            row("hybrid", 1, 36, 0.8),
+            row("hybrid", 0, 64, 0.5),
+        ];
         let p = pooled(&rows);
-        let (mean, low, high) = p["hybrid"][&32];
-        assert!((mean - 0.7).abs() < 1e-12);
-        assert_eq!((low, high), crate::domain::wilson_interval(140.0, 200.0));
-        assert!(low < 0.7 && high > 0.7 && high - low < 0.14);
+        let first = p["hybrid"][0];
+        assert!((first.win_rate - 0.7).abs() < 1e-12);
+        assert_eq!((first.labels, first.seeds), (34.0, 2));
+        assert_eq!(
+            (first.low, first.high),
+            crate::domain::wilson_interval(140.0, 200.0)
+        );
+        assert!(first.low < 0.7 && first.high > 0.7 && first.high - first.low < 0.14);
+        assert_eq!((p["hybrid"][1].seeds, p["hybrid"][1].labels), (1, 64.0));
     }
 }

@@ -232,8 +232,8 @@ pub fn farthest_first(points: &[Vec<f32>], first: usize) -> Vec<usize> {
             .expect("a point is left");
         chosen[next] = true;
         order.push(next);
-        for i in 0..n {
-            nearest[i] = nearest[i].min(dist(i, next));
+        for (i, d) in nearest.iter_mut().enumerate() {
+            *d = d.min(dist(i, next));
         }
     }
     order

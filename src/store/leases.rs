@@ -282,32 +282,29 @@ async fn try_lease(
     let expires = now + project.lease_seconds * 1000;
     let mut claimed = None;
     let gold_rate = project.settings.gold_rate.unwrap_or(DEFAULT_GOLD_RATE);
-    if gold_rate > 0.0 && rand::random::<f64>() < gold_rate {
-        claimed = sqlx::query(CLAIM_GOLD)
+    // The claims below all take (lease, expiry, project, now, user).
+    let claim = async |tx: &mut Transaction<'static, Any>, sql: &'static str| {
+        sqlx::query(sql)
             .bind(&lease_id)
             .bind(expires)
             .bind(&project.id)
             .bind(now)
             .bind(&user.id)
             .fetch_optional(&mut **tx)
-            .await?;
+            .await
+    };
+    if gold_rate > 0.0 && rand::random::<f64>() < gold_rate {
+        claimed = claim(&mut tx, CLAIM_GOLD).await?;
     }
     if claimed.is_none() && store.dialect() == Dialect::Postgres {
         claimed = claim_among_candidates(&mut tx, project, user, &lease_id, expires, now).await?;
     }
     if claimed.is_none() {
-        let claim = match store.dialect() {
+        let sql = match store.dialect() {
             Dialect::Sqlite => CLAIM_SQLITE,
             Dialect::Postgres => CLAIM_POSTGRES,
         };
-        claimed = sqlx::query(claim)
-            .bind(&lease_id)
-            .bind(expires)
-            .bind(&project.id)
-            .bind(now)
-            .bind(&user.id)
-            .fetch_optional(&mut **tx)
-            .await?;
+        claimed = claim(&mut tx, sql).await?;
     }
     let Some(claimed) = claimed else {
         tx.commit().await?;
