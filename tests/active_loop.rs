@@ -146,8 +146,18 @@ async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
         app.import(&project, "prompts", &prompts).await["inserted"],
         6
     );
-    let eval = "{\"prompt\": \"The best film\", \"split\": \"eval\"}\n{\"prompt\": \"The worst film\", \"split\": \"eval\"}\n";
-    assert_eq!(app.import(&project, "prompts", eval).await["inserted"], 2);
+    let eval = "{\"prompt\": \"The best film\", \"split\": \"eval\"}\n{\"prompt\": \"The worst film\", \"split\": \"eval\"}\n{\"prompt\": \"A third film\", \"split\": \"eval\"}\n";
+    assert_eq!(app.import(&project, "prompts", eval).await["inserted"], 3);
+    // Versions are measured on the project's first `eval_prompts` held-out prompts: two of the three.
+    let (status, p) = app
+        .json(
+            "PATCH",
+            &format!("/api/v1/projects/{project}"),
+            &app.admin,
+            Some(json!({"eval_prompts": 2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{p}");
     active.wake();
 
     let stats = format!("/api/v1/projects/{project}/stats");

@@ -325,6 +325,8 @@ fn run_settings(args: &SimulateArgs, strategy: Strategy, seed: u64) -> ProjectIn
         ),
         entropy_samples: args.entropy_samples,
         entropy_estimator: args.entropy_estimator,
+        // Every held-out prompt counts (a project measures 64 by default).
+        eval_prompts: Some(args.eval_prompts as u32),
         // The paper's protocol: each round is acquired by the policy trained on every label before it.
         install_only_if_better: Some(false),
         ..Default::default()

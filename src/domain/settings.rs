@@ -115,6 +115,8 @@ pub struct LoopSettings {
     /// One line on what decides an answer, shown on the workbench above every pair ("Which
     /// continuation is more positive?"); empty: the guidelines' first line.
     pub criterion: String,
+    /// Held-out prompts (the oldest of the eval split) each new version's win rate is measured on.
+    pub eval_prompts: u32,
 }
 
 /// Gold answers an annotator gives before `min_gold_accuracy` applies to them.
@@ -149,6 +151,7 @@ impl Default for LoopSettings {
             min_gold_accuracy: None,
             display: Display::Markdown,
             criterion: String::new(),
+            eval_prompts: 64,
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct ProjectInput {
     pub display: Option<Display>,
     /// One line shown on the workbench above every pair (at most 300 characters).
     pub criterion: Option<String>,
+    /// Held-out prompts each new version's win rate is measured on (1 to 10,000; default 64).
+    pub eval_prompts: Option<u32>,
 }
 
 /// Tells "absent" (keep) from an explicit `null` (clear) for PATCH.
@@ -123,7 +125,8 @@ impl ProjectInput {
             gold_rate,
             min_gold_accuracy,
             display,
-            criterion
+            criterion,
+            eval_prompts
         );
         p.validate()
     }
@@ -179,6 +182,9 @@ impl Project {
         check_storable("criterion", &s.criterion)?;
         if s.criterion.chars().count() > 300 || s.criterion.contains(['\n', '\r']) {
             return bad("criterion must be one line of at most 300 characters");
+        }
+        if !(1..=10_000).contains(&s.eval_prompts) {
+            return bad("eval_prompts must be 1 to 10000");
         }
         if !(1..=100).contains(&s.labels_per_pair) {
             return bad("labels_per_pair must be 1 to 100");

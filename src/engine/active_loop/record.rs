@@ -21,7 +21,6 @@ use crate::store::training::{self, NewVersion, RunStatus, TrainingRun};
 use crate::store::{Store, new_id};
 
 /// Most held-out prompts one evaluation uses.
-const MAX_EVAL_PROMPTS: i64 = 64;
 
 pub(super) async fn run_training(
     inner: &Arc<Inner>,
@@ -207,7 +206,12 @@ async fn evaluate_version(
     project: &Project,
     policy: &PolicyRef,
 ) -> LoopResult<()> {
-    let prompts = queue::eval_prompts(&inner.store, &project.id, MAX_EVAL_PROMPTS).await?;
+    let prompts = queue::eval_prompts(
+        &inner.store,
+        &project.id,
+        project.settings.eval_prompts as i64,
+    )
+    .await?;
     let judged = list_judges(&inner.store, &project.id)
         .await?
         .iter()
