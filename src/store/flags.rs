@@ -7,7 +7,7 @@ use sqlx::Row;
 use utoipa::ToSchema;
 
 use super::users::User;
-use super::{Result, Store, StoreError, new_id, now_ms};
+use super::{Dialect, Result, Store, StoreError, new_id, now_ms};
 
 pub const MAX_NOTE_BYTES: usize = 4_000;
 
@@ -116,7 +116,13 @@ pub async fn resolve_flag(
     action: FlagAction,
 ) -> Result<Flag> {
     let mut tx = store.begin_write().await?;
-    let row = sqlx::query("SELECT pair_id, resolution FROM flags WHERE id = $1")
+    // Locked on PostgreSQL, so two admins resolving one flag at once take turns (SQLite's write
+    // transaction already serialises them): the second sees the first's resolution.
+    let sql = match store.dialect() {
+        Dialect::Sqlite => "SELECT pair_id, resolution FROM flags WHERE id = $1",
+        Dialect::Postgres => "SELECT pair_id, resolution FROM flags WHERE id = $1 FOR UPDATE",
+    };
+    let row = sqlx::query(sql)
         .bind(flag_id)
         .fetch_optional(&mut **tx)
         .await?

@@ -20,8 +20,6 @@ use crate::store::stats::count_decisive_labels;
 use crate::store::training::{self, NewVersion, RunStatus, TrainingRun};
 use crate::store::{Store, new_id};
 
-/// Most held-out prompts one evaluation uses.
-
 pub(super) async fn run_training(
     inner: &Arc<Inner>,
     engine: &EngineHandle,
