@@ -100,11 +100,7 @@ fn export_line(format: ExportFormat, row: &AnyRow) -> Result<Option<String>> {
             let choice = choice_of(row)?;
             let left_is_a = super::flag(row, "left_is_a")?;
             let superseded: Option<i64> = row.try_get("superseded_at")?;
-            let winner = match choice {
-                Choice::Left => Some(if left_is_a { "a" } else { "b" }),
-                Choice::Right => Some(if left_is_a { "b" } else { "a" }),
-                _ => None,
-            };
+            let winner = preference_of(choice, left_is_a, "a", "b").map(|(w, _)| w);
             let score_parts: Option<String> = row.try_get("score_parts")?;
             let pair_meta: String = row.try_get("pair_meta")?;
             serde_json::json!({

@@ -312,11 +312,11 @@ pub async fn browse_pairs(
         .map(|v| {
             let choice: String = v.try_get("choice")?;
             let left_is_a = super::flag(v, "left_is_a")?;
-            let answer = match (choice.as_str(), left_is_a) {
-                ("left", true) | ("right", false) => "a".to_string(),
-                ("left", false) | ("right", true) => "b".to_string(),
-                _ => choice,
-            };
+            let preferred = choice
+                .parse::<crate::domain::Choice>()
+                .ok()
+                .and_then(|c| super::export::preference_of(c, left_is_a, "a", "b"));
+            let answer = preferred.map_or(choice, |(side, _)| side.to_string());
             Ok(Vote {
                 annotator: v.try_get("name")?,
                 answer,
