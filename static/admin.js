@@ -76,8 +76,8 @@
   });
 })();
 
-// Training progress: while a run is queued or running, poll it and update its row; reload once it ends so
-// the charts show the new version.
+// Training progress: while a run is queued or running, poll it, update its row and redraw the loss chart;
+// reload once it ends so the charts show the new version.
 (() => {
   "use strict";
   const rows = document.querySelectorAll("tr[data-run-id]");
@@ -96,6 +96,13 @@
         row.querySelector(".run-margin").textContent = fmt(run.metrics["rewards/margins"]);
         row.querySelector(".run-accuracy").textContent = fmt(run.metrics["rewards/accuracies"]);
         if (["succeeded", "failed", "cancelled"].includes(run.status)) finished = true;
+      } catch (_) { /* the next poll tries again */ }
+    }
+    const chart = document.getElementById("loss-chart");
+    if (chart && !finished) {
+      try {
+        const resp = await fetch(chart.dataset.src, { credentials: "same-origin" });
+        if (resp.ok) chart.innerHTML = await resp.text();
       } catch (_) { /* the next poll tries again */ }
     }
     if (finished) window.location.reload();

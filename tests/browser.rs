@@ -596,6 +596,58 @@ async fn admin_imports_and_reads_the_dashboard(backend: Backend) {
     assert!(b.text("#model").await.contains("No model attached"));
     b.screenshot("dashboard", backend).await;
 
+    // A refused form comes back with the reason and everything as typed; corrected, it saves.
+    let field = |name: &'static str| {
+        let client = b.client.clone();
+        async move {
+            client
+                .find(Locator::Css(&format!("#settings [name={name}]")))
+                .await
+                .unwrap()
+        }
+    };
+    field("guidelines")
+        .await
+        .send_keys("Prefer the warmer reply.")
+        .await
+        .unwrap();
+    let beta = field("beta").await;
+    beta.clear().await.unwrap();
+    beta.send_keys("warm").await.unwrap();
+    b.client
+        .find(Locator::Css("#settings button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let why = b
+        .wait_for(
+            "the refusal beside the form",
+            "const e = document.getElementById('settings-error'); return e ? e.innerText : null",
+        )
+        .await;
+    assert!(why.as_str().unwrap().contains("beta"), "{why}");
+    assert_eq!(
+        field("beta").await.prop("value").await.unwrap().unwrap(),
+        "warm"
+    );
+    assert!(
+        field("guidelines")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .unwrap()
+            .contains("Prefer the warmer reply.")
+    );
+    b.js("document.getElementById('settings-error').scrollIntoView({block: 'start'})")
+        .await;
+    b.screenshot("settings-refused", backend).await;
+    let beta = field("beta").await;
+    beta.clear().await.unwrap();
+    beta.send_keys("0.1").await.unwrap();
+
     // Settings save through the form.
     let budget = b
         .client

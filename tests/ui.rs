@@ -19,6 +19,8 @@ db_tests!(
     posts_without_the_csrf_token_are_refused,
     members_only_projects_refuse_others,
     release_by_beacon_with_csrf_in_the_query,
+    refused_admin_forms_keep_what_was_typed,
+    the_loss_chart_follows_the_run_in_progress,
 );
 
 /// `prefloop user add NAME --role R --link` prints the token, then a link that signs that user in.
@@ -74,6 +76,51 @@ async fn cli_user_add_prints_a_sign_in_link() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert!(resp.headers().contains_key(header::SET_COOKIE));
+}
+
+/// A project name the CLI accepts, REST accepts, stored the same; one refused is refused by both.
+#[tokio::test]
+async fn cli_and_rest_take_the_same_project_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::new(Backend::Sqlite).await;
+    let long = "n".repeat(200);
+    let too_long = "n".repeat(201);
+    let names = [
+        "Movie reviews / v2 (2026)",
+        "  padded  ",
+        "ünïcødé 🎬 名前",
+        "quote \" and 'apos' & <b>",
+        "with-dash_and.dot",
+        long.as_str(),
+        too_long.as_str(),
+        "   ",
+    ];
+    for name in names {
+        let cli = std::process::Command::new(env!("CARGO_BIN_EXE_prefloop"))
+            .args(["project", "create", name])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        let (status, body) = app
+            .json(
+                "POST",
+                "/api/v1/projects",
+                &app.admin,
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(
+            cli.status.success(),
+            status == StatusCode::CREATED,
+            "{name:?}: CLI {} / REST {status} {body}",
+            String::from_utf8_lossy(&cli.stderr)
+        );
+        if status == StatusCode::CREATED {
+            assert_eq!(body["name"], name.trim());
+        }
+    }
 }
 
 struct Resp {
@@ -341,4 +388,184 @@ async fn release_by_beacon_with_csrf_in_the_query(b: Backend) {
     let (status, got) = app.next(&project, &other).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got["pair_id"], lease["pair_id"]);
+}
+
+async fn post_form(app: &TestApp, path: &str, cookie: &str, form: &[(&str, &str)]) -> Resp {
+    let body: String = form
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencoding(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    send(
+        app,
+        Request::post(path)
+            .header(header::COOKIE, cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap(),
+    )
+    .await
+}
+
+/// Percent-encodes a form value.
+fn urlencoding(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A settings form, a new project or a new person that the server refuses comes back as the same page
+/// with the reason beside the form and every field as typed, and nothing is saved.
+async fn refused_admin_forms_keep_what_was_typed(b: Backend) {
+    let app = TestApp::new(b).await;
+    let project = app.create_project(json!({"name": "taken"})).await;
+    let cookie = sign_in(&app, &app.admin).await;
+    let csrf = csrf_of(&get(&app, "/admin", &cookie).await.body);
+    let path = format!("/admin/projects/{project}/settings");
+    let settings = |beta: &'static str, per_pair: &'static str| {
+        vec![
+            ("csrf", csrf.as_str()),
+            (
+                "guidelines",
+                "Prefer the kinder reply.\r\nNever the ruder one.",
+            ),
+            ("criterion", "Which is kinder?"),
+            ("label_budget", "77"),
+            ("strategy", "random"),
+            ("lease_seconds", "300"),
+            ("train_every", "16"),
+            ("loss", "ipo"),
+            ("beta", beta),
+            ("learning_rate", "0.0001"),
+            ("epochs", "3"),
+            ("batch_size", "4"),
+            ("schedule", "reset"),
+            ("labels_per_pair", per_pair),
+            ("display", "raw"),
+        ]
+    };
+    for (beta, per_pair, why) in [
+        ("warm", "2", "beta must be a number"),
+        ("0.3", "0", "labels_per_pair"),
+    ] {
+        let r = post_form(&app, &path, &cookie, &settings(beta, per_pair)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.body.contains("id=\"settings-error\""), "{}", r.body);
+        assert!(r.body.contains(why), "the reason {why:?} is shown");
+        for kept in [
+            "Prefer the kinder reply.\nNever the ruder one.</textarea>",
+            "value=\"Which is kinder?\"",
+            "name=\"label_budget\" type=\"number\" min=\"0\" step=\"1\" value=\"77\"",
+            &format!("name=\"beta\" value=\"{beta}\""),
+            "name=\"epochs\" value=\"3\"",
+            &format!("value=\"{per_pair}\""),
+            "<option selected>ipo</option>",
+            "<option selected>random</option>",
+            "<option selected>raw</option>",
+        ] {
+            assert!(r.body.contains(kept), "{kept:?} is kept in {}", r.body);
+        }
+    }
+    let uri = format!("/api/v1/projects/{project}");
+    let stored = app.json("GET", &uri, &app.admin, None).await.1;
+    assert_eq!(stored["guidelines"], "", "nothing was saved");
+    assert_eq!(stored["beta"], 0.2);
+    // Corrected, the same form saves.
+    let r = post_form(&app, &path, &cookie, &settings("0.3", "2")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let stored = app.json("GET", &uri, &app.admin, None).await.1;
+    assert_eq!(stored["beta"], 0.3);
+    assert_eq!(stored["labels_per_pair"], 2);
+
+    let r = post_form(
+        &app,
+        "/admin/projects",
+        &cookie,
+        &[("csrf", &csrf), ("name", "taken"), ("label_budget", "500")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("id=\"project-error\""), "{}", r.body);
+    assert!(r.body.contains("value=\"taken\"") && r.body.contains("value=\"500\""));
+    let long = "n".repeat(201);
+    let r = post_form(
+        &app,
+        "/admin/users",
+        &cookie,
+        &[("csrf", &csrf), ("name", &long), ("role", "admin")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("id=\"user-error\""), "{}", r.body);
+    assert!(r.body.contains(&format!("value=\"{long}\"")));
+    assert!(
+        r.body
+            .contains("<option value=\"admin\" selected>admin</option>")
+    );
+}
+
+/// The dashboard redraws the loss chart from this fragment while a run trains: it shows the newest run
+/// that has taken a step, so a run in progress appears as its steps land.
+async fn the_loss_chart_follows_the_run_in_progress(b: Backend) {
+    use prefloop::domain::{RewardStats, StepMetrics};
+    use prefloop::store::training::{create_training_run, record_run_step};
+    let app = TestApp::new(b).await;
+    let project = app.create_project(json!({"name": "p"})).await;
+    let cookie = sign_in(&app, &app.admin).await;
+    let chart = format!("/admin/projects/{project}/loss-chart");
+    let empty = get(&app, &chart, &cookie).await;
+    assert_eq!(empty.status, StatusCode::OK);
+    assert!(empty.body.starts_with("<svg") && !empty.body.contains("class=\"dot\""));
+    let step = |n: usize, loss: f64| StepMetrics {
+        step: n,
+        total_steps: 4,
+        epoch: 0,
+        loss,
+        rewards: RewardStats::default(),
+        grad_norm: 1.0,
+        learning_rate: 1e-4,
+        tokens: 100,
+        seconds: 0.1,
+        optimizer_seconds: 0.01,
+    };
+    let first = create_training_run(&app.store, &project, None)
+        .await
+        .unwrap();
+    record_run_step(&app.store, &first.id, &step(1, 0.693))
+        .await
+        .unwrap();
+    let r = get(&app, &chart, &cookie).await;
+    assert!(r.body.contains("1 steps: 0.693"), "{}", r.body);
+    let second = create_training_run(&app.store, &project, None)
+        .await
+        .unwrap();
+    // Queued, no step yet: the chart still shows the run that has some.
+    assert!(
+        get(&app, &chart, &cookie)
+            .await
+            .body
+            .contains("1 steps: 0.693")
+    );
+    record_run_step(&app.store, &second.id, &step(1, 0.70))
+        .await
+        .unwrap();
+    record_run_step(&app.store, &second.id, &step(2, 0.41))
+        .await
+        .unwrap();
+    let r = get(&app, &chart, &cookie).await;
+    assert!(
+        r.body.contains("2 steps: 0.410") && !r.body.contains("0.693"),
+        "{}",
+        r.body
+    );
+    // Annotators do not see it.
+    let ada = app.annotator("ada").await;
+    let ada_cookie = sign_in(&app, &ada).await;
+    assert_eq!(
+        get(&app, &chart, &ada_cookie).await.status,
+        StatusCode::FORBIDDEN
+    );
 }

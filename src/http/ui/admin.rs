@@ -35,6 +35,10 @@ pub fn router() -> Router<AppState> {
             "/admin/projects/{id}/train",
             post(training_panel::train_now),
         )
+        .route(
+            "/admin/projects/{id}/loss-chart",
+            get(training_panel::loss_chart_fragment),
+        )
         .route("/admin/users", post(new_user))
         .route("/admin/users/{id}/link", post(new_link))
         .route("/admin/users/{id}/revoke", post(revoke))
@@ -65,6 +69,17 @@ struct NewLink {
     url: String,
 }
 
+/// The admin page's two forms as typed, with why the one just sent was refused; empty on a plain visit.
+#[derive(Default)]
+struct Typed {
+    project_name: String,
+    project_budget: String,
+    project_error: Option<String>,
+    user_name: String,
+    user_role: String,
+    user_error: Option<String>,
+}
+
 #[derive(Template)]
 #[template(path = "admin.html")]
 struct AdminHome {
@@ -72,12 +87,14 @@ struct AdminHome {
     projects: Vec<ProjectRow>,
     users: Vec<UserRow>,
     new_link: Option<NewLink>,
+    typed: Typed,
 }
 
 async fn render_home(
     state: &AppState,
     session: &crate::store::sessions::Session,
     new_link: Option<NewLink>,
+    typed: Typed,
 ) -> PageResult {
     let mut projects = Vec::new();
     for p in list_projects(&state.store).await? {
@@ -106,16 +123,22 @@ async fn render_home(
             name: u.name,
         })
         .collect();
-    page(AdminHome {
+    let refused = typed.project_error.is_some() || typed.user_error.is_some();
+    let mut response = page(AdminHome {
         nav: Nav::of(session),
         projects,
         users,
         new_link,
-    })
+        typed,
+    })?;
+    if refused {
+        *response.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+    }
+    Ok(response)
 }
 
 async fn admin_home(State(state): State<AppState>, AdminPage(session): AdminPage) -> PageResult {
-    render_home(&state, &session, None).await
+    render_home(&state, &session, None, Typed::default()).await
 }
 
 #[derive(Deserialize)]
@@ -149,16 +172,32 @@ async fn new_project(
     Form(form): Form<NewProjectForm>,
 ) -> PageResult {
     session.check_csrf(&form.csrf)?;
-    let project = create_project(
-        &state.store,
-        ProjectInput {
-            name: Some(form.name),
-            label_budget: Some(optional_number("label budget", &form.label_budget)?),
-            ..ProjectInput::default()
-        },
-    )
-    .await?;
-    Ok(Redirect::to(&format!("/admin/projects/{}", project.id)).into_response())
+    let created = match optional_number("label budget", &form.label_budget) {
+        Ok(budget) => create_project(
+            &state.store,
+            ProjectInput {
+                name: Some(form.name.clone()),
+                label_budget: Some(budget),
+                ..ProjectInput::default()
+            },
+        )
+        .await
+        .map_err(PageError::from),
+        Err(e) => Err(e),
+    };
+    match created {
+        Ok(project) => Ok(Redirect::to(&format!("/admin/projects/{}", project.id)).into_response()),
+        Err(PageError::Bad(why)) => {
+            let typed = Typed {
+                project_name: form.name,
+                project_budget: form.label_budget,
+                project_error: Some(why),
+                ..Typed::default()
+            };
+            render_home(&state, &session, None, typed).await
+        }
+        Err(other) => Err(other),
+    }
 }
 
 struct AnnotatorRow {
@@ -191,6 +230,102 @@ struct FlagRow {
 struct Choice {
     value: &'static str,
     selected: bool,
+}
+
+/// What the settings form shows: the project's values, or what was typed when saving failed, so a
+/// mistake costs one correction rather than the whole form.
+struct SettingsFields {
+    guidelines: String,
+    criterion: String,
+    label_budget: String,
+    lease_seconds: String,
+    train_every: String,
+    beta: String,
+    learning_rate: String,
+    epochs: String,
+    batch_size: String,
+    labels_per_pair: String,
+    gold_rate: String,
+    min_gold_accuracy: String,
+    strategies: Vec<Choice>,
+    losses: Vec<Choice>,
+    schedules: Vec<Choice>,
+    estimators: Vec<Choice>,
+    aggregations: Vec<Choice>,
+    displays: Vec<Choice>,
+}
+
+impl SettingsFields {
+    fn of(p: &Project) -> Self {
+        let s = &p.settings;
+        SettingsFields {
+            guidelines: p.guidelines.clone(),
+            criterion: s.criterion.clone(),
+            label_budget: p.label_budget.map(|b| b.to_string()).unwrap_or_default(),
+            lease_seconds: p.lease_seconds.to_string(),
+            train_every: s.train_every.to_string(),
+            beta: s.beta.to_string(),
+            learning_rate: s.learning_rate.to_string(),
+            epochs: s.epochs.to_string(),
+            batch_size: s.batch_size.to_string(),
+            labels_per_pair: s.labels_per_pair.to_string(),
+            gold_rate: s.gold_rate.map(|r| r.to_string()).unwrap_or_default(),
+            min_gold_accuracy: s
+                .min_gold_accuracy
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+            strategies: choices(Strategy::ALL, p.strategy.as_str(), Strategy::as_str),
+            losses: choices(LossKind::ALL, s.loss.as_str(), LossKind::as_str),
+            schedules: choices(Schedule::ALL, s.schedule.as_str(), Schedule::as_str),
+            estimators: choices(
+                EntropyEstimator::ALL,
+                s.entropy_estimator.as_str(),
+                EntropyEstimator::as_str,
+            ),
+            aggregations: choices(
+                LabelAggregation::ALL,
+                s.label_aggregation.as_str(),
+                LabelAggregation::as_str,
+            ),
+            displays: choices(Display::ALL, s.display.as_str(), Display::as_str),
+        }
+    }
+
+    /// The form as typed; a field an older form did not send shows the project's value.
+    fn typed(f: SettingsForm, p: &Project) -> Self {
+        let stored = Self::of(p);
+        let pick = |typed: Option<String>, stored: String| typed.unwrap_or(stored);
+        let choose = |all: Vec<Choice>, typed: Option<&str>| match typed {
+            None => all,
+            Some(t) => all
+                .into_iter()
+                .map(|c| Choice {
+                    selected: c.value == t,
+                    value: c.value,
+                })
+                .collect(),
+        };
+        SettingsFields {
+            strategies: choose(stored.strategies, Some(&f.strategy)),
+            losses: choose(stored.losses, Some(&f.loss)),
+            schedules: choose(stored.schedules, Some(&f.schedule)),
+            estimators: choose(stored.estimators, f.entropy_estimator.as_deref()),
+            aggregations: choose(stored.aggregations, f.label_aggregation.as_deref()),
+            displays: choose(stored.displays, f.display.as_deref()),
+            guidelines: f.guidelines.replace("\r\n", "\n"),
+            criterion: pick(f.criterion, stored.criterion),
+            label_budget: f.label_budget,
+            lease_seconds: f.lease_seconds,
+            train_every: f.train_every,
+            beta: f.beta,
+            learning_rate: f.learning_rate,
+            epochs: f.epochs,
+            batch_size: f.batch_size,
+            labels_per_pair: pick(f.labels_per_pair, stored.labels_per_pair),
+            gold_rate: pick(f.gold_rate, stored.gold_rate),
+            min_gold_accuracy: pick(f.min_gold_accuracy, stored.min_gold_accuracy),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -229,15 +364,9 @@ struct DashboardPage {
     /// With no members yet: the annotators who answered here and would lose access to a first member.
     lose_active: Vec<String>,
     flags: Vec<FlagRow>,
-    strategies: Vec<Choice>,
-    losses: Vec<Choice>,
-    schedules: Vec<Choice>,
-    estimators: Vec<Choice>,
-    aggregations: Vec<Choice>,
-    displays: Vec<Choice>,
-    budget_field: String,
-    gold_rate_field: String,
-    gold_bar_field: String,
+    fields: SettingsFields,
+    /// Why the settings just typed were not saved; the form shows them as typed.
+    settings_error: Option<String>,
     training: training_panel::TrainingPanel,
     live: bool,
 }
@@ -258,12 +387,12 @@ fn agreement_text(a: &crate::store::quality::Agreement) -> String {
     )
 }
 
-/// Every value of a setting, the project's marked selected.
-fn choices<T: Copy + PartialEq>(all: &[T], current: T, name: fn(T) -> &'static str) -> Vec<Choice> {
+/// Every value of a setting, the current one marked selected.
+fn choices<T: Copy>(all: &[T], current: &str, name: fn(T) -> &'static str) -> Vec<Choice> {
     all.iter()
         .map(|v| Choice {
             value: name(*v),
-            selected: *v == current,
+            selected: name(*v) == current,
         })
         .collect()
 }
@@ -281,6 +410,17 @@ async fn dashboard(
     Query(q): Query<DashboardQuery>,
 ) -> PageResult {
     let project = get_project(&state.store, &id).await?;
+    render_dashboard(&state, &session, project, q.saved.is_some(), None).await
+}
+
+/// The dashboard; with `typed`, the settings form shows what was typed and why it was not saved.
+async fn render_dashboard(
+    state: &AppState,
+    session: &crate::store::sessions::Session,
+    project: Project,
+    saved: bool,
+    typed: Option<(SettingsFields, String)>,
+) -> PageResult {
     let stats = project_stats(&state.store, &project).await?;
     let o = project_overview(&state.store, &project.id).await?;
     let members = list_members(&state.store, &project.id).await?;
@@ -356,13 +496,17 @@ async fn dashboard(
         })
         .collect();
     let active_hours = o.hourly.len() as i64;
-    let s = &project.settings;
-    let training = training_panel::training_panel(&state, &project.id).await?;
-    page(DashboardPage {
-        nav: Nav::of(&session),
+    let training = training_panel::training_panel(state, &project.id).await?;
+    let (fields, settings_error) = match typed {
+        Some((fields, error)) => (fields, Some(error)),
+        None => (SettingsFields::of(&project), None),
+    };
+    let refused = settings_error.is_some();
+    let mut response = page(DashboardPage {
+        nav: Nav::of(session),
         live: training_panel::any_live(&training.runs),
         training,
-        saved: q.saved.is_some(),
+        saved,
         labels: stats.labels,
         budget: project
             .label_budget
@@ -405,31 +549,14 @@ async fn dashboard(
         candidates,
         lose_active,
         flags,
-        strategies: choices(Strategy::ALL, project.strategy, Strategy::as_str),
-        losses: choices(LossKind::ALL, s.loss, LossKind::as_str),
-        schedules: choices(Schedule::ALL, s.schedule, Schedule::as_str),
-        estimators: choices(
-            EntropyEstimator::ALL,
-            s.entropy_estimator,
-            EntropyEstimator::as_str,
-        ),
-        aggregations: choices(
-            LabelAggregation::ALL,
-            s.label_aggregation,
-            LabelAggregation::as_str,
-        ),
-        displays: choices(Display::ALL, s.display, Display::as_str),
-        budget_field: project
-            .label_budget
-            .map(|b| b.to_string())
-            .unwrap_or_default(),
-        gold_rate_field: s.gold_rate.map(|r| r.to_string()).unwrap_or_default(),
-        gold_bar_field: s
-            .min_gold_accuracy
-            .map(|r| r.to_string())
-            .unwrap_or_default(),
+        fields,
+        settings_error,
         project,
-    })
+    })?;
+    if refused {
+        *response.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -486,7 +613,26 @@ async fn save_settings(
     Form(f): Form<SettingsForm>,
 ) -> PageResult {
     session.check_csrf(&f.csrf)?;
-    let input = ProjectInput {
+    let project = get_project(&state.store, &id).await?;
+    let saved = match settings_input(&f) {
+        Ok(input) => update_project(&state.store, &project.id, input)
+            .await
+            .map_err(PageError::from),
+        Err(e) => Err(e),
+    };
+    match saved {
+        Ok(p) => Ok(Redirect::to(&format!("/admin/projects/{}?saved=1", p.id)).into_response()),
+        Err(PageError::Bad(why)) => {
+            let typed = SettingsFields::typed(f, &project);
+            render_dashboard(&state, &session, project, false, Some((typed, why))).await
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// The settings form as a project update, or the first field that does not parse.
+fn settings_input(f: &SettingsForm) -> Result<ProjectInput, PageError> {
+    Ok(ProjectInput {
         // Browsers send CRLF line ends from a textarea; keep the Markdown as typed elsewhere.
         guidelines: Some(f.guidelines.replace("\r\n", "\n")),
         label_budget: Some(optional_number("label budget", &f.label_budget)?),
@@ -529,11 +675,9 @@ async fn save_settings(
             .as_deref()
             .map(|v| parse_enum("display", v))
             .transpose()?,
-        criterion: f.criterion.map(|c| c.trim().to_string()),
+        criterion: f.criterion.as_deref().map(|c| c.trim().to_string()),
         ..ProjectInput::default()
-    };
-    let project = update_project(&state.store, &id, input).await?;
-    Ok(Redirect::to(&format!("/admin/projects/{}?saved=1", project.id)).into_response())
+    })
 }
 
 #[derive(Template)]
@@ -650,14 +794,31 @@ async fn new_user(
     Form(f): Form<NewUserForm>,
 ) -> PageResult {
     session.check_csrf(&f.csrf)?;
-    let role: Role = f.role.parse().map_err(|e| PageError::Bad(format!("{e}")))?;
-    let (user, _token) = users::create_user(&state.store, &f.name, role, UserKind::Human).await?;
+    let created = match f.role.parse::<Role>() {
+        Ok(role) => users::create_user(&state.store, &f.name, role, UserKind::Human)
+            .await
+            .map_err(PageError::from),
+        Err(e) => Err(PageError::Bad(e.to_string())),
+    };
+    let user = match created {
+        Ok((user, _token)) => user,
+        Err(PageError::Bad(why)) => {
+            let typed = Typed {
+                user_name: f.name,
+                user_role: f.role,
+                user_error: Some(why),
+                ..Typed::default()
+            };
+            return render_home(&state, &session, None, typed).await;
+        }
+        Err(other) => return Err(other),
+    };
     let code = create_login_link(&state.store, &user.id).await?;
     let link = NewLink {
         url: login_url(&state.config.public_url, &code),
         name: user.name,
     };
-    render_home(&state, &session, Some(link)).await
+    render_home(&state, &session, Some(link), Typed::default()).await
 }
 
 async fn new_link(
@@ -676,7 +837,7 @@ async fn new_link(
         url: login_url(&state.config.public_url, &code),
         name: user.name,
     };
-    render_home(&state, &session, Some(link)).await
+    render_home(&state, &session, Some(link), Typed::default()).await
 }
 
 async fn revoke(

@@ -4,7 +4,7 @@
 
 use axum::Form;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Redirect};
+use axum::response::{Html, IntoResponse, Redirect};
 
 use super::{AdminPage, CsrfForm, PageError, PageResult, charts};
 use crate::engine::active_loop::current_policy;
@@ -83,18 +83,6 @@ pub async fn training_panel(
     let policy = current_policy(&state.store, engine, project_id).await?;
     let versions = list_project_versions(&state.store, project_id).await?;
     let runs = list_training_runs(&state.store, project_id).await?;
-    let loss_points: Vec<(f64, f64)> = runs
-        .iter()
-        .find(|r| !r.metrics.history.is_empty())
-        .map(|r| {
-            r.metrics
-                .history
-                .iter()
-                .filter(|p| p.loss.is_finite())
-                .map(|p| (p.step as f64, p.loss))
-                .collect()
-        })
-        .unwrap_or_default();
     let win_points: Vec<charts::WinPoint> = versions
         .iter()
         .filter_map(|v| {
@@ -120,12 +108,40 @@ pub async fn training_panel(
             .take(10)
             .map(|r| run_row(r, &versions))
             .collect(),
-        loss_chart: charts::line_chart(&loss_points, None, "training loss", "steps"),
+        loss_chart: loss_chart(&runs),
         win_chart: charts::win_rate_chart(&win_points, "win rate against the reference"),
         versions_evaluated: win_points.len(),
         score_chart: charts::histogram(&magnitudes, "acquisition scores of pending pairs", "score"),
         scored_pending: magnitudes.len(),
     })
+}
+
+/// The loss per step of the newest run that has taken a step (runs come newest first).
+fn loss_chart(runs: &[TrainingRun]) -> String {
+    let points: Vec<(f64, f64)> = runs
+        .iter()
+        .find(|r| !r.metrics.history.is_empty())
+        .map(|r| {
+            r.metrics
+                .history
+                .iter()
+                .filter(|p| p.loss.is_finite())
+                .map(|p| (p.step as f64, p.loss))
+                .collect()
+        })
+        .unwrap_or_default();
+    charts::line_chart(&points, None, "training loss", "steps")
+}
+
+/// The loss chart alone, for the dashboard to redraw while a run is in progress.
+pub async fn loss_chart_fragment(
+    State(state): State<AppState>,
+    AdminPage(_session): AdminPage,
+    Path(id): Path<String>,
+) -> PageResult {
+    let project = get_project(&state.store, &id).await?;
+    let runs = list_training_runs(&state.store, &project.id).await?;
+    Ok(Html(loss_chart(&runs)).into_response())
 }
 
 /// "Train now": queues a DPO update of the project.
