@@ -947,3 +947,41 @@ fn model_can_move_to_the_engine_thread() {
     assert_send_sync::<LanguageModel>();
     assert_send_sync::<TextTokenizer>();
 }
+
+/// `bench-model --json` prints one object a script can read: the workloads asked for, each with its tokens,
+/// seconds and tokens per second, and nothing else on stdout; an unknown workload is refused by name.
+#[test]
+fn bench_model_json_names_its_figures() {
+    let bin = env!("CARGO_BIN_EXE_prefloop");
+    let out = std::process::Command::new(bin)
+        .args(["bench-model", "--random", "small", "--repeats", "1"])
+        .args(["--only", "score,sample1", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&stdout);
+    assert_eq!(report["model"], "small");
+    assert_eq!(report["score"]["tokens"], 512);
+    let sampled = report["sample1"]["tokens"].as_u64().unwrap();
+    assert!((1..=32).contains(&sampled), "{report}");
+    for w in ["score", "sample1"] {
+        let rate = report[w]["tokens_per_s"].as_f64().unwrap();
+        let secs = report[w]["seconds"].as_f64().unwrap();
+        let tokens = report[w]["tokens"].as_f64().unwrap();
+        assert!((rate - tokens / secs).abs() < 1e-6 * rate, "{report}");
+    }
+    assert!(report.get("dpo").is_none() && report.get("sample16").is_none());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("score      8 × 64 tokens"));
+
+    let out = std::process::Command::new(bin)
+        .args(["bench-model", "--random", "small", "--only", "scoring"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown workload \"scoring\""));
+}

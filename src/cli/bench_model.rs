@@ -1,29 +1,54 @@
-//! `prefloop bench-model`: tokens per second and peak memory for scoring, sampling and one training step, on
-//! the shapes of issue 3 (8 × 64 tokens; 16 and 1 sequences × 32 new tokens).
+//! `prefloop bench-model`: tokens per second and peak memory for scoring, sampling and one DPO step, on the
+//! workloads of `../shared/bench/anchor_torch.py`, so that the two can be run back to back and reported as
+//! ratios (docs/BENCHMARKS.md):
+//! - **score**: 8 sequences × 64 tokens (32 prompt + 32 completion), no gradient, fused kernels.
+//! - **sample16** / **sample1**: 16 prompts (and 1) of 16 tokens, 32 new tokens each at T = 1.0 with no
+//!   nucleus cut, KV cache, one batch; only generated tokens count (EOS may stop a row early).
+//! - **dpo**: the same 8 × 64 as 4 chosen + 4 rejected sequences, the sigmoid DPO loss (β 0.1) against cached
+//!   reference log-probs, backward, and the trainer's own fused AdamW (lr 1e-6). Last, because the memory a
+//!   step takes is not all given back to the system and would raise the peaks measured after it.
+//!
+//! Each runs once to warm up, then `--repeats` times: the readable lines give the best run, the JSON the
+//! best, the median (anchor_torch.py's statistic) and every run.
+//!
+//! With `--json` the human-readable lines go to stderr and stdout gets one JSON object.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::Var;
+use serde_json::{Value, json};
 
+use crate::domain::LossKind;
+use crate::learn::dpo::{LossConfig, PairLogProbs, preference_loss};
+use crate::learn::optim::{AdamW, AdamWParams};
 use crate::model::{
-    LanguageModel, ModelConfig, Padding, SamplingParams, TextTokenizer, parse_device,
+    LanguageModel, ModelConfig, Padding, SamplingParams, SeqLogProbs, TextTokenizer, parse_device,
 };
+
+const WORKLOADS: [&str; 4] = ["score", "dpo", "sample16", "sample1"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A Hugging Face model directory or a .gguf file.
     #[arg(long, required_unless_present = "random")]
     pub model: Option<PathBuf>,
-    /// Benchmark a random model instead: "small" (4 layers, hidden 256, vocab 8192, ~6M parameters).
-    #[arg(long, value_parser = ["small"])]
+    /// Benchmark a random model instead: "small" (4 layers, hidden 256, vocab 8192, 7.1M parameters) or
+    /// "1b" (TinyLlama's shape: 22 layers, hidden 2048, 32 heads, 4 KV heads, vocab 32000, 1.1B parameters;
+    /// its DPO step needs about 20 GB).
+    #[arg(long, value_parser = ["small", "1b"])]
     pub random: Option<String>,
     /// Timed repetitions of each workload (after one warm-up); the best is reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Comma-separated workloads to run: score, dpo, sample16, sample1 (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Print one JSON object on stdout (the readable lines go to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Peak resident memory since the last reset, in bytes (Linux: VmHWM; reset by writing 5 to clear_refs).
@@ -44,91 +69,135 @@ fn gib(b: Option<u64>) -> String {
     })
 }
 
-/// Runs `f` once to warm up, then `repeats` times; returns the best time in seconds, the work count of the
-/// last run and the peak RSS over all runs.
+/// One workload's result: every timed run, the work it counts (tokens), peak RSS.
+struct Measured {
+    runs: Vec<f64>,
+    tokens: usize,
+    peak: Option<u64>,
+}
+
+impl Measured {
+    /// The best run's time: what the readable lines report.
+    fn best(&self) -> f64 {
+        self.runs.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    /// The median run's time: what anchor_torch.py reports, so ratios compare like with like.
+    fn median(&self) -> f64 {
+        let mut r = self.runs.clone();
+        r.sort_by(f64::total_cmp);
+        let n = r.len();
+        if n % 2 == 1 {
+            r[n / 2]
+        } else {
+            (r[n / 2 - 1] + r[n / 2]) / 2.0
+        }
+    }
+
+    fn per_second(&self) -> f64 {
+        self.tokens as f64 / self.best()
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "seconds": self.best(),
+            "median_seconds": self.median(),
+            "runs_seconds": self.runs,
+            "tokens": self.tokens,
+            "tokens_per_s": self.per_second(),
+            "median_tokens_per_s": self.tokens as f64 / self.median(),
+            "peak_rss_bytes": self.peak,
+        })
+    }
+}
+
+/// Runs `f` once to warm up, then `repeats` times; every run's time, the work count of the last run and the
+/// peak RSS over all runs.
 fn measure(
     repeats: usize,
     mut f: impl FnMut() -> anyhow::Result<usize>,
-) -> anyhow::Result<(f64, usize, Option<u64>)> {
+) -> anyhow::Result<Measured> {
     reset_peak_rss();
     f()?;
-    let mut best = f64::INFINITY;
-    let mut work = 0;
+    let mut runs = Vec::new();
+    let mut tokens = 0;
     for _ in 0..repeats.max(1) {
         let t = Instant::now();
-        work = f()?;
-        best = best.min(t.elapsed().as_secs_f64());
+        tokens = f()?;
+        runs.push(t.elapsed().as_secs_f64());
     }
-    Ok((best, work, peak_rss()))
+    Ok(Measured {
+        runs,
+        tokens,
+        peak: peak_rss(),
+    })
 }
 
-/// A plain in-place AdamW over host copies (lr 1e-6, β 0.9/0.999, weight decay 0.01), standing in for the
-/// trainer's fused optimizer so the step time includes an optimizer update.
-struct HostAdamW {
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    t: i32,
-}
-
-impl HostAdamW {
-    fn step(
-        &mut self,
-        vars: &[Var],
-        grads: &candle_core::backprop::GradStore,
-    ) -> anyhow::Result<()> {
-        let (lr, b1, b2, eps, wd) = (1e-6f32, 0.9f32, 0.999f32, 1e-8f32, 0.01f32);
-        self.t += 1;
-        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
-        if self.m.is_empty() {
-            self.m = vars.iter().map(|v| vec![0.0; v.elem_count()]).collect();
-            self.v = self.m.clone();
-        }
-        for (i, var) in vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            let g = g.flatten_all()?.to_vec1::<f32>()?;
-            let mut w = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            let (m, v) = (&mut self.m[i], &mut self.v[i]);
-            for j in 0..w.len() {
-                m[j] = b1 * m[j] + (1.0 - b1) * g[j];
-                v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
-                w[j] -= lr * ((m[j] / c1) / ((v[j] / c2).sqrt() + eps) + wd * w[j]);
-            }
-            var.set(&candle_core::Tensor::from_vec(
-                w,
-                var.shape(),
-                var.device(),
-            )?)?;
-        }
-        Ok(())
-    }
+fn random_model(shape: &str, device: &candle_core::Device) -> anyhow::Result<LanguageModel> {
+    let cfg = match shape {
+        "small" => ModelConfig {
+            vocab_size: 8192,
+            hidden_size: 256,
+            intermediate_size: 688,
+            num_hidden_layers: 4,
+            num_attention_heads: 8,
+            num_key_value_heads: 4,
+            ..ModelConfig::tiny(8192)
+        },
+        "1b" => ModelConfig {
+            vocab_size: 32000,
+            hidden_size: 2048,
+            intermediate_size: 5632,
+            num_hidden_layers: 22,
+            num_attention_heads: 32,
+            num_key_value_heads: 4,
+            max_position_embeddings: 2048,
+            ..ModelConfig::tiny(32000)
+        },
+        other => anyhow::bail!("unknown random shape {other:?}: small or 1b"),
+    };
+    Ok(LanguageModel::random(
+        cfg,
+        TextTokenizer::byte_level_for_tests(),
+        device,
+        0,
+    )?)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::model::init_cpu_threads();
+    for w in &args.only {
+        if !WORKLOADS.contains(&w.as_str()) {
+            anyhow::bail!(
+                "unknown workload {w:?}: expected some of {}",
+                WORKLOADS.join(", ")
+            );
+        }
+    }
+    let wanted = |w: &str| args.only.is_empty() || args.only.iter().any(|o| o == w);
+    let say = |line: String| {
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let device = parse_device(&args.device)?;
     let t0 = Instant::now();
     let model = match (&args.model, &args.random) {
         (Some(p), _) => {
             LanguageModel::load(p, &device).with_context(|| format!("loading {}", p.display()))?
         }
-        (None, _) => {
-            let tok = TextTokenizer::byte_level_for_tests();
-            let cfg = ModelConfig {
-                vocab_size: 8192,
-                hidden_size: 256,
-                intermediate_size: 688,
-                num_hidden_layers: 4,
-                num_attention_heads: 8,
-                num_key_value_heads: 4,
-                ..ModelConfig::tiny(8192)
-            };
-            LanguageModel::random(cfg, tok, &device, 0)?
-        }
+        (None, Some(shape)) => random_model(shape, &device)?,
+        (None, None) => anyhow::bail!("give --model PATH or --random small|1b"),
     };
     let cfg = model.config().clone();
-    println!(
+    let threads = (
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        std::env::var("RAYON_NUM_THREADS").ok(),
+        std::env::var("CANDLE_NUM_THREADS").ok(),
+    );
+    say(format!(
         "model: {} layers, hidden {}, vocab {}, {:.1}M parameters; loaded in {:.1} s; RSS after load {}",
         cfg.num_hidden_layers,
         cfg.hidden_size,
@@ -136,15 +205,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cfg.num_parameters() as f64 / 1e6,
         t0.elapsed().as_secs_f64(),
         gib(peak_rss())
-    );
-    println!(
+    ));
+    say(format!(
         "threads: {} cores available, RAYON_NUM_THREADS={:?}, CANDLE_NUM_THREADS={:?}",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        std::env::var("RAYON_NUM_THREADS").ok(),
-        std::env::var("CANDLE_NUM_THREADS").ok()
-    );
+        threads.0, threads.1, threads.2
+    ));
+    let mut report = json!({
+        "model": args.model.as_ref().map(|p| p.display().to_string()).or_else(|| args.random.clone()),
+        "parameters": cfg.num_parameters(),
+        "device": args.device,
+        "repeats": args.repeats,
+        "threads": {"available": threads.0, "rayon": threads.1, "candle": threads.2},
+    });
 
-    // Token ids from a real sentence, repeated: 8 sequences of 64 tokens.
+    // Token ids from a real sentence, repeated, so EOS stays rare.
     let tok = model.tokenizer();
     let base = tok.encode(
         "The film opens on a quiet street at dawn, and for a while nothing happens; then the story \
@@ -153,92 +227,109 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let seq = |i: usize, n: usize| -> Vec<u32> {
         (0..n).map(|j| base[(i * 7 + j) % base.len()]).collect()
     };
-
-    // Scoring: 1 prompt token + 63 completion tokens per sequence, so all 64 positions are scored.
+    // 8 × (32 prompt + 32 completion) tokens: scoring's batch, and the DPO step's 4 chosen + 4 rejected.
     let items: Vec<(Vec<u32>, Vec<u32>)> = (0..8)
         .map(|i| {
             let s = seq(i, 64);
-            (s[..1].to_vec(), s[1..].to_vec())
+            (s[..32].to_vec(), s[32..].to_vec())
         })
         .collect();
-    let (secs, _, peak) = measure(args.repeats, || {
-        model.score(&items)?;
-        Ok(512)
-    })?;
-    println!(
-        "scoring   8 × 64 tokens, no grad:        {:7.1} tokens/s  ({:.3} s)  peak RSS {}",
-        512.0 / secs,
-        secs,
-        gib(peak)
-    );
 
-    // Sampling: 16 prompts of 16 tokens, and 1 prompt, 32 new tokens each at T = 0.7 (EOS may stop some early:
-    // only generated tokens are counted).
-    for n in [16usize, 1] {
+    if wanted("score") {
+        let m = measure(args.repeats, || {
+            model.score(&items)?;
+            Ok(512)
+        })?;
+        say(format!(
+            "score      8 × 64 tokens, no grad:          {:7.1} tokens/s  ({:.3} s)  peak RSS {}",
+            m.per_second(),
+            m.best(),
+            gib(m.peak)
+        ));
+        report["score"] = m.json();
+    }
+
+    for (name, n) in [("sample16", 16usize), ("sample1", 1)] {
+        if !wanted(name) {
+            continue;
+        }
         let prompts: Vec<Vec<u32>> = (0..n).map(|i| seq(i, 16)).collect();
         let params = SamplingParams {
-            temperature: 0.7,
+            temperature: 1.0,
+            top_p: 1.0,
             max_new_tokens: 32,
             seed: 1,
             max_batch: 16,
             ..Default::default()
         };
-        let (secs, tokens, peak) = measure(args.repeats, || {
+        let m = measure(args.repeats, || {
             let out = model.sample(&prompts, 1, &params)?;
             Ok(out.iter().flatten().map(|s| s.token_ids.len()).sum())
         })?;
-        println!(
-            "sampling {n:2} × 32 new tokens, KV cache:  {:7.1} new tokens/s  ({tokens} tokens in {secs:.3} s)  peak RSS {}",
-            tokens as f64 / secs,
-            gib(peak)
-        );
+        say(format!(
+            "sample    {n:2} × 32 new tokens, KV cache:    {:7.1} new tokens/s  ({} tokens in {:.3} s)  peak RSS {}",
+            m.per_second(),
+            m.tokens,
+            m.best(),
+            gib(m.peak)
+        ));
+        report[name] = m.json();
+    }
+    if wanted("dpo") {
+        let policy = model.deep_clone()?;
+        let reference: Vec<f64> = model.score(&items)?.iter().map(|s| s.sum).collect();
+        let cached = |range: std::ops::Range<usize>| -> anyhow::Result<SeqLogProbs> {
+            let n = range.len();
+            let sums: Vec<f32> = reference[range].iter().map(|&s| s as f32).collect();
+            Ok(SeqLogProbs {
+                sum: candle_core::Tensor::from_vec(sums, n, &device)?,
+                tokens: candle_core::Tensor::full(32f32, n, &device)?,
+            })
+        };
+        let (ref_chosen, ref_rejected) = (cached(0..4)?, cached(4..8)?);
+        let loss_cfg = LossConfig {
+            kind: LossKind::Dpo,
+            beta: 0.1,
+            label_smoothing: 0.0,
+        };
+        let mut opt = AdamW::new(policy.vars(), AdamWParams::default())?;
+        let mut fwd_bwd = f64::INFINITY;
+        let m = measure(args.repeats, || {
+            let t = Instant::now();
+            let lp = policy.sequence_logprobs(&items, Padding::Right)?;
+            let side = |from: usize| -> anyhow::Result<SeqLogProbs> {
+                Ok(SeqLogProbs {
+                    sum: lp.sum.narrow(0, from, 4)?,
+                    tokens: lp.tokens.narrow(0, from, 4)?,
+                })
+            };
+            let out = preference_loss(
+                &loss_cfg,
+                &PairLogProbs {
+                    policy_chosen: side(0)?,
+                    policy_rejected: side(4)?,
+                    reference_chosen: ref_chosen.clone(),
+                    reference_rejected: ref_rejected.clone(),
+                },
+            )?;
+            let grads = out.loss.backward()?;
+            fwd_bwd = fwd_bwd.min(t.elapsed().as_secs_f64());
+            opt.step_grads(&grads, None)?;
+            Ok(512)
+        })?;
+        say(format!(
+            "dpo step   8 × 64 tokens (fwd+bwd+AdamW):   {:7.1} tokens/s  ({:.3} s, of which forward+backward {:.3} s)  peak RSS {}",
+            m.per_second(),
+            m.best(),
+            fwd_bwd,
+            gib(m.peak)
+        ));
+        report["dpo"] = m.json();
+        report["dpo"]["forward_backward_seconds"] = json!(fwd_bwd);
     }
 
-    // Training step: differentiable log-probs of 8 × 64 (16 prompt + 48 completion tokens), a DPO-shaped loss
-    // over 4 pairs with cached reference log-probs, backward, AdamW.
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..8)
-        .map(|i| {
-            let s = seq(i, 64);
-            (s[..16].to_vec(), s[16..].to_vec())
-        })
-        .collect();
-    // The differentiable forward alone (graph built, no backward): splits the step's time between the
-    // forward through differentiable ops and the backward.
-    let (fwd_secs, _, _) = measure(args.repeats, || {
-        let lp = model.sequence_logprobs(&pairs, Padding::Right)?;
-        lp.sum.sum_all()?.to_scalar::<f32>()?;
-        Ok(512)
-    })?;
-    println!(
-        "forward   8 × 64 tokens, differentiable:  {:7.1} tokens/s  ({:.3} s)",
-        512.0 / fwd_secs,
-        fwd_secs
-    );
-    let policy = model.deep_clone()?;
-    let vars = policy.vars();
-    let mut opt = HostAdamW {
-        m: Vec::new(),
-        v: Vec::new(),
-        t: 0,
-    };
-    let mut fwd_bwd = f64::INFINITY;
-    let (secs, _, peak) = measure(args.repeats, || {
-        let t = Instant::now();
-        let lp = policy.sequence_logprobs(&pairs, Padding::Right)?;
-        // h = (chosen − rejected) with the reference term a constant; loss = log(1 + exp(−β h)).
-        let h = (lp.sum.narrow(0, 0, 4)? - lp.sum.narrow(0, 4, 4)?)?;
-        let loss = ((h * -0.1)?.exp()? + 1.0)?.log()?.mean_all()?;
-        let grads = loss.backward()?;
-        fwd_bwd = fwd_bwd.min(t.elapsed().as_secs_f64());
-        opt.step(&vars, &grads)?;
-        Ok(512)
-    })?;
-    println!(
-        "train step 8 × 64 tokens (fwd+bwd+AdamW): {:7.1} tokens/s  ({:.3} s, of which forward+backward {:.3} s)  peak RSS {}",
-        512.0 / secs,
-        secs,
-        fwd_bwd,
-        gib(peak)
-    );
+    if args.json {
+        println!("{report}");
+    }
     Ok(())
 }
