@@ -276,7 +276,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report[name] = m.json();
     }
     if wanted("dpo") {
-        let policy = model.deep_clone()?;
+        // The loaded model is trained in place, as anchor_torch.py does: the reference enters only through
+        // its cached log-probs, so the peak is the policy's weights, gradients, AdamW state and activations.
+        let policy = &model;
         let reference: Vec<f64> = model.score(&items)?.iter().map(|s| s.sum).collect();
         let cached = |range: std::ops::Range<usize>| -> anyhow::Result<SeqLogProbs> {
             let n = range.len();
