@@ -8,7 +8,10 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
-use super::{AdminPage, CsrfForm, Nav, PageError, PageResult, charts, page, training_panel, when};
+use super::{
+    AdminPage, CsrfForm, Nav, PageError, PageResult, charts, page, refused_form, training_panel,
+    when,
+};
 use crate::domain::{Display, EntropyEstimator, LabelAggregation, LossKind, Schedule, Strategy};
 use crate::http::AppState;
 use crate::store::dashboard::project_overview;
@@ -124,17 +127,16 @@ async fn render_home(
         })
         .collect();
     let refused = typed.project_error.is_some() || typed.user_error.is_some();
-    let mut response = page(AdminHome {
-        nav: Nav::of(session),
-        projects,
-        users,
-        new_link,
-        typed,
-    })?;
-    if refused {
-        *response.status_mut() = axum::http::StatusCode::BAD_REQUEST;
-    }
-    Ok(response)
+    refused_form(
+        AdminHome {
+            nav: Nav::of(session),
+            projects,
+            users,
+            new_link,
+            typed,
+        },
+        refused,
+    )
 }
 
 async fn admin_home(State(state): State<AppState>, AdminPage(session): AdminPage) -> PageResult {
@@ -502,61 +504,60 @@ async fn render_dashboard(
         None => (SettingsFields::of(&project), None),
     };
     let refused = settings_error.is_some();
-    let mut response = page(DashboardPage {
-        nav: Nav::of(session),
-        live: training_panel::any_live(&training.runs),
-        training,
-        saved,
-        labels: stats.labels,
-        budget: project
-            .label_budget
-            .map_or_else(|| "no limit".into(), |b| b.to_string()),
-        remaining: stats
-            .remaining
-            .map_or_else(|| "unlimited".into(), |r| r.to_string()),
-        spent_pct: project.label_budget.map(|b| {
-            if b == 0 {
-                100
+    refused_form(
+        DashboardPage {
+            nav: Nav::of(session),
+            live: training_panel::any_live(&training.runs),
+            training,
+            saved,
+            labels: stats.labels,
+            budget: project
+                .label_budget
+                .map_or_else(|| "no limit".into(), |b| b.to_string()),
+            remaining: stats
+                .remaining
+                .map_or_else(|| "unlimited".into(), |r| r.to_string()),
+            spent_pct: project.label_budget.map(|b| {
+                if b == 0 {
+                    100
+                } else {
+                    (100 * stats.labels / b).min(100)
+                }
+            }),
+            last_hour: o.labels_last_hour,
+            per_active_hour: if active_hours == 0 {
+                "–".into()
             } else {
-                (100 * stats.labels / b).min(100)
-            }
-        }),
-        last_hour: o.labels_last_hour,
-        per_active_hour: if active_hours == 0 {
-            "–".into()
-        } else {
-            format!("{:.1}", stats.labels as f64 / active_hours as f64)
+                format!("{:.1}", stats.labels as f64 / active_hours as f64)
+            },
+            pending: stats.pending_pairs,
+            leased: stats.leased_pairs,
+            ready: stats.ready_pairs,
+            made_per_minute: format!("{:.1}", stats.pairs_per_minute),
+            answered_per_minute: format!("{:.1}", stats.answers_per_minute),
+            waited: format!("{:.0}", state.metrics.waited(&project.id)),
+            prompts: stats.prompts,
+            median_seconds: o
+                .median_seconds
+                .map_or_else(|| "–".into(), |m| format!("{m:.1} s")),
+            annotators,
+            agreement: agreement_text(&stats.agreement),
+            gold_pairs: stats.gold_pairs,
+            held: stats.held_pairs,
+            excluded: stats.excluded_pairs,
+            labels_chart: charts::cumulative_labels(&o.hourly, project.label_budget),
+            seconds_chart: charts::seconds_histogram(&o.seconds),
+            sampled: o.seconds.len(),
+            members,
+            candidates,
+            lose_active,
+            flags,
+            fields,
+            settings_error,
+            project,
         },
-        pending: stats.pending_pairs,
-        leased: stats.leased_pairs,
-        ready: stats.ready_pairs,
-        made_per_minute: format!("{:.1}", stats.pairs_per_minute),
-        answered_per_minute: format!("{:.1}", stats.answers_per_minute),
-        waited: format!("{:.0}", state.metrics.waited(&project.id)),
-        prompts: stats.prompts,
-        median_seconds: o
-            .median_seconds
-            .map_or_else(|| "–".into(), |m| format!("{m:.1} s")),
-        annotators,
-        agreement: agreement_text(&stats.agreement),
-        gold_pairs: stats.gold_pairs,
-        held: stats.held_pairs,
-        excluded: stats.excluded_pairs,
-        labels_chart: charts::cumulative_labels(&o.hourly, project.label_budget),
-        seconds_chart: charts::seconds_histogram(&o.seconds),
-        sampled: o.seconds.len(),
-        members,
-        candidates,
-        lose_active,
-        flags,
-        fields,
-        settings_error,
-        project,
-    })?;
-    if refused {
-        *response.status_mut() = axum::http::StatusCode::BAD_REQUEST;
-    }
-    Ok(response)
+        refused,
+    )
 }
 
 #[derive(Deserialize)]

@@ -162,6 +162,15 @@ pub fn page<T: Template>(t: T) -> PageResult {
     Ok(Html(t.render()?).into_response())
 }
 
+/// A page that answers a refused form: the form again, as typed, with status 400 so scripts see the refusal.
+pub fn refused_form<T: Template>(t: T, refused: bool) -> PageResult {
+    let mut response = page(t)?;
+    if refused {
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    Ok(response)
+}
+
 /// A browser signed in by session cookie; anyone else is sent to /login.
 pub struct SignedIn(pub Session);
 
