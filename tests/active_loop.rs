@@ -399,6 +399,21 @@ async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
         .unwrap()
         .len();
     assert_eq!(runs_after, runs_before + 1, "the button queued a run");
+    // That run may install a newer version (a tiny model trains in a moment): let it finish, so the
+    // generation below is checked against the version serving then.
+    let runs_url = format!("/api/v1/projects/{project}/training-runs");
+    wait_for("the queued run to finish", 120, async || {
+        let (_, runs) = app.json("GET", &runs_url, &app.admin, None).await;
+        matches!(
+            runs[0]["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        )
+    })
+    .await;
+    let serving = app.json("GET", &stats, &app.admin, None).await.1["model_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Judgments are marked with who gave them and export as preferences.
     let full = app.export(&project, "full").await;
@@ -441,7 +456,7 @@ async fn loop_generates_scores_serves_trains_and_rescores(b: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK, "{g}");
     assert_eq!(g["completions"].as_array().unwrap().len(), 2);
-    assert_eq!(g["model_version"], version.as_str());
+    assert_eq!(g["model_version"], serving.as_str());
     let (status, _) = app
         .json(
             "POST",
