@@ -174,19 +174,15 @@ async fn new_project(
     Form(form): Form<NewProjectForm>,
 ) -> PageResult {
     session.check_csrf(&form.csrf)?;
-    let created = match optional_number("label budget", &form.label_budget) {
-        Ok(budget) => create_project(
-            &state.store,
-            ProjectInput {
-                name: Some(form.name.clone()),
-                label_budget: Some(budget),
-                ..ProjectInput::default()
-            },
-        )
-        .await
-        .map_err(PageError::from),
-        Err(e) => Err(e),
-    };
+    let created: Result<Project, PageError> = async {
+        let input = ProjectInput {
+            name: Some(form.name.clone()),
+            label_budget: Some(optional_number("label budget", &form.label_budget)?),
+            ..ProjectInput::default()
+        };
+        Ok(create_project(&state.store, input).await?)
+    }
+    .await;
     match created {
         Ok(project) => Ok(Redirect::to(&format!("/admin/projects/{}", project.id)).into_response()),
         Err(PageError::Bad(why)) => {
@@ -614,16 +610,13 @@ async fn save_settings(
     Form(f): Form<SettingsForm>,
 ) -> PageResult {
     session.check_csrf(&f.csrf)?;
-    let project = get_project(&state.store, &id).await?;
-    let saved = match settings_input(&f) {
-        Ok(input) => update_project(&state.store, &project.id, input)
-            .await
-            .map_err(PageError::from),
-        Err(e) => Err(e),
-    };
+    let saved: Result<Project, PageError> =
+        async { Ok(update_project(&state.store, &id, settings_input(&f)?).await?) }.await;
     match saved {
         Ok(p) => Ok(Redirect::to(&format!("/admin/projects/{}?saved=1", p.id)).into_response()),
         Err(PageError::Bad(why)) => {
+            // Only a refusal needs the stored project: the fields the form did not send, and the page.
+            let project = get_project(&state.store, &id).await?;
             let typed = SettingsFields::typed(f, &project);
             render_dashboard(&state, &session, project, false, Some((typed, why))).await
         }
@@ -795,12 +788,11 @@ async fn new_user(
     Form(f): Form<NewUserForm>,
 ) -> PageResult {
     session.check_csrf(&f.csrf)?;
-    let created = match f.role.parse::<Role>() {
-        Ok(role) => users::create_user(&state.store, &f.name, role, UserKind::Human)
-            .await
-            .map_err(PageError::from),
-        Err(e) => Err(PageError::Bad(e.to_string())),
-    };
+    let created: Result<_, PageError> = async {
+        let role: Role = f.role.parse().map_err(|e| PageError::Bad(format!("{e}")))?;
+        Ok(users::create_user(&state.store, &f.name, role, UserKind::Human).await?)
+    }
+    .await;
     let user = match created {
         Ok((user, _token)) => user,
         Err(PageError::Bad(why)) => {
