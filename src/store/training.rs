@@ -330,6 +330,22 @@ fn loss_point(row: &AnyRow) -> Result<LossPoint> {
     })
 }
 
+/// The loss curve of the project's newest run that has recorded a step (runs ordered as
+/// `list_training_runs` orders them): one run's steps, for the dashboard's chart and its redraws.
+pub async fn latest_loss_curve(store: &Store, project_id: &str) -> Result<Vec<LossPoint>> {
+    let rows = sqlx::query(
+        "SELECT step, loss, margins, accuracies FROM training_steps WHERE run_id = ( \
+           SELECT r.id FROM training_runs r WHERE r.project_id = $1 \
+           AND EXISTS (SELECT 1 FROM training_steps t WHERE t.run_id = r.id) \
+           ORDER BY r.created_at DESC, r.id LIMIT 1) \
+         ORDER BY step",
+    )
+    .bind(project_id)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter().map(loss_point).collect()
+}
+
 pub async fn latest_training_run(store: &Store, project_id: &str) -> Result<Option<TrainingRun>> {
     Ok(list_training_runs(store, project_id)
         .await?

@@ -12,7 +12,8 @@ use crate::http::AppState;
 use crate::store::projects::get_project;
 use crate::store::queue::pending_scores;
 use crate::store::training::{
-    ModelVersion, RunStatus, TrainingRun, list_project_versions, list_training_runs,
+    ModelVersion, RunStatus, TrainingRun, latest_loss_curve, list_project_versions,
+    list_training_runs,
 };
 
 /// One training run as the dashboard lists it.
@@ -108,7 +109,7 @@ pub async fn training_panel(
             .take(10)
             .map(|r| run_row(r, &versions))
             .collect(),
-        loss_chart: loss_chart(&runs),
+        loss_chart: loss_chart(state, project_id).await?,
         win_chart: charts::win_rate_chart(&win_points, "win rate against the reference"),
         versions_evaluated: win_points.len(),
         score_chart: charts::histogram(&magnitudes, "acquisition scores of pending pairs", "score"),
@@ -116,21 +117,15 @@ pub async fn training_panel(
     })
 }
 
-/// The loss per step of the newest run that has taken a step (runs come newest first).
-fn loss_chart(runs: &[TrainingRun]) -> String {
-    let points: Vec<(f64, f64)> = runs
+/// The loss per step of the newest run that has taken a step.
+async fn loss_chart(state: &AppState, project_id: &str) -> Result<String, PageError> {
+    let points: Vec<(f64, f64)> = latest_loss_curve(&state.store, project_id)
+        .await?
         .iter()
-        .find(|r| !r.metrics.history.is_empty())
-        .map(|r| {
-            r.metrics
-                .history
-                .iter()
-                .filter(|p| p.loss.is_finite())
-                .map(|p| (p.step as f64, p.loss))
-                .collect()
-        })
-        .unwrap_or_default();
-    charts::line_chart(&points, None, "training loss", "steps")
+        .filter(|p| p.loss.is_finite())
+        .map(|p| (p.step as f64, p.loss))
+        .collect();
+    Ok(charts::line_chart(&points, None, "training loss", "steps"))
 }
 
 /// The loss chart alone, for the dashboard to redraw while a run is in progress.
@@ -140,8 +135,7 @@ pub async fn loss_chart_fragment(
     Path(id): Path<String>,
 ) -> PageResult {
     let project = get_project(&state.store, &id).await?;
-    let runs = list_training_runs(&state.store, &project.id).await?;
-    Ok(Html(loss_chart(&runs)).into_response())
+    Ok(Html(loss_chart(&state, &project.id).await?).into_response())
 }
 
 /// "Train now": queues a DPO update of the project.
