@@ -177,6 +177,17 @@ impl Browser {
         self.client.perform_actions(keys).await.unwrap();
     }
 
+    /// Clicks the element `css` selects.
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
     async fn text(&self, css: &str) -> String {
         self.client
             .find(Locator::Css(css))
@@ -614,13 +625,7 @@ async fn admin_imports_and_reads_the_dashboard(backend: Backend) {
     let beta = field("beta").await;
     beta.clear().await.unwrap();
     beta.send_keys("warm").await.unwrap();
-    b.client
-        .find(Locator::Css("#settings button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#settings button[type=submit]").await;
     let why = b
         .wait_for(
             "the refusal beside the form",
@@ -656,13 +661,7 @@ async fn admin_imports_and_reads_the_dashboard(backend: Backend) {
         .unwrap();
     budget.clear().await.unwrap();
     budget.send_keys("60").await.unwrap();
-    b.client
-        .find(Locator::Css("#settings button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#settings button[type=submit]").await;
     b.wait_for(
         "the saved notice",
         "return location.search.includes('saved')",
