@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use common::{Backend, TestApp};
+use prefloop::domain::SamplingWeights;
 use prefloop::engine::active_loop::{ActiveLoop, LoopConfig};
 use prefloop::engine::{EngineConfig, EngineHandle};
 use prefloop::http::{AppState, HttpConfig};
@@ -58,6 +59,7 @@ async fn with_queue(
             checkpoint_dir: model_dir.join("checkpoints"),
             queue_capacity,
             max_loaded_policies: 2,
+            sampling_weights: SamplingWeights::F32,
         },
         reference.id,
     )

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{D, DType, Device, IndexOp, Tensor};
+use prefloop::domain::SamplingWeights;
 use prefloop::model::{
     LanguageModel, ModelConfig, ModelError, Padding, SampleRow, SamplingParams, TextTokenizer,
     permute_qk_for_gguf, row_seed,
@@ -503,6 +504,99 @@ fn batched_sampling_equals_one_by_one_and_its_logprob_equals_scoring() {
             );
         }
     }
+}
+
+/// A random model whose linear layers are all a multiple of 32 wide, so that they quantize in blocks of 32.
+fn quantizable(tied: bool, seed: u64) -> LanguageModel {
+    let tok = TextTokenizer::byte_level_for_tests();
+    let cfg = ModelConfig {
+        hidden_size: 64,
+        intermediate_size: 96,
+        tie_word_embeddings: tied,
+        ..ModelConfig::tiny(tok.vocab_size())
+    };
+    LanguageModel::random(cfg, tok, &Device::Cpu, seed).unwrap()
+}
+
+#[test]
+fn quantized_sampling_draws_from_nearly_the_f32_distribution() {
+    // Widths of 64 and 96, and the tiny shape's 16 and 24: every input is padded to 256 for the packed
+    // kernels, whatever its width.
+    for (m, weights, per_token) in [
+        (quantizable(true, 21), SamplingWeights::Q8_0, 0.02),
+        (quantizable(false, 21), SamplingWeights::Q8_0, 0.02),
+        (tiny(false, 21), SamplingWeights::Q8_0, 0.02),
+        (quantizable(true, 21), SamplingWeights::Q4K, 0.4),
+    ] {
+        let q = m.with_sampling_weights(weights).unwrap();
+        assert_eq!(q.sampling_weights(), weights);
+        assert_eq!(m.sampling_weights(), SamplingWeights::F32);
+        let tk = m.tokenizer();
+        let prompts: Vec<Vec<u32>> = ["a", "Two words", "A longer prompt than the others"]
+            .iter()
+            .map(|p| tk.encode(p).unwrap())
+            .collect();
+        let p = SamplingParams {
+            record_entropy: true,
+            ..params(1.0, 1.0, 12, 3)
+        };
+        let mut worst: f64 = 0.0;
+        let mut moved: f64 = 0.0;
+        for (prompt, row) in prompts.iter().zip(q.sample(&prompts, 2, &p).unwrap()) {
+            for s in row {
+                // The sampler's own log π(y|x) is the quantized copy's; the f32 model's scoring of the same
+                // tokens differs from it by the quantization error only.
+                let exact = m.score(&[(prompt.clone(), s.token_ids.clone())]).unwrap()[0];
+                let per = (exact.sum - s.logprob).abs() / s.token_ids.len() as f64;
+                worst = worst.max(per);
+                moved = moved.max((exact.sum - s.logprob).abs());
+                // And each recorded entropy is the quantized copy's: near the f32 model's.
+                let ents = s.token_entropies.as_ref().unwrap();
+                for (t, &h) in ents.iter().enumerate() {
+                    let mut prefix = prompt.clone();
+                    prefix.extend_from_slice(&s.token_ids[..t]);
+                    let direct = direct_entropy(&m, &prefix);
+                    assert!(
+                        (direct - h as f64).abs() < 10.0 * per_token,
+                        "{weights}: entropy {h} vs f32 {direct}"
+                    );
+                }
+            }
+        }
+        let width = m.config().hidden_size;
+        assert!(
+            worst < per_token,
+            "{weights}, width {width}: {worst} nats a token from f32"
+        );
+        // Not the f32 path in disguise: the copy's numbers differ from the f32 ones, if only a little.
+        assert!(
+            moved > 1e-6,
+            "{weights}: sampled log-probs equal f32's exactly"
+        );
+    }
+}
+
+#[test]
+fn quantized_copy_leaves_scoring_and_copies_in_f32() {
+    let m = quantizable(true, 22);
+    let q = m.with_sampling_weights(SamplingWeights::Q8_0).unwrap();
+    let tk = m.tokenizer();
+    let items = vec![(
+        tk.encode("The film").unwrap(),
+        tk.encode(" was fine").unwrap(),
+    )];
+    // Scoring (certainty, DPO) reads the f32 weights, quantized copy or not.
+    assert_eq!(m.score(&items).unwrap(), q.score(&items).unwrap());
+    let prompts = vec![tk.encode("Once").unwrap()];
+    let p = params(0.8, 1.0, 10, 9);
+    let f32_samples = m.sample(&prompts, 2, &p).unwrap();
+    // Back to f32, and a deep copy (what training starts from), sample exactly as the f32 model does.
+    let back = q.with_sampling_weights(SamplingWeights::F32).unwrap();
+    assert_eq!(back.sampling_weights(), SamplingWeights::F32);
+    assert_eq!(back.sample(&prompts, 2, &p).unwrap(), f32_samples);
+    let copy = q.deep_clone().unwrap();
+    assert_eq!(copy.sampling_weights(), SamplingWeights::F32);
+    assert_eq!(copy.sample(&prompts, 2, &p).unwrap(), f32_samples);
 }
 
 /// −Σ p log p of the model's next-token distribution after `prefix`, at temperature 1, from one plain forward pass.

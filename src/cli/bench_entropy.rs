@@ -1,7 +1,9 @@
 //! `prefloop bench-entropy`: what the two entropy estimators cost and how alike they rank prompts, on review
 //! openings (the demo's IMDB setting). Prints one JSON object: seconds per prompt of each estimator, the
 //! Spearman rank correlation between them (on shared and on independent draws), and each estimator's
-//! agreement with itself under another seed (how much ranking agreement its own sampling noise allows).
+//! agreement with itself under another seed (how much ranking agreement its own sampling noise allows); and
+//! for `--sampling-weights`, the `tokens` estimate through that quantized copy: its cost, and its rank
+//! agreement with the f32 estimate on the same draws.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,7 +12,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::prompts::review_prompts;
-use crate::domain::{CompletionSettings, EntropyEstimator, LoopSettings};
+use crate::domain::{CompletionSettings, EntropyEstimator, LoopSettings, SamplingWeights};
 use crate::learn::candidates::{AcquireConfig, prompt_entropies, prompt_ids};
 use crate::model::{LanguageModel, SamplingParams, parse_device};
 
@@ -35,6 +37,9 @@ pub struct Args {
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// A quantized sampling copy (q8_0, q4_k) whose `tokens` estimate is compared with f32's; f32 skips it.
+    #[arg(long, default_value = "q8_0")]
+    pub sampling_weights: SamplingWeights,
 }
 
 /// Ranks from 1, ties sharing their mean rank.
@@ -126,6 +131,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let k = ids.len() as f64;
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    let quantized = if args.sampling_weights == SamplingWeights::F32 {
+        serde_json::Value::Null
+    } else {
+        let t = Instant::now();
+        let q = model.with_sampling_weights(args.sampling_weights)?;
+        let quantize_s = t.elapsed().as_secs_f64();
+        q.sample(&ids[..1], 1, &warm)?;
+        let (qt, qt_s) = timed(&q, &ids, &cfg(EntropyEstimator::Tokens, args.seed))?;
+        let (qt2, _) = timed(&q, &ids, &cfg(EntropyEstimator::Tokens, reseed))?;
+        json!({
+            "weights": args.sampling_weights,
+            "quantize_seconds": quantize_s,
+            "tokens_seconds_per_prompt": qt_s / k,
+            "cost_ratio_over_f32_tokens": qt_s / tokens_s,
+            "mean_entropy": mean(&qt),
+            // Same seeds as f32's: where the two sample the same tokens, only the quantization error differs.
+            "spearman_vs_f32_tokens_same_seed": [spearman(&qt, &tokens), spearman(&qt2, &tokens2)],
+            "spearman_vs_f32_tokens_other_seed": [spearman(&qt, &tokens2), spearman(&qt2, &tokens)],
+        })
+    };
     let report = json!({
         "model": args.model.display().to_string(),
         "prompts": ids.len(),
@@ -149,6 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "spearman_tokens_vs_samples_other_seed": [spearman(&tokens, &samples2), spearman(&tokens2, &samples)],
         "spearman_samples_vs_samples_reseeded": spearman(&samples, &samples2),
         "spearman_tokens_vs_tokens_reseeded": spearman(&tokens, &tokens2),
+        "quantized": quantized,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -3,7 +3,9 @@
 //! ratios (docs/BENCHMARKS.md):
 //! - **score**: 8 sequences × 64 tokens (32 prompt + 32 completion), no gradient, fused kernels.
 //! - **sample16** / **sample1**: 16 prompts (and 1) of 16 tokens, 32 new tokens each at T = 1.0 with no
-//!   nucleus cut, KV cache, one batch; only generated tokens count (EOS may stop a row early).
+//!   nucleus cut, KV cache, one batch; only generated tokens count (EOS may stop a row early). Run once
+//!   per `--sampling-weights` entry: f32 as `sample16`, a quantized copy as `sample16_q8_0`, after
+//!   `quantize_q8_0`, the time to make that copy from the f32 weights (what the engine pays per version).
 //! - **dpo**: the same 8 × 64 as 4 chosen + 4 rejected sequences, the sigmoid DPO loss (β 0.1) against cached
 //!   reference log-probs, backward, and the trainer's own fused AdamW (lr 1e-6). Last, because the memory a
 //!   step takes is not all given back to the system and would raise the peaks measured after it.
@@ -19,7 +21,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::domain::LossKind;
+use crate::domain::{LossKind, SamplingWeights};
 use crate::learn::dpo::{LossConfig, PairLogProbs, preference_loss};
 use crate::learn::optim::{AdamW, AdamWParams};
 use crate::model::{
@@ -49,6 +51,9 @@ pub struct Args {
     /// Print one JSON object on stdout (the readable lines go to stderr).
     #[arg(long)]
     pub json: bool,
+    /// The weights the sampling workloads read, each in turn: f32, q8_0, q4_k.
+    #[arg(long, value_delimiter = ',', default_value = "f32,q8_0")]
+    pub sampling_weights: Vec<SamplingWeights>,
 }
 
 /// Peak resident memory since the last reset, in bytes (Linux: VmHWM; reset by writing 5 to clear_refs).
@@ -249,31 +254,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report["score"] = m.json();
     }
 
-    for (name, n) in [("sample16", 16usize), ("sample1", 1)] {
-        if !wanted(name) {
-            continue;
+    for &weights in &args.sampling_weights {
+        if !wanted("sample16") && !wanted("sample1") {
+            break;
         }
-        let prompts: Vec<Vec<u32>> = (0..n).map(|i| seq(i, 16)).collect();
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_p: 1.0,
-            max_new_tokens: 32,
-            seed: 1,
-            max_batch: 16,
-            ..Default::default()
+        let (sampler, suffix) = if weights == SamplingWeights::F32 {
+            (model.clone(), String::new())
+        } else {
+            let t = Instant::now();
+            let q = model.with_sampling_weights(weights)?;
+            let seconds = t.elapsed().as_secs_f64();
+            say(format!(
+                "quantize   the sampling copy to {weights}:       {seconds:7.3} s"
+            ));
+            report[format!("quantize_{weights}")] = json!({ "seconds": seconds });
+            (q, format!("_{weights}"))
         };
-        let m = measure(args.repeats, || {
-            let out = model.sample(&prompts, 1, &params)?;
-            Ok(out.iter().flatten().map(|s| s.token_ids.len()).sum())
-        })?;
-        say(format!(
-            "sample    {n:2} × 32 new tokens, KV cache:    {:7.1} new tokens/s  ({} tokens in {:.3} s)  peak RSS {}",
-            m.per_second(),
-            m.tokens,
-            m.best(),
-            gib(m.peak)
-        ));
-        report[name] = m.json();
+        sample_workloads(
+            &sampler,
+            &seq,
+            args.repeats,
+            &wanted,
+            &suffix,
+            &say,
+            &mut report,
+        )?;
     }
     if wanted("dpo") {
         // The loaded model is trained in place, as anchor_torch.py does: the reference enters only through
@@ -332,6 +337,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     if args.json {
         println!("{report}");
+    }
+    Ok(())
+}
+
+/// The two sampling workloads on `model`, reported under their names plus `suffix`.
+fn sample_workloads(
+    model: &LanguageModel,
+    seq: &dyn Fn(usize, usize) -> Vec<u32>,
+    repeats: usize,
+    wanted: &dyn Fn(&str) -> bool,
+    suffix: &str,
+    say: &dyn Fn(String),
+    report: &mut Value,
+) -> anyhow::Result<()> {
+    for (name, n) in [("sample16", 16usize), ("sample1", 1)] {
+        if !wanted(name) {
+            continue;
+        }
+        let prompts: Vec<Vec<u32>> = (0..n).map(|i| seq(i, 16)).collect();
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            max_new_tokens: 32,
+            seed: 1,
+            max_batch: 16,
+            ..Default::default()
+        };
+        let m = measure(repeats, || {
+            let out = model.sample(&prompts, 1, &params)?;
+            Ok(out.iter().flatten().map(|s| s.token_ids.len()).sum())
+        })?;
+        say(format!(
+            "sample{suffix:6} {n:2} × 32 new tokens, KV cache: {:7.1} new tokens/s  ({} tokens in {:.3} s)  peak RSS {}",
+            m.per_second(),
+            m.tokens,
+            m.best(),
+            gib(m.peak)
+        ));
+        report[format!("{name}{suffix}")] = m.json();
     }
     Ok(())
 }

@@ -34,6 +34,9 @@ pub struct DemoArgs {
     /// Prompts to put in the pool (plus 64 held out for the win rate).
     #[arg(long, default_value_t = 2000)]
     pub prompts: usize,
+    /// What sampling reads, as `serve --sampling-weights`.
+    #[arg(long, env = "PREFLOOP_SAMPLING_WEIGHTS", default_value = "q8_0")]
+    pub sampling_weights: crate::domain::SamplingWeights,
 }
 
 /// Runs scripts/fetch-demo-assets.sh from the source tree prefloop was built from.
@@ -121,6 +124,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         max_import_mib: 64,
         model: Some(model),
         device: "cpu".into(),
+        sampling_weights: args.sampling_weights,
         model_queue: 32,
         secure_cookies: false,
         public_url: base,

@@ -3,6 +3,7 @@
 use clap::Args;
 
 use crate::config::DbArgs;
+use crate::domain::SamplingWeights;
 use crate::engine::active_loop::{ActiveLoop, LoopConfig};
 use crate::engine::{EngineConfig, EngineHandle};
 use crate::http::{AppState, HttpConfig};
@@ -25,6 +26,10 @@ pub struct ServeArgs {
     /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, env = "PREFLOOP_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// What sampling reads (acquisition's completions, /generate): f32, or a quantized copy of each model
+    /// version (q8_0, q4_k), made when the version is loaded; scoring, training and win rates stay f32.
+    #[arg(long, env = "PREFLOOP_SAMPLING_WEIGHTS", default_value = "q8_0")]
+    pub sampling_weights: SamplingWeights,
     /// Requests that may wait for the model before callers get 429.
     #[arg(long, env = "PREFLOOP_MODEL_QUEUE", default_value_t = 32)]
     pub model_queue: usize,
@@ -71,6 +76,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 checkpoint_dir: args.db.data_dir.join("checkpoints"),
                 queue_capacity: args.model_queue,
                 max_loaded_policies: 2,
+                sampling_weights: args.sampling_weights,
             };
             Some(EngineHandle::start(config, reference.id).await?)
         }

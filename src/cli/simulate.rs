@@ -12,7 +12,8 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use crate::domain::{
-    CompletionSettings, EntropyEstimator, JudgeKind, JudgeRole, LoopSettings, Oversample, Strategy,
+    CompletionSettings, EntropyEstimator, JudgeKind, JudgeRole, LoopSettings, Oversample,
+    SamplingWeights, Strategy,
 };
 use crate::engine::active_loop::{ActiveLoop, LoopConfig};
 use crate::engine::{EngineConfig, EngineHandle};
@@ -56,6 +57,10 @@ pub struct SimulateArgs {
     /// Seeds per strategy.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
+    /// Run only seeds from this one on (first-seed..seeds), so that two processes, each on a core of its
+    /// own, can share one experiment's seeds; their results.csv rows concatenate into one.
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
     /// Where results.csv, win_rate.svg and the run's database go.
     #[arg(long)]
     pub out: PathBuf,
@@ -87,6 +92,9 @@ pub struct SimulateArgs {
     pub oversample_pairs: Option<u32>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// What sampling reads, as `serve --sampling-weights`: f32, or a quantized copy (q8_0, q4_k).
+    #[arg(long, default_value = "q8_0")]
+    pub sampling_weights: SamplingWeights,
     /// Continue an experiment in --out: the runs (strategy, seed) already in its results.csv are kept and
     /// not run again; a run that was interrupted starts over (its database is discarded).
     #[arg(long)]
@@ -146,6 +154,13 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let round = args
         .round
         .unwrap_or(LoopSettings::default().train_every as usize);
+    if args.first_seed >= args.seeds {
+        bail!(
+            "--first-seed {} leaves no seed to run below --seeds {}",
+            args.first_seed,
+            args.seeds
+        );
+    }
     if round == 0 || args.labels < round {
         bail!("--round must be at least 1 and at most --labels ({round} given or defaulted)");
     }
@@ -192,6 +207,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             checkpoint_dir: args.out.join("checkpoints"),
             queue_capacity: 8,
             max_loaded_policies: 2,
+            sampling_weights: args.sampling_weights,
         },
         reference.id,
     )
@@ -205,7 +221,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let _active = ActiveLoop::start(store.clone(), Some(engine), config).await?;
 
     // Seed by seed, every strategy in each: an experiment stopped early has as many runs of each.
-    for seed in 0..args.seeds {
+    for seed in args.first_seed..args.seeds {
         for &strategy in &strategies {
             if rows
                 .iter()

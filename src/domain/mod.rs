@@ -168,6 +168,22 @@ named_enum! {
 }
 
 named_enum! {
+    /// The weights sampling reads (completions, the `tokens` entropy estimate, `/generate`): the model's own
+    /// (f32), or an inference-only quantized copy made from them whenever a version is loaded or installed.
+    /// Scoring (certainty, DPO's log-probs) and training always read the model's own weights.
+    #[derive(Default)]
+    pub enum SamplingWeights ("sampling weights") {
+        /// The model's own weights: what training and scoring read too.
+        #[default]
+        F32 = "f32",
+        /// 8-bit blocks of 32 with one scale (GGML's Q8_0): 1.06 bytes a weight, near-f32 samples.
+        Q8_0 = "q8_0",
+        /// 4-bit k-quants in super-blocks of 256 (GGML's Q4_K): 0.56 bytes a weight, coarser samples.
+        Q4K = "q4_k",
+    }
+}
+
+named_enum! {
     /// How the votes of a pair labelled by several annotators become what DPO trains on.
     #[derive(Default)]
     pub enum LabelAggregation ("label aggregation") {

@@ -29,6 +29,7 @@ pub async fn win_rate(
         max_new_tokens,
         seed,
         chat_template,
+        full_precision: true,
     };
     let ours = engine.generate(request(policy)).await?;
     let theirs = engine.generate(request(engine.reference())).await?;

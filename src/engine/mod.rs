@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use training::{TrainRequest, TrainResult};
 use worker::Job;
 
-use crate::domain::{LoopSettings, PairScores, Strategy};
+use crate::domain::{LoopSettings, PairScores, SamplingWeights, Strategy};
 use crate::learn::Progress;
 use crate::learn::candidates::PairText;
 
@@ -48,6 +48,8 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Trained policies kept loaded besides the reference (each costs one copy of the weights).
     pub max_loaded_policies: usize,
+    /// What sampling reads: f32, or a quantized copy made of each version as it is loaded or installed.
+    pub sampling_weights: SamplingWeights,
 }
 
 /// Which weights a request runs on: a model version id and where its weights are.
@@ -103,6 +105,9 @@ pub struct GenerateRequest {
     pub seed: u64,
     /// Wrap each prompt in the model's chat template first.
     pub chat_template: bool,
+    /// Sample from the version's own f32 weights even where the engine samples from a quantized copy:
+    /// what a win rate measures is the trained model, not its inference copy.
+    pub full_precision: bool,
 }
 
 /// A cheap, cloneable way to the model thread.

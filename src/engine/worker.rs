@@ -6,7 +6,7 @@ use super::{
     AcquireRequest, EngineConfig, EngineError, GenerateRequest, PolicyRef, RescoreRequest,
     ScoredPair,
 };
-use crate::domain::{LoopSettings, PairScores, Strategy};
+use crate::domain::{LoopSettings, PairScores, SamplingWeights, Strategy};
 use crate::learn::DpoConfig;
 use crate::learn::candidates::{
     AcquireConfig, RewardSpec, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
@@ -52,6 +52,31 @@ struct Models {
     policies: Vec<(String, LanguageModel)>,
     max_policies: usize,
     device: candle_core::Device,
+    sampling_weights: SamplingWeights,
+}
+
+/// `model` sampling through `weights`: a quantized copy is made here, once per version loaded or installed.
+fn for_sampling(
+    model: LanguageModel,
+    weights: SamplingWeights,
+    version: &str,
+) -> Result<LanguageModel, EngineError> {
+    if weights == SamplingWeights::F32 {
+        return Ok(model);
+    }
+    let started = std::time::Instant::now();
+    let model = model.with_sampling_weights(weights).map_err(|e| {
+        EngineError::Model(format!(
+            "{e} (serve with --sampling-weights f32 to sample from the f32 weights)"
+        ))
+    })?;
+    tracing::info!(
+        version,
+        weights = %weights,
+        seconds = started.elapsed().as_secs_f64(),
+        "quantized the sampling copy"
+    );
+    Ok(model)
 }
 
 impl Models {
@@ -69,6 +94,7 @@ impl Models {
             self.policies.push(entry);
         } else {
             let model = LanguageModel::load(&policy.path, &self.device).map_err(model_error)?;
+            let model = for_sampling(model, self.sampling_weights, &policy.version_id)?;
             self.insert(policy.version_id.clone(), model);
         }
         Ok(&self.policies.last().expect("just inserted").1)
@@ -98,6 +124,7 @@ pub(super) fn run(
         .and_then(|device| {
             let model = LanguageModel::load(&config.model_path, &device)
                 .map_err(|e| EngineError::Model(format!("{}: {e}", config.model_path.display())))?;
+            let model = for_sampling(model, config.sampling_weights, &reference.version_id)?;
             // Warm-up: one token through the sampler proves the weights and the tokenizer work together.
             let ids = model.tokenizer().encode("Hello").map_err(model_error)?;
             let params = SamplingParams {
@@ -111,6 +138,7 @@ pub(super) fn run(
                 policies: Vec::new(),
                 max_policies: config.max_loaded_policies,
                 device,
+                sampling_weights: config.sampling_weights,
             })
         });
     let mut models = match loaded {
@@ -141,7 +169,16 @@ pub(super) fn run(
                     .map(|p| (p, models.reference.clone()));
                 let _ = reply.send(answer);
             }
-            Job::Install { version_id, model } => models.insert(version_id, *model),
+            Job::Install { version_id, model } => {
+                // A version that cannot be quantized still serves: loaded again from its checkpoint on
+                // first use, where the failure is reported to the request that needed it.
+                match for_sampling(*model, models.sampling_weights, &version_id) {
+                    Ok(model) => models.insert(version_id, model),
+                    Err(e) => {
+                        tracing::warn!(version = %version_id, error = %e, "not installed in memory")
+                    }
+                }
+            }
         }
     }
 }
@@ -237,6 +274,15 @@ fn rescore(models: &mut Models, req: RescoreRequest) -> Result<Vec<PairScores>, 
 
 fn generate(models: &mut Models, req: GenerateRequest) -> Result<Vec<String>, EngineError> {
     let policy = models.get(&req.policy)?;
+    let exact;
+    let policy = if req.full_precision && policy.sampling_weights() != SamplingWeights::F32 {
+        exact = policy
+            .with_sampling_weights(SamplingWeights::F32)
+            .map_err(model_error)?;
+        &exact
+    } else {
+        policy
+    };
     let ids: Vec<Vec<u32>> = as_prompts(policy, &req.prompts, req.chat_template)
         .iter()
         .map(|p| encode_prompt(policy, p))

@@ -4,10 +4,16 @@
 //!   training forward that used them would train a few weights and silently leave the rest (REFERENCE.md).
 //! - `Kernels::Fused`: candle's fused CPU kernels over detached weights, for scoring and sampling, where no
 //!   gradient is needed. Tests pin both to the same logits.
+//! - `Kernels::Quantized`: the fused kernels, with every linear weight and the output head read from an
+//!   inference-only quantized copy ([`QuantLinears`], candle's quantized matmul) where the model has one:
+//!   for sampling, which is bound by reading the weights once per decoded token.
 //!
 //! Shapes: b batch, t new tokens, s keys (cached + new), h hidden, nh heads, nkv kv heads, hd head dim.
 
-use candle_core::{D, DType, Device, Tensor, Var};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{D, DType, Device, Module, Tensor, Var};
 
 use super::config::ModelConfig;
 use super::error::Result;
@@ -16,6 +22,13 @@ use super::error::Result;
 pub(crate) enum Kernels {
     Differentiable,
     Fused,
+    Quantized,
+}
+
+impl Kernels {
+    fn fused(self) -> bool {
+        matches!(self, Kernels::Fused | Kernels::Quantized)
+    }
 }
 
 /// One decoder block's weights (HF layout: linear weights are (out, in)).
@@ -45,6 +58,97 @@ pub(crate) struct Llama {
     /// cos and sin of position × inverse frequency, (max_positions, hd/2), model dtype.
     pub cos: Tensor,
     pub sin: Tensor,
+    /// The quantized copy `Kernels::Quantized` reads, taken from the weights when it was made.
+    pub quant: Option<Arc<QuantLinears>>,
+}
+
+/// Input widths are padded with zero weights to a multiple of this: candle's packed integer kernels (AVX-512
+/// VNNI, the fast path on CPU) take only whole 256-weight super-blocks, and without them a model like
+/// SmolLM2 (width 576) multiplies through a generic dot-product loop slower than f32 gemm at 16 rows.
+const PAD_INPUTS_TO: usize = 256;
+
+/// A quantized linear weight (out, in + pad): its inputs get `pad` zeros before the multiply.
+#[derive(Debug)]
+struct QuantLinear {
+    matmul: QMatMul,
+    pad: usize,
+}
+
+impl QuantLinear {
+    fn of(w: &Var, dtype: GgmlDType) -> candle_core::Result<Self> {
+        let w = w.as_detached_tensor();
+        let (out, inputs) = w.dims2()?;
+        let pad = inputs.next_multiple_of(PAD_INPUTS_TO) - inputs;
+        let w = if pad > 0 {
+            Tensor::cat(&[&w, &Tensor::zeros((out, pad), w.dtype(), w.device())?], 1)?
+        } else {
+            w
+        };
+        Ok(QuantLinear {
+            matmul: QMatMul::from_arc(Arc::new(QTensor::quantize(&w, dtype)?))?,
+            pad,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = if self.pad > 0 {
+            x.pad_with_zeros(D::Minus1, 0, self.pad)?
+        } else {
+            x.contiguous()?
+        };
+        self.matmul.forward(&x)
+    }
+}
+
+/// One block's linear weights, quantized.
+#[derive(Debug)]
+struct QuantBlock {
+    q: QuantLinear,
+    k: QuantLinear,
+    v: QuantLinear,
+    o: QuantLinear,
+    gate: QuantLinear,
+    up: QuantLinear,
+    down: QuantLinear,
+}
+
+/// Inference-only quantized copies of every linear weight and of the output head (norms, biases and the
+/// embedding lookup stay as they are). A copy, not a view: it does not follow later updates of the weights.
+#[derive(Debug)]
+pub(crate) struct QuantLinears {
+    dtype: GgmlDType,
+    blocks: Vec<QuantBlock>,
+    head: QuantLinear,
+}
+
+impl QuantLinears {
+    pub fn of(net: &Llama, dtype: GgmlDType) -> candle_core::Result<Self> {
+        let q = |v: &Var| QuantLinear::of(v, dtype);
+        let blocks = net
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(QuantBlock {
+                    q: q(&b.q)?,
+                    k: q(&b.k)?,
+                    v: q(&b.v)?,
+                    o: q(&b.o)?,
+                    gate: q(&b.gate)?,
+                    up: q(&b.up)?,
+                    down: q(&b.down)?,
+                })
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(QuantLinears {
+            dtype,
+            blocks,
+            head: q(net.lm_head.as_ref().unwrap_or(&net.embed))?,
+        })
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
 }
 
 /// Per-layer keys and values of earlier tokens, (b, nkv, s, hd), and which key slots are real tokens
@@ -68,9 +172,10 @@ impl KvCache {
 }
 
 fn take(v: &Var, k: Kernels) -> Tensor {
-    match k {
-        Kernels::Differentiable => v.as_tensor().clone(),
-        Kernels::Fused => v.as_detached_tensor(),
+    if k.fused() {
+        v.as_detached_tensor()
+    } else {
+        v.as_tensor().clone()
     }
 }
 
@@ -89,35 +194,53 @@ fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> candle_core::Result<Tensor> {
-    match k {
-        Kernels::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32),
-        Kernels::Differentiable => {
-            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-            x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
-        }
+    if k.fused() {
+        candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)
+    } else {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
     }
 }
 
 /// Rotate-half (HF/NeoX order) rope. x (b, heads, t, hd); cos, sin (b, t, hd/2).
 fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, k: Kernels) -> candle_core::Result<Tensor> {
-    match k {
-        Kernels::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin),
-        Kernels::Differentiable => {
-            let hd = x.dim(D::Minus1)?;
-            let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
-            let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
-            let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-            let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-            let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-            x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?
-        }
+    if k.fused() {
+        return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
     }
+    let hd = x.dim(D::Minus1)?;
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?
 }
 
 fn softmax(x: &Tensor, k: Kernels) -> candle_core::Result<Tensor> {
-    match k {
-        Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
-        Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
+    if k.fused() {
+        candle_nn::ops::softmax_last_dim(x)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+}
+
+/// x (b, t, in) through a linear layer: its quantized copy when there is one, else the weight `w`.
+fn project(
+    x: &Tensor,
+    w: &Var,
+    quant: Option<&QuantLinear>,
+    bias: Option<&Tensor>,
+    k: Kernels,
+) -> candle_core::Result<Tensor> {
+    match quant {
+        Some(q) => {
+            let y = q.forward(x)?;
+            match bias {
+                Some(bias) => y.broadcast_add(bias),
+                None => Ok(y),
+            }
+        }
+        None => linear(x, &take(w, k), bias),
     }
 }
 
@@ -232,12 +355,14 @@ impl Llama {
         {
             c.layers = vec![None; self.blocks.len()];
         }
+        let quant = self.quant_for(k);
         for (li, blk) in self.blocks.iter().enumerate() {
+            let qb = quant.map(|q| &q.blocks[li]);
             let xn = rms_norm(&x, &take(&blk.ln1, k), cfg.rms_norm_eps, k)?;
             let bias = |v: &Option<Var>| v.as_ref().map(|v| take(v, k));
-            let q = linear(&xn, &take(&blk.q, k), bias(&blk.q_bias).as_ref())?;
-            let kk = linear(&xn, &take(&blk.k, k), bias(&blk.k_bias).as_ref())?;
-            let v = linear(&xn, &take(&blk.v, k), bias(&blk.v_bias).as_ref())?;
+            let q = project(&xn, &blk.q, qb.map(|b| &b.q), bias(&blk.q_bias).as_ref(), k)?;
+            let kk = project(&xn, &blk.k, qb.map(|b| &b.k), bias(&blk.k_bias).as_ref(), k)?;
+            let v = project(&xn, &blk.v, qb.map(|b| &b.v), bias(&blk.v_bias).as_ref(), k)?;
             let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
             let kk = kk.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -260,12 +385,12 @@ impl Llama {
             let att = softmax(&att, k)?.reshape((b, nkv, rep * t, s))?;
             let y = att.matmul(&v)?.reshape((b, nh, t, hd))?;
             let y = y.transpose(1, 2)?.reshape((b, t, h))?;
-            x = (x + linear(&y, &take(&blk.o, k), None)?)?;
+            x = (x + project(&y, &blk.o, qb.map(|b| &b.o), None, k)?)?;
 
             let xn = rms_norm(&x, &take(&blk.ln2, k), cfg.rms_norm_eps, k)?;
-            let g = linear(&xn, &take(&blk.gate, k), None)?.silu()?;
-            let u = linear(&xn, &take(&blk.up, k), None)?;
-            x = (x + linear(&(g * u)?, &take(&blk.down, k), None)?)?;
+            let g = project(&xn, &blk.gate, qb.map(|b| &b.gate), None, k)?.silu()?;
+            let u = project(&xn, &blk.up, qb.map(|b| &b.up), None, k)?;
+            x = (x + project(&(g * u)?, &blk.down, qb.map(|b| &b.down), None, k)?)?;
         }
         Ok(rms_norm(&x, &take(&self.norm, k), cfg.rms_norm_eps, k)?)
     }
@@ -277,6 +402,17 @@ impl Llama {
 
     /// Logits (n, vocab) of hidden states (n, h).
     pub fn logits_2d(&self, hidden: &Tensor, k: Kernels) -> Result<Tensor> {
-        Ok(hidden.matmul(&self.head(k).t()?)?)
+        match self.quant_for(k) {
+            Some(q) => Ok(q.head.forward(hidden)?),
+            None => Ok(hidden.matmul(&self.head(k).t()?)?),
+        }
+    }
+
+    /// The quantized copy, when `k` asks for it and there is one.
+    fn quant_for(&self, k: Kernels) -> Option<&QuantLinears> {
+        match k {
+            Kernels::Quantized => self.quant.as_deref(),
+            _ => None,
+        }
     }
 }

@@ -17,6 +17,8 @@
 //!   only completion tokens count.
 //! - `sample(prompts, k, &SamplingParams)` → per prompt, k [`Sample`]s (text, ids, log-prob sum); batched
 //!   with a KV cache; `sample_rows` for explicit per-row seeds.
+//! - `with_sampling_weights(SamplingWeights::Q8_0)`: the same model, sampling through an inference-only
+//!   quantized copy of its linear weights (candle's quantized matmul); scoring and training stay f32.
 //! - `vars()`, `named_vars()`, `snapshot()` → [`Weights`], `restore(&Weights)`, `deep_clone()`, `to_dtype()`.
 //! - `save(dir)`: HF directory written to a temporary name and renamed into place.
 //! - [`init_cpu_threads`]: call once at start-up (the CLI commands do) for candle's CPU speed on shared cores.
@@ -33,8 +35,11 @@ mod tokenizer;
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
+
+use crate::domain::SamplingWeights;
 
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
@@ -180,6 +185,7 @@ impl LanguageModel {
             },
             cos,
             sin,
+            quant: None,
         };
         Ok(LanguageModel {
             config,
@@ -251,6 +257,54 @@ impl LanguageModel {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// This model (sharing its weights) with an inference-only quantized copy of every linear weight and of
+    /// the output head, which sampling then reads; scoring, the forward passes and training keep reading the
+    /// f32 weights. `F32` gives the model back without a copy. The copy is taken now: a model trained in
+    /// place afterwards must be quantized again (the engine quantizes each version as it loads or installs
+    /// it, and never trains a served model in place). Every linear layer's input width must be a multiple
+    /// of 32.
+    pub fn with_sampling_weights(&self, weights: SamplingWeights) -> Result<Self> {
+        let dtype = match weights {
+            SamplingWeights::F32 => {
+                let mut m = self.clone();
+                m.net.quant = None;
+                return Ok(m);
+            }
+            SamplingWeights::Q8_0 => GgmlDType::Q8_0,
+            SamplingWeights::Q4K => GgmlDType::Q4K,
+        };
+        if !self.device.is_cpu() {
+            return Err(ModelError::Input(format!(
+                "sampling weights {weights} are made on the CPU; use f32 on {:?}",
+                self.device
+            )));
+        }
+        let quant = llama::QuantLinears::of(&self.net, dtype).map_err(|e| {
+            ModelError::Input(format!("cannot quantize this model to {weights}: {e}"))
+        })?;
+        let mut m = self.clone();
+        m.net.quant = Some(std::sync::Arc::new(quant));
+        Ok(m)
+    }
+
+    /// What sampling reads: f32, or the quantized copy's format.
+    pub fn sampling_weights(&self) -> SamplingWeights {
+        match self.net.quant.as_ref().map(|q| q.dtype()) {
+            None => SamplingWeights::F32,
+            Some(GgmlDType::Q4K) => SamplingWeights::Q4K,
+            Some(_) => SamplingWeights::Q8_0,
+        }
+    }
+
+    /// The kernels sampling runs: over the quantized copy when there is one.
+    fn sampling_kernels(&self) -> Kernels {
+        if self.net.quant.is_some() {
+            Kernels::Quantized
+        } else {
+            Kernels::Fused
+        }
     }
 
     /// Every trainable weight, in a fixed order (tied embeddings appear once).

@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 
-use super::llama::{Kernels, KvCache};
+use super::llama::KvCache;
 use super::{LanguageModel, ModelError, Result};
 
 /// How to sample.
@@ -209,6 +209,7 @@ impl LanguageModel {
         let dev = &self.device;
         let eos = self.tokenizer.eos_id();
         let vocab = self.config.vocab_size as u32;
+        let kernels = self.sampling_kernels();
         for (i, r) in rows.iter().enumerate() {
             if r.prompt_ids.is_empty() {
                 return Err(ModelError::Input(format!("row {i}: empty prompt")));
@@ -242,17 +243,14 @@ impl LanguageModel {
                 valid: valid.clone(),
             };
             let ids = Tensor::from_vec(ids, (b, plen), dev)?;
-            let h =
-                self.net
-                    .hidden(&self.config, &ids, &valid, Some(&mut cache), Kernels::Fused)?;
+            let h = self
+                .net
+                .hidden(&self.config, &ids, &valid, Some(&mut cache), kernels)?;
             let mut last = h.narrow(1, plen - 1, 1)?.squeeze(1)?;
             // Original row index of each row still in the batch.
             let mut active: Vec<usize> = (0..b).collect();
             for step in 0..params.max_new_tokens {
-                let logits = self
-                    .net
-                    .logits_2d(&last, Kernels::Fused)?
-                    .to_dtype(DType::F32)?;
+                let logits = self.net.logits_2d(&last, kernels)?.to_dtype(DType::F32)?;
                 let logits = logits.to_vec2::<f32>()?;
                 let mut keep = Vec::new();
                 let mut next = Vec::new();
@@ -283,13 +281,9 @@ impl LanguageModel {
                 let valid = cache.valid.clone();
                 let n = next.len();
                 let ids = Tensor::from_vec(next, (n, 1), dev)?;
-                let h = self.net.hidden(
-                    &self.config,
-                    &ids,
-                    &valid,
-                    Some(&mut cache),
-                    Kernels::Fused,
-                )?;
+                let h = self
+                    .net
+                    .hidden(&self.config, &ids, &valid, Some(&mut cache), kernels)?;
                 last = h.squeeze(1)?;
             }
         }

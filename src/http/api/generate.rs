@@ -100,6 +100,7 @@ pub async fn generate(
             max_new_tokens,
             seed: input.seed.unwrap_or(project.settings.seed),
             chat_template: project.settings.chat_template,
+            full_precision: false,
         })
         .await?;
     Ok(Json(Generated {
