@@ -881,3 +881,77 @@ async fn a_waiting_next_gets_the_pair_the_model_makes(b: Backend) {
     let (_, s) = app.json("GET", &stats, &app.admin, None).await;
     assert!(s["pairs_per_minute"].as_f64().unwrap() > 0.0, "{s}");
 }
+
+/// An engine sampling from a Q8_0 copy: `/generate`'s path samples what the quantized model samples, and a
+/// win rate's path (`full_precision`) what the f32 weights sample, each exactly, from the same seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_samples_from_its_quantized_copy_and_judges_in_f32() {
+    use prefloop::engine::GenerateRequest;
+    use prefloop::learn::candidates::prompt_ids;
+    use prefloop::model::SamplingParams;
+
+    let dir = tempfile::tempdir().unwrap();
+    let tok = TextTokenizer::byte_level_for_tests();
+    let config = ModelConfig {
+        hidden_size: 64,
+        intermediate_size: 96,
+        ..ModelConfig::tiny(tok.vocab_size())
+    };
+    let model = LanguageModel::random(config, tok, &candle_core::Device::Cpu, 5).unwrap();
+    let path = dir.path().join("model");
+    model.save(&path).unwrap();
+    let engine = EngineHandle::start(
+        EngineConfig {
+            model_path: path.clone(),
+            device: "cpu".into(),
+            checkpoint_dir: dir.path().join("checkpoints"),
+            queue_capacity: 4,
+            max_loaded_policies: 2,
+            sampling_weights: SamplingWeights::Q8_0,
+        },
+        "reference".into(),
+    )
+    .await
+    .expect("engine starts with a quantized sampling copy");
+    let prompts = vec!["The film".to_string(), "A longer opening line".to_string()];
+    let request = |full_precision| GenerateRequest {
+        policy: engine.reference().clone(),
+        prompts: prompts.clone(),
+        temperature: 1.0,
+        top_p: 1.0,
+        max_new_tokens: 12,
+        seed: 17,
+        chat_template: false,
+        full_precision,
+    };
+    let served = engine.generate(request(false)).await.unwrap();
+    let judged = engine.generate(request(true)).await.unwrap();
+
+    let loaded = LanguageModel::load(&path, &candle_core::Device::Cpu).unwrap();
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| prompt_ids(loaded.tokenizer(), p).unwrap())
+        .collect();
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_p: 1.0,
+        max_new_tokens: 12,
+        seed: 17,
+        ..Default::default()
+    };
+    let texts = |m: &LanguageModel| -> Vec<String> {
+        m.sample(&ids, 1, &params)
+            .unwrap()
+            .into_iter()
+            .map(|mut row| row.remove(0).text)
+            .collect()
+    };
+    let f32_texts = texts(&loaded);
+    let q8_texts = texts(&loaded.with_sampling_weights(SamplingWeights::Q8_0).unwrap());
+    assert_ne!(
+        f32_texts, q8_texts,
+        "this seed should draw differently from the two weights, so the test can tell them apart"
+    );
+    assert_eq!(judged, f32_texts, "a win rate samples the f32 weights");
+    assert_eq!(served, q8_texts, "/generate samples the quantized copy");
+}
