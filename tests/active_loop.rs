@@ -923,6 +923,7 @@ async fn the_engine_samples_from_its_quantized_copy_and_judges_in_f32() {
         seed: 17,
         chat_template: false,
         full_precision,
+        first_prompt: 0,
     };
     let served = engine.generate(request(false)).await.unwrap();
     let judged = engine.generate(request(true)).await.unwrap();
@@ -954,4 +955,15 @@ async fn the_engine_samples_from_its_quantized_copy_and_judges_in_f32() {
     );
     assert_eq!(judged, f32_texts, "a win rate samples the f32 weights");
     assert_eq!(served, q8_texts, "/generate samples the quantized copy");
+
+    // Asked in pieces (as evaluations ask), each prompt keeps the random stream of its place in the list.
+    let rest = engine
+        .generate(GenerateRequest {
+            prompts: prompts[1..].to_vec(),
+            first_prompt: 1,
+            ..request(true)
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest, judged[1..].to_vec());
 }

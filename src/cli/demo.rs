@@ -34,9 +34,9 @@ pub struct DemoArgs {
     /// Prompts to put in the pool (plus 64 held out for the win rate).
     #[arg(long, default_value_t = 2000)]
     pub prompts: usize,
-    /// What sampling reads, as `serve --sampling-weights`.
-    #[arg(long, env = "PREFLOOP_SAMPLING_WEIGHTS", default_value = "q8_0")]
-    pub sampling_weights: crate::domain::SamplingWeights,
+    /// What sampling reads, as `serve --sampling-weights` (default q8_0: the demo runs on the CPU).
+    #[arg(long, env = "PREFLOOP_SAMPLING_WEIGHTS")]
+    pub sampling_weights: Option<crate::domain::SamplingWeights>,
 }
 
 /// Runs scripts/fetch-demo-assets.sh from the source tree prefloop was built from.

@@ -28,8 +28,9 @@ pub struct ServeArgs {
     pub device: String,
     /// What sampling reads (acquisition's completions, /generate): f32, or a quantized copy of each model
     /// version (q8_0, q4_k), made when the version is loaded; scoring, training and win rates stay f32.
-    #[arg(long, env = "PREFLOOP_SAMPLING_WEIGHTS", default_value = "q8_0")]
-    pub sampling_weights: SamplingWeights,
+    /// Default: q8_0 on the CPU (twice f32's speed), f32 on a GPU.
+    #[arg(long, env = "PREFLOOP_SAMPLING_WEIGHTS")]
+    pub sampling_weights: Option<SamplingWeights>,
     /// Requests that may wait for the model before callers get 429.
     #[arg(long, env = "PREFLOOP_MODEL_QUEUE", default_value_t = 32)]
     pub model_queue: usize,
@@ -62,6 +63,19 @@ pub struct ServeArgs {
     pub max_connections: usize,
 }
 
+/// The sampling weights asked for, else the default for the device: the Q8_0 copy on the CPU, where it
+/// samples twice as fast as f32 (docs/BENCHMARKS.md), f32 elsewhere (quantized copies are made on the CPU).
+pub(crate) fn sampling_weights_for(
+    chosen: Option<SamplingWeights>,
+    device: &str,
+) -> SamplingWeights {
+    chosen.unwrap_or(if device == "cpu" {
+        SamplingWeights::Q8_0
+    } else {
+        SamplingWeights::F32
+    })
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let store = args.db.open().await?;
@@ -76,7 +90,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 checkpoint_dir: args.db.data_dir.join("checkpoints"),
                 queue_capacity: args.model_queue,
                 max_loaded_policies: 2,
-                sampling_weights: args.sampling_weights,
+                sampling_weights: sampling_weights_for(args.sampling_weights, &args.device),
             };
             Some(EngineHandle::start(config, reference.id).await?)
         }

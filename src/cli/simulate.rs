@@ -92,9 +92,10 @@ pub struct SimulateArgs {
     pub oversample_pairs: Option<u32>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// What sampling reads, as `serve --sampling-weights`: f32, or a quantized copy (q8_0, q4_k).
-    #[arg(long, default_value = "q8_0")]
-    pub sampling_weights: SamplingWeights,
+    /// What sampling reads, as `serve --sampling-weights`: f32, or a quantized copy (q8_0, q4_k); by
+    /// default q8_0 on the CPU, f32 on a GPU.
+    #[arg(long)]
+    pub sampling_weights: Option<SamplingWeights>,
     /// Continue an experiment in --out: the runs (strategy, seed) already in its results.csv are kept and
     /// not run again; a run that was interrupted starts over (its database is discarded).
     #[arg(long)]
@@ -207,7 +208,10 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             checkpoint_dir: args.out.join("checkpoints"),
             queue_capacity: 8,
             max_loaded_policies: 2,
-            sampling_weights: args.sampling_weights,
+            sampling_weights: super::serve::sampling_weights_for(
+                args.sampling_weights,
+                &args.device,
+            ),
         },
         reference.id,
     )

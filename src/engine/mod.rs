@@ -108,6 +108,9 @@ pub struct GenerateRequest {
     /// Sample from the version's own f32 weights even where the engine samples from a quantized copy:
     /// what a win rate measures is the trained model, not its inference copy.
     pub full_precision: bool,
+    /// Index of the first prompt among the caller's whole list: prompt i samples from the random stream
+    /// of prompt `first_prompt + i`, so a list asked for in pieces samples what it would in one call.
+    pub first_prompt: usize,
 }
 
 /// A cheap, cloneable way to the model thread.
@@ -117,6 +120,9 @@ pub struct EngineHandle {
     reference: Arc<PolicyRef>,
     checkpoint_dir: Arc<PathBuf>,
     trainer: Arc<training::Trainer>,
+    /// The reference's completions of evaluation prompts, which every version of a project is compared
+    /// with: the same request always samples the same, so they are made once (evaluate.rs).
+    reference_completions: Arc<std::sync::Mutex<evaluate::CompletionCache>>,
 }
 
 impl EngineHandle {
@@ -144,6 +150,7 @@ impl EngineHandle {
             reference: Arc::new(reference),
             checkpoint_dir: Arc::new(config.checkpoint_dir),
             trainer: Arc::new(training::Trainer::default()),
+            reference_completions: Arc::default(),
         })
     }
 

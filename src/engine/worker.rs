@@ -11,7 +11,7 @@ use crate::learn::DpoConfig;
 use crate::learn::candidates::{
     AcquireConfig, RewardSpec, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
 };
-use crate::model::{LanguageModel, SamplingParams, parse_device};
+use crate::model::{LanguageModel, SampleRow, SamplingParams, parse_device, row_seed};
 
 type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
@@ -294,11 +294,17 @@ fn generate(models: &mut Models, req: GenerateRequest) -> Result<Vec<String>, En
         seed: req.seed,
         ..Default::default()
     };
-    let samples = policy.sample(&ids, 1, &params).map_err(model_error)?;
-    Ok(samples
+    // Prompt i's stream is the one it has at its place in the caller's whole list.
+    let rows: Vec<SampleRow> = ids
         .into_iter()
-        .map(|mut row| row.pop().map(|s| s.text).unwrap_or_default())
-        .collect())
+        .enumerate()
+        .map(|(i, prompt_ids)| SampleRow {
+            prompt_ids,
+            seed: row_seed(req.seed, req.first_prompt + i, 0),
+        })
+        .collect();
+    let samples = policy.sample_rows(&rows, &params).map_err(model_error)?;
+    Ok(samples.into_iter().map(|s| s.text).collect())
 }
 
 #[cfg(test)]

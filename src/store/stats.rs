@@ -104,14 +104,19 @@ pub struct Answering {
     pub answers: i64,
     /// Distinct people and judges who gave them.
     pub annotators: i64,
+    /// Of those, people (users of kind human): who would wait for a pair.
+    pub people: i64,
     /// Mean seconds from lease to answer: the pace annotators would keep if they never waited.
     pub mean_seconds: f64,
 }
 
 pub async fn answering_since(store: &Store, project_id: &str, since_ms: i64) -> Result<Answering> {
     let row = sqlx::query(
-        "SELECT COUNT(*) AS n, COUNT(DISTINCT user_id) AS who, COALESCE(AVG(seconds), 0.0) AS secs \
-         FROM judgments WHERE project_id = $1 AND created_at >= $2",
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT j.user_id) AS who, \
+         COUNT(DISTINCT CASE WHEN u.kind = 'human' THEN j.user_id END) AS people, \
+         COALESCE(AVG(j.seconds), 0.0) AS secs \
+         FROM judgments j JOIN users u ON u.id = j.user_id \
+         WHERE j.project_id = $1 AND j.created_at >= $2",
     )
     .bind(project_id)
     .bind(since_ms)
@@ -120,6 +125,7 @@ pub async fn answering_since(store: &Store, project_id: &str, since_ms: i64) -> 
     Ok(Answering {
         answers: super::int(&row, "n")?,
         annotators: super::int(&row, "who")?,
+        people: super::int(&row, "people")?,
         mean_seconds: row.try_get::<f64, _>("secs")?,
     })
 }

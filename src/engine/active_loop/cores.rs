@@ -1,9 +1,11 @@
 //! Who gets the cores when annotators wait: training and acquisition share them on a small machine, and
-//! the buffer of pairs comes first. While someone's `/next` is waiting for a pair, a running DPO update
-//! holds between two steps, so the round being made for them runs at full speed; but never longer than
-//! `MAX_HOLD` at a time, so a loop that cannot keep up still trains (one step, then it may hold again).
-//! Holds are logged and their seconds counted for `/metrics`.
+//! the buffer of pairs comes first. While someone's `/next` is waiting for a pair, or a project with
+//! people at work has fewer ready pairs than its buffer target (so they soon would wait), a running DPO
+//! update holds between two steps, so the round being made for them runs at full speed; but never longer
+//! than `MAX_HOLD` at a time, so a loop that cannot keep up still trains (one step, then it may hold
+//! again). Holds are logged with their reason and their seconds counted for `/metrics`.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,15 +17,18 @@ pub(super) const MAX_HOLD: Duration = Duration::from_secs(60);
 pub(super) struct Cores {
     /// `/next` requests waiting for a pair now.
     waiting: AtomicUsize,
+    /// Projects whose buffer of ready pairs is below its target while people are answering.
+    short: Mutex<HashSet<String>>,
     /// Since when training has been holding, if it is.
     held_since: Mutex<Option<Instant>>,
     /// Seconds training held, over past holds.
     held_seconds: Mutex<f64>,
 }
 
-/// Whether training should hold now: someone waits, and the hold so far (if any) is under `max`.
-pub(super) fn should_hold(waiting: bool, held_for: Option<Duration>, max: Duration) -> bool {
-    waiting && held_for.is_none_or(|d| d < max)
+/// Whether training should hold now: someone waits for a pair or soon will (`wanted`), and the hold so far
+/// (if any) is under `max`.
+pub(super) fn should_hold(wanted: bool, held_for: Option<Duration>, max: Duration) -> bool {
+    wanted && held_for.is_none_or(|d| d < max)
 }
 
 /// A waiting `/next`, counted for as long as it lives.
@@ -41,14 +46,30 @@ impl Cores {
         Waiting(self)
     }
 
+    /// Marks whether `project_id`'s buffer is short of its target while people answer (the supply's tick).
+    pub(super) fn set_short(&self, project_id: &str, short: bool) {
+        let mut set = self.short.lock().expect("lock");
+        if short {
+            set.insert(project_id.to_string());
+        } else {
+            set.remove(project_id);
+        }
+    }
+
     /// Asked by the trainer before each step.
     pub(super) fn hold_training(&self) -> bool {
         let waiting = self.waiting.load(Ordering::Relaxed) > 0;
+        let short = !self.short.lock().expect("lock").is_empty();
         let mut since = self.held_since.lock().expect("lock");
-        let hold = should_hold(waiting, since.map(|s| s.elapsed()), MAX_HOLD);
+        let hold = should_hold(waiting || short, since.map(|s| s.elapsed()), MAX_HOLD);
         match (hold, *since) {
             (true, None) => {
-                tracing::info!("training holds: annotators are waiting for pairs");
+                let reason = if waiting {
+                    "annotators are waiting for pairs"
+                } else {
+                    "the buffer of ready pairs is short while people answer"
+                };
+                tracing::info!(reason, "training holds");
                 *since = Some(Instant::now());
             }
             (false, Some(started)) => {
@@ -89,6 +110,24 @@ mod tests {
             "a step after a full hold"
         );
         assert!(!should_hold(false, Some(Duration::from_secs(5)), max));
+    }
+
+    #[test]
+    fn a_short_buffer_holds_training_until_it_is_filled() {
+        let cores = Cores::default();
+        cores.set_short("p", true);
+        assert!(
+            cores.hold_training(),
+            "people at work and too few ready pairs"
+        );
+        cores.set_short("q", true);
+        cores.set_short("p", false);
+        assert!(cores.hold_training(), "another project is still short");
+        cores.set_short("q", false);
+        assert!(
+            !cores.hold_training(),
+            "every buffer is at its target again"
+        );
     }
 
     #[test]

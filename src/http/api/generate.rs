@@ -101,6 +101,7 @@ pub async fn generate(
             seed: input.seed.unwrap_or(project.settings.seed),
             chat_template: project.settings.chat_template,
             full_precision: false,
+            first_prompt: 0,
         })
         .await?;
     Ok(Json(Generated {
