@@ -64,14 +64,6 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Resident memory now, in bytes (Linux: VmRSS).
-fn rss_now() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -309,14 +301,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let mut opt = AdamW::new(policy.vars(), AdamWParams::default())?;
         let mut fwd_bwd = f64::INFINITY;
-        // Where the step's memory goes: resident and peak memory at each stage of the last step.
-        let mut stages = json!({});
-        let mut mark = |stage: &str| {
-            stages[stage] = json!({ "rss_bytes": rss_now(), "peak_rss_bytes": peak_rss() });
-        };
         let m = measure(args.repeats, || {
             let t = Instant::now();
-            mark("before_forward");
             let lp = policy.sequence_logprobs(&items, Padding::Right)?;
             let side = |from: usize| -> anyhow::Result<SeqLogProbs> {
                 Ok(SeqLogProbs {
@@ -333,14 +319,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     reference_rejected: ref_rejected.clone(),
                 },
             )?;
-            mark("after_forward");
             let grads = out.loss.backward()?;
-            mark("after_backward");
-            drop((out, lp));
-            mark("graph_dropped");
             fwd_bwd = fwd_bwd.min(t.elapsed().as_secs_f64());
             opt.step_grads(&grads, None)?;
-            mark("after_adamw");
             Ok(512)
         })?;
         say(format!(
@@ -352,7 +333,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ));
         report["dpo"] = m.json();
         report["dpo"]["forward_backward_seconds"] = json!(fwd_bwd);
-        report["dpo"]["stages"] = stages;
     }
 
     if args.json {
