@@ -59,6 +59,7 @@ fn request_key(req: &GenerateRequest) -> u64 {
         req.seed,
         req.chat_template,
         req.full_precision,
+        req.first_prompt,
     )
         .hash(&mut h);
     h.finish()

@@ -187,6 +187,10 @@ fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<
         .reshape((b * t, i))?
         .matmul(&w.t()?)?
         .reshape((b, t, out))?;
+    add_bias(y, bias)
+}
+
+fn add_bias(y: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     match bias {
         Some(bias) => y.broadcast_add(bias),
         None => Ok(y),
@@ -233,13 +237,7 @@ fn project(
     k: Kernels,
 ) -> candle_core::Result<Tensor> {
     match quant {
-        Some(q) => {
-            let y = q.forward(x)?;
-            match bias {
-                Some(bias) => y.broadcast_add(bias),
-                None => Ok(y),
-            }
-        }
+        Some(q) => add_bias(q.forward(x)?, bias),
         None => linear(x, &take(w, k), bias),
     }
 }

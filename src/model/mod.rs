@@ -87,6 +87,15 @@ pub fn init_cpu_threads() {
     }
 }
 
+/// The block format of a quantized sampling copy; None for the f32 weights themselves.
+fn ggml_dtype(weights: SamplingWeights) -> Option<GgmlDType> {
+    match weights {
+        SamplingWeights::F32 => None,
+        SamplingWeights::Q8_0 => Some(GgmlDType::Q8_0),
+        SamplingWeights::Q4K => Some(GgmlDType::Q4K),
+    }
+}
+
 /// A copy of every weight, detached from the model (what `snapshot` returns and `restore` puts back).
 #[derive(Debug, Clone)]
 pub struct Weights {
@@ -263,17 +272,13 @@ impl LanguageModel {
     /// the output head, which sampling then reads; scoring, the forward passes and training keep reading the
     /// f32 weights. `F32` gives the model back without a copy. The copy is taken now: a model trained in
     /// place afterwards must be quantized again (the engine quantizes each version as it loads or installs
-    /// it, and never trains a served model in place). Every linear layer's input width must be a multiple
-    /// of 32.
+    /// it, and never trains a served model in place). Input widths of any size are padded to the quantized
+    /// kernels' blocks.
     pub fn with_sampling_weights(&self, weights: SamplingWeights) -> Result<Self> {
-        let dtype = match weights {
-            SamplingWeights::F32 => {
-                let mut m = self.clone();
-                m.net.quant = None;
-                return Ok(m);
-            }
-            SamplingWeights::Q8_0 => GgmlDType::Q8_0,
-            SamplingWeights::Q4K => GgmlDType::Q4K,
+        let Some(dtype) = ggml_dtype(weights) else {
+            let mut m = self.clone();
+            m.net.quant = None;
+            return Ok(m);
         };
         if !self.device.is_cpu() {
             return Err(ModelError::Input(format!(
@@ -291,11 +296,12 @@ impl LanguageModel {
 
     /// What sampling reads: f32, or the quantized copy's format.
     pub fn sampling_weights(&self) -> SamplingWeights {
-        match self.net.quant.as_ref().map(|q| q.dtype()) {
-            None => SamplingWeights::F32,
-            Some(GgmlDType::Q4K) => SamplingWeights::Q4K,
-            Some(_) => SamplingWeights::Q8_0,
-        }
+        let dtype = self.net.quant.as_ref().map(|q| q.dtype());
+        SamplingWeights::ALL
+            .iter()
+            .copied()
+            .find(|&w| ggml_dtype(w) == dtype)
+            .unwrap_or_default()
     }
 
     /// The kernels sampling runs: over the quantized copy when there is one.

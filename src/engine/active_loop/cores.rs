@@ -31,6 +31,22 @@ pub(super) fn should_hold(wanted: bool, held_for: Option<Duration>, max: Duratio
     wanted && held_for.is_none_or(|d| d < max)
 }
 
+/// A project's short buffer, marked for as long as it lives.
+pub(super) struct ShortMark<'a> {
+    cores: &'a Cores,
+    project_id: String,
+}
+
+impl Drop for ShortMark<'_> {
+    fn drop(&mut self) {
+        self.cores
+            .short
+            .lock()
+            .expect("lock")
+            .remove(&self.project_id);
+    }
+}
+
 /// A waiting `/next`, counted for as long as it lives.
 pub struct Waiting<'a>(&'a Cores);
 
@@ -46,13 +62,16 @@ impl Cores {
         Waiting(self)
     }
 
-    /// Marks whether `project_id`'s buffer is short of its target while people answer (the supply's tick).
-    pub(super) fn set_short(&self, project_id: &str, short: bool) {
-        let mut set = self.short.lock().expect("lock");
-        if short {
-            set.insert(project_id.to_string());
-        } else {
-            set.remove(project_id);
+    /// Marks `project_id`'s buffer as short of its target while people answer, for as long as the
+    /// returned mark lives (the round being made for them).
+    pub(super) fn short_while(&self, project_id: &str) -> ShortMark<'_> {
+        self.short
+            .lock()
+            .expect("lock")
+            .insert(project_id.to_string());
+        ShortMark {
+            cores: self,
+            project_id: project_id.to_string(),
         }
     }
 
@@ -115,15 +134,15 @@ mod tests {
     #[test]
     fn a_short_buffer_holds_training_until_it_is_filled() {
         let cores = Cores::default();
-        cores.set_short("p", true);
+        let p = cores.short_while("p");
         assert!(
             cores.hold_training(),
             "people at work and too few ready pairs"
         );
-        cores.set_short("q", true);
-        cores.set_short("p", false);
+        let q = cores.short_while("q");
+        drop(p);
         assert!(cores.hold_training(), "another project is still short");
-        cores.set_short("q", false);
+        drop(q);
         assert!(
             !cores.hold_training(),
             "every buffer is at its target again"

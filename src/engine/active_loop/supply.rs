@@ -154,7 +154,6 @@ pub(super) fn spawn_fill(inner: &Arc<Inner>, engine: &EngineHandle, project: &Pr
     let (inner, engine, project) = (inner.clone(), engine.clone(), project.clone());
     tokio::spawn(async move {
         if let Err(e) = fill_pool(&inner, &engine, &project).await {
-            inner.cores.set_short(&project.id, false);
             tracing::warn!(project = %project.name, error = %e, "could not acquire new pairs");
         }
         inner
@@ -168,9 +167,6 @@ pub(super) fn spawn_fill(inner: &Arc<Inner>, engine: &EngineHandle, project: &Pr
 
 async fn fill_pool(inner: &Inner, engine: &EngineHandle, project: &Project) -> LoopResult<()> {
     let store = &inner.store;
-    // Training holds for this project's buffer only while this round is one people wait on; every way
-    // out below that makes no round clears the mark.
-    inner.cores.set_short(&project.id, false);
     if let Some(budget) = project.label_budget
         && count_labels(store.pool(), &project.id).await? >= budget
     {
@@ -227,11 +223,11 @@ async fn fill_pool(inner: &Inner, engine: &EngineHandle, project: &Project) -> L
     if prompts.is_empty() {
         return Ok(());
     }
-    // People are answering and the buffer is below what keeps them supplied through a round: this round
-    // gets the cores before a training run's next step (cores.rs). The paper's protocol (simulate) has
-    // nobody waiting.
-    let short = !inner.config.wait_for_training && answering.people > 0;
-    inner.cores.set_short(&project.id, short);
+    // People are answering and the buffer is below what keeps them supplied through a round: while this
+    // round is made it gets the cores before a training run's next step (cores.rs). The paper's protocol
+    // (simulate) has nobody waiting.
+    let short = (!inner.config.wait_for_training && answering.people > 0)
+        .then(|| inner.cores.short_while(&project.id));
     let req = AcquireRequest {
         policy: policy.clone(),
         prompts: prompts.iter().map(|p| p.text.clone()).collect(),
@@ -267,8 +263,7 @@ async fn fill_pool(inner: &Inner, engine: &EngineHandle, project: &Project) -> L
         })
         .collect();
     queue::insert_generated_pairs(store, &project.id, &generated).await?;
-    drop(round);
-    inner.cores.set_short(&project.id, false);
+    drop((round, short));
     let seconds = started.elapsed().as_secs_f64();
     inner
         .supply
