@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use common::{Backend, TestApp};
 use prefloop::domain::SamplingWeights;
 use prefloop::engine::active_loop::{ActiveLoop, LoopConfig};
-use prefloop::engine::{EngineConfig, EngineHandle};
+use prefloop::engine::{EngineConfig, EngineHandle, GenerateRequest, PolicyRef};
 use prefloop::http::{AppState, HttpConfig};
 use prefloop::model::{LanguageModel, ModelConfig, TextTokenizer};
 use prefloop::store::training::{
@@ -25,6 +25,7 @@ db_tests!(
     a_waiting_next_gets_the_pair_the_model_makes,
     restart_retries_an_interrupted_run,
     a_full_model_queue_answers_429,
+    a_lora_project_trains_and_serves_adapters,
 );
 
 /// A tiny random llama with a byte-level tokenizer, saved as a Hugging Face directory.
@@ -966,4 +967,155 @@ async fn the_engine_samples_from_its_quantized_copy_and_judges_in_f32() {
         .await
         .unwrap();
     assert_eq!(rest, judged[1..].to_vec());
+}
+
+/// A project with the `lora` setting trains adapters on the reference's weights: its version is a PEFT
+/// adapter directory (megabytes, not a model), `/generate` serves it, and an engine started afresh loads it
+/// onto its reference.
+async fn a_lora_project_trains_and_serves_adapters(b: Backend) {
+    let models = tempfile::tempdir().unwrap();
+    let mut app = TestApp::new(b).await;
+    let active = with_loop(&mut app, models.path()).await;
+    let mut settings: Value = serde_json::from_str(LOOP_PROJECT).unwrap();
+    settings["name"] = json!("lora");
+    settings["label_budget"] = json!(4);
+    settings["strategy"] = json!("random");
+    settings["learning_rate"] = json!(0.01);
+    settings["lora"] = json!({"rank": 2, "targets": ["v", "q"]});
+    let project = app.create_project(settings).await;
+    let (_, p) = app
+        .json(
+            "GET",
+            &format!("/api/v1/projects/{project}"),
+            &app.admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        p["lora"],
+        json!({"rank": 2, "alpha": 16.0, "dropout": 0.0, "targets": ["v", "q"]}),
+        "missing fields take their defaults"
+    );
+    for (bad, says) in [
+        (json!({"lora": {"rank": 0}}), "lora.rank must be 1 to 1024"),
+        (json!({"lora": {"targets": ["q", "lm_head"]}}), "lm_head"),
+        (json!({"lora": {"dropout": 1.5}}), "lora.dropout"),
+    ] {
+        let (status, e) = app
+            .json(
+                "PATCH",
+                &format!("/api/v1/projects/{project}"),
+                &app.admin,
+                Some(bad),
+            )
+            .await;
+        assert!(status.is_client_error(), "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    let prompts: String = [
+        "The film",
+        "A story",
+        "Her acting",
+        "The ending",
+        "My friends",
+    ]
+    .iter()
+    .map(|p| json!({"prompt": p}).to_string() + "\n")
+    .collect();
+    app.import(&project, "prompts", &prompts).await;
+
+    let ann = app.annotator("ann").await;
+    let stats = format!("/api/v1/projects/{project}/stats");
+    let mut answered = 0;
+    while app.json("GET", &stats, &app.admin, None).await.1["labels"].as_i64() < Some(4) {
+        match app.next(&project, &ann).await {
+            (StatusCode::OK, l) => {
+                let side = if answered % 2 == 0 { "left" } else { "right" };
+                app.judge(l["lease_id"].as_str().unwrap(), &ann, side).await;
+                answered += 1;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let reference: String =
+        sqlx::query_scalar("SELECT id FROM model_versions WHERE project_id IS NULL")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    wait_for("an adapter version serving", 180, async || {
+        let (_, s) = app.json("GET", &stats, &app.admin, None).await;
+        s["training"]["status"] == "succeeded" && s["model_version"] != reference.as_str()
+    })
+    .await;
+    let (_, s) = app.json("GET", &stats, &app.admin, None).await;
+    let version = s["model_version"].as_str().unwrap().to_string();
+    let path: String = sqlx::query_scalar("SELECT path FROM model_versions WHERE id = $1")
+        .bind(&version)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    let dir = std::path::Path::new(&path);
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["r"], 2);
+    assert_eq!(cfg["target_modules"], json!(["q_proj", "v_proj"]));
+    assert!(
+        !dir.join("model.safetensors").exists(),
+        "no copy of the model"
+    );
+    let adapter = std::fs::metadata(dir.join("adapter_model.safetensors"))
+        .unwrap()
+        .len();
+    let base = std::fs::metadata(models.path().join("tiny/model.safetensors"))
+        .unwrap()
+        .len();
+    assert!(adapter * 4 < base, "adapter {adapter} bytes, model {base}");
+
+    let (status, g) = app
+        .json(
+            "POST",
+            &format!("/api/v1/projects/{project}/generate"),
+            &app.admin,
+            Some(json!({"prompts": ["The film"], "max_new_tokens": 4})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{g}");
+    assert_eq!(g["model_version"], version.as_str());
+
+    // An engine started afresh reads the adapter from disk onto its reference and samples what the
+    // serving engine, which installed the trained adapter from memory, samples.
+    let request = GenerateRequest {
+        policy: PolicyRef {
+            version_id: version.clone(),
+            path: path.clone(),
+        },
+        prompts: vec!["The film".into(), "A story".into()],
+        temperature: 1.0,
+        top_p: 1.0,
+        max_new_tokens: 6,
+        seed: 5,
+        chat_template: false,
+        full_precision: false,
+        first_prompt: 0,
+    };
+    let fresh = EngineHandle::start(
+        EngineConfig {
+            model_path: models.path().join("tiny"),
+            device: "cpu".into(),
+            checkpoint_dir: models.path().join("checkpoints"),
+            queue_capacity: 4,
+            max_loaded_policies: 2,
+            sampling_weights: SamplingWeights::F32,
+        },
+        reference.clone(),
+    )
+    .await
+    .expect("engine starts");
+    let serving = active
+        .engine()
+        .expect("engine")
+        .generate(request.clone())
+        .await
+        .unwrap();
+    assert_eq!(fresh.generate(request).await.unwrap(), serving);
 }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use prefloop::domain::{EntropyEstimator, LossKind, Schedule, StepMetrics, Strategy};
+use prefloop::domain::{EntropyEstimator, LoraSettings, LossKind, Schedule, StepMetrics, Strategy};
 use prefloop::learn::candidates::{
     AcquireConfig, PairText, RewardSpec, acquire_pairs, prompt_entropies, prompt_ids, score_pairs,
 };
@@ -767,4 +767,175 @@ fn the_dpo_and_acquire_commands_run() {
         assert!(rows[0]["scores"][key].is_number(), "{key} in {}", rows[0]);
     }
     assert!(rows[0]["completion_a"].is_string() && rows[0]["prompt"].is_string());
+}
+
+#[test]
+fn lora_adapters_learn_the_toy_preference_like_full_dpo_and_leave_the_base_alone() {
+    let base = tiny_model(7);
+    let before = fingerprint(&base);
+    let lora = LoraSettings {
+        rank: 4,
+        alpha: 8.0,
+        ..LoraSettings::default()
+    };
+    // A fresh adapter is the reference itself (B = 0): the start of `reset` and πref's log-probs.
+    let start = base.with_lora(&lora, 1).unwrap();
+    let pairs = toy_pairs(96, 1);
+    let (train, eval) = split_eval(&pairs, 0.25, 3);
+    let mut cfg = config(Schedule::Reset, 12);
+    cfg.optimizer.lr = 2e-2;
+    let r = run(
+        &start,
+        &start,
+        &mut ReferenceCache::new(),
+        &train,
+        &eval,
+        &cfg,
+        None,
+    );
+    let outcome = r.outcome.expect("training succeeds");
+    let (first, last) = (&r.steps[0], r.steps.last().unwrap());
+    assert!(
+        (first.loss - std::f64::consts::LN_2).abs() < 1e-3,
+        "{first:?}"
+    );
+    assert!(
+        last.loss < 0.3 * first.loss,
+        "loss {} → {}",
+        first.loss,
+        last.loss
+    );
+    let eval_m = outcome.eval.expect("eval split evaluated");
+    assert!(
+        eval_m.rewards.accuracies >= 0.9,
+        "held-out accuracy {}",
+        eval_m.rewards.accuracies
+    );
+    let (was, now) = (
+        marker_rate(&base, &eval),
+        marker_rate(&outcome.model, &eval),
+    );
+    assert!(
+        now > 0.15 && now > 4.0 * was,
+        "marker in samples: base {was:.3}, adapted {now:.3}"
+    );
+    assert_eq!(outcome.model.lora(), Some(&lora));
+    // Only the adapters moved.
+    assert_eq!(fingerprint(&base), before);
+    assert_eq!(fingerprint(&outcome.model.without_lora()), before);
+}
+
+#[test]
+fn the_dpo_command_writes_a_peft_adapter_or_a_merged_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    tiny_model(29).save(&model_dir).unwrap();
+    let data = dir.path().join("prefs.jsonl");
+    let lines: Vec<String> = toy_pairs(12, 9)
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap())
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_prefloop");
+    let dpo = |model: &std::path::Path, out: &std::path::Path, extra: &[&str]| {
+        std::process::Command::new(bin)
+            .args(["dpo", "--model"])
+            .arg(model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .args([
+                "--lr",
+                "1e-2",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "4",
+                "--seed",
+                "3",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let adapter = dir.path().join("adapter");
+    let res = dpo(
+        &model_dir,
+        &adapter,
+        &[
+            "--lora-rank",
+            "4",
+            "--lora-alpha",
+            "4",
+            "--lora-targets",
+            "q,v,down",
+        ],
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["q_proj", "v_proj", "down_proj"])
+    );
+    assert!(!adapter.join("model.safetensors").exists());
+    let trained = LanguageModel::load(&adapter, &candle_core::Device::Cpu).unwrap();
+    let base = LanguageModel::load(&model_dir, &candle_core::Device::Cpu).unwrap();
+    assert_ne!(
+        fingerprint(&trained),
+        fingerprint(&base),
+        "the adapter moved the model"
+    );
+
+    // Keep training the adapter (it is its own policy), then merge it into a whole model.
+    let merged = dir.path().join("merged");
+    let res = dpo(&adapter, &merged, &["--schedule", "continue", "--merge"]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(
+        merged.join("model.safetensors").exists() && !merged.join("adapter_config.json").exists()
+    );
+    let m = LanguageModel::load(&merged, &candle_core::Device::Cpu).unwrap();
+    assert!(m.lora().is_none());
+    assert_ne!(
+        fingerprint(&m),
+        fingerprint(&trained),
+        "continued, not restarted"
+    );
+
+    // Flags that cannot go together say so, and write nothing.
+    for (model, extra, says) in [
+        (&adapter, vec!["--lora-rank", "2"], "LoRA adapter already"),
+        (&model_dir, vec!["--merge"], "--merge merges LoRA adapters"),
+        (
+            &model_dir,
+            vec!["--lora-rank", "0"],
+            "--lora-rank must be 1 to 1024",
+        ),
+        (&model_dir, vec!["--lora-alpha", "3"], "--lora-rank"),
+        (
+            &model_dir,
+            vec!["--lora-rank", "2", "--lora-targets", "q,head"],
+            "unknown LoRA target",
+        ),
+    ] {
+        let out = dir.path().join("refused");
+        let res = dpo(model, &out, &extra);
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(
+            !res.status.success() && stderr.contains(says),
+            "{extra:?}: {stderr}"
+        );
+        assert!(!out.exists());
+    }
 }

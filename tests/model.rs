@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{D, DType, Device, IndexOp, Tensor};
-use prefloop::domain::SamplingWeights;
+use prefloop::domain::{LoraSettings, LoraTarget, SamplingWeights};
 use prefloop::model::{
     LanguageModel, ModelConfig, ModelError, Padding, SampleRow, SamplingParams, TextTokenizer,
     permute_qk_for_gguf, row_seed,
 };
+use rand::{Rng, SeedableRng};
 
 fn tiny(tied: bool, seed: u64) -> LanguageModel {
     let tok = TextTokenizer::byte_level_for_tests();
@@ -1078,4 +1079,298 @@ fn bench_model_json_names_its_figures() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown workload \"scoring\""));
+}
+
+/// Rank-2 adapters on every linear layer, with B moved off zero so that they change the outputs.
+fn adapted(m: &LanguageModel, seed: u64) -> LanguageModel {
+    let settings = LoraSettings {
+        rank: 2,
+        alpha: 3.0,
+        ..LoraSettings::default()
+    };
+    let a = m.with_lora(&settings, seed).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // vars() lists A then B of each adapter.
+    for b in a.vars().iter().skip(1).step_by(2) {
+        let data: Vec<f32> = (0..b.elem_count())
+            .map(|_| rng.random_range(-0.3..0.3))
+            .collect();
+        b.set(&Tensor::from_vec(data, b.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    a
+}
+
+fn logits(m: &LanguageModel) -> Tensor {
+    let ids = ids_tensor(&m.tokenizer().encode("LoRA on a tiny model").unwrap());
+    m.forward(&ids).unwrap()
+}
+
+#[test]
+fn a_fresh_adapter_changes_nothing_and_only_adapters_train() {
+    let m = tiny(false, 41);
+    let settings = LoraSettings {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec![LoraTarget::V, LoraTarget::Q, LoraTarget::Down],
+    };
+    let a = m.with_lora(&settings, 1).unwrap();
+    assert_eq!(max_abs_diff(&logits(&m), &logits(&a)), 0.0);
+    // A and B of three targets in every block; the base weights are not among them.
+    let layers = m.config().num_hidden_layers;
+    assert_eq!(a.vars().len(), 2 * 3 * layers);
+    let base: Vec<_> = m.vars().iter().map(|v| v.as_tensor().id()).collect();
+    assert!(a.vars().iter().all(|v| !base.contains(&v.as_tensor().id())));
+    // Stored in block order, as PEFT lists them.
+    assert_eq!(
+        a.lora().unwrap().targets,
+        vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down]
+    );
+    assert!(m.lora().is_none() && a.without_lora().lora().is_none());
+    // A deep copy's adapters are its own; the base stays shared.
+    let copy = a.deep_clone().unwrap();
+    copy.vars()[1]
+        .set(&copy.vars()[1].ones_like().unwrap())
+        .unwrap();
+    assert_eq!(max_abs_diff(&logits(&m), &logits(&a)), 0.0);
+    assert!(max_abs_diff(&logits(&m), &logits(&copy)) > 1e-4);
+    for bad in [
+        LoraSettings {
+            rank: 0,
+            ..LoraSettings::default()
+        },
+        LoraSettings {
+            targets: vec![],
+            ..LoraSettings::default()
+        },
+        LoraSettings {
+            dropout: 1.0,
+            ..LoraSettings::default()
+        },
+    ] {
+        assert!(m.with_lora(&bad, 0).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn adapters_save_in_peft_format_load_back_and_merge_to_the_same_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    // The base is loaded from disk so that the adapter can name it.
+    let base_dir = dir.path().join("base");
+    tiny(true, 43).save(&base_dir).unwrap();
+    let base = LanguageModel::load(&base_dir, &Device::Cpu).unwrap();
+    let a = adapted(&base, 5);
+    let want = logits(&a);
+    assert!(
+        max_abs_diff(&want, &logits(&base)) > 1e-3,
+        "the adapters act"
+    );
+
+    let out = dir.path().join("adapter");
+    a.save(&out).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["adapter_config.json", "adapter_model.safetensors"]);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    assert_eq!(cfg["r"], 2);
+    assert_eq!(cfg["lora_alpha"], 3.0);
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!([
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj"
+        ])
+    );
+    assert_eq!(
+        cfg["base_model_name_or_path"],
+        std::fs::canonicalize(&base_dir)
+            .unwrap()
+            .display()
+            .to_string()
+    );
+    let tensors =
+        candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let c = base.config();
+    assert_eq!(tensors.len(), 2 * 7 * c.num_hidden_layers);
+    let kv = c.num_key_value_heads * c.head_dim();
+    for (name, shape) in [
+        (
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+            vec![2, c.hidden_size],
+        ),
+        (
+            "base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight",
+            vec![kv, 2],
+        ),
+        (
+            "base_model.model.model.layers.1.mlp.down_proj.lora_A.weight",
+            vec![2, c.intermediate_size],
+        ),
+        (
+            "base_model.model.model.layers.1.mlp.gate_proj.lora_B.weight",
+            vec![c.intermediate_size, 2],
+        ),
+    ] {
+        assert_eq!(tensors[name].dims(), shape.as_slice(), "{name}");
+    }
+
+    // Onto the base in memory, or by path alone (the base read from the adapter's config): the same model.
+    assert!(LanguageModel::is_adapter(&out) && !LanguageModel::is_adapter(&base_dir));
+    let onto = base.with_adapter(&out).unwrap();
+    assert!(max_abs_diff(&want, &logits(&onto)) < 1e-6);
+    let loaded = LanguageModel::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(loaded.lora(), a.lora());
+    assert!(max_abs_diff(&want, &logits(&loaded)) < 1e-6);
+    // Merged into the weights: a plain model with the same outputs, on every kernel path.
+    let merged = a.merged().unwrap();
+    assert!(merged.lora().is_none());
+    assert!(max_abs_diff(&want, &logits(&merged)) < 1e-4);
+    let ids = ids_tensor(&a.tokenizer().encode("fused").unwrap());
+    let valid = vec![vec![true; ids.dim(1).unwrap()]];
+    assert!(
+        max_abs_diff(
+            &a.forward_inference(&ids, &valid).unwrap(),
+            &merged.forward_inference(&ids, &valid).unwrap()
+        ) < 1e-4
+    );
+    let merged_dir = dir.path().join("merged");
+    merged.save(&merged_dir).unwrap();
+    let back = LanguageModel::load(&merged_dir, &Device::Cpu).unwrap();
+    assert!(max_abs_diff(&want, &logits(&back)) < 1e-4);
+    // The base under the adapters never moved.
+    assert!(max_abs_diff(&logits(&base), &logits(&a.without_lora())) == 0.0);
+}
+
+#[test]
+fn a_bad_adapter_directory_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny(false, 47);
+    let good = dir.path().join("good");
+    adapted(&base, 3).save(&good).unwrap();
+    let copy = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(good.join(f), d.join(f)).unwrap();
+        }
+        d
+    };
+    let edit_config = |d: &Path, key: &str, value: serde_json::Value| {
+        let p = d.join("adapter_config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        cfg[key] = value;
+        std::fs::write(&p, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    };
+    let edit_tensors = |d: &Path, f: &dyn Fn(&mut HashMap<String, Tensor>)| {
+        let p = d.join("adapter_model.safetensors");
+        let mut t = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+        f(&mut t);
+        candle_core::safetensors::save(&t, &p).unwrap();
+    };
+    let err = |d: &Path| base.with_adapter(d).unwrap_err().to_string();
+
+    let dora = copy("dora");
+    edit_config(&dora, "use_dora", serde_json::json!(true));
+    assert!(err(&dora).contains("use_dora"), "{}", err(&dora));
+    let other = copy("other");
+    edit_config(
+        &other,
+        "target_modules",
+        serde_json::json!(["q_proj", "lm_head"]),
+    );
+    assert!(err(&other).contains("lm_head"), "{}", err(&other));
+    let missing = copy("missing");
+    edit_tensors(&missing, &|t| {
+        t.remove("base_model.model.model.layers.1.mlp.up_proj.lora_B.weight");
+    });
+    assert!(
+        err(&missing).contains("layers.1.mlp.up_proj.lora_B.weight is missing"),
+        "{}",
+        err(&missing)
+    );
+    let shape = copy("shape");
+    edit_tensors(&shape, &|t| {
+        t.insert(
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".into(),
+            Tensor::zeros((3, 5), DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    assert!(err(&shape).contains("has shape [3, 5]"), "{}", err(&shape));
+    let extra = copy("extra");
+    edit_tensors(&extra, &|t| {
+        t.insert(
+            "base_model.model.lm_head.lora_A.weight".into(),
+            Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    assert!(
+        err(&extra).contains("lm_head.lora_A.weight is not one"),
+        "{}",
+        err(&extra)
+    );
+    // A model of another shape.
+    assert!(
+        tiny(false, 1)
+            .to_dtype(DType::F32)
+            .unwrap()
+            .with_adapter(&good)
+            .is_ok()
+    );
+    let wider = quantizable(false, 1);
+    assert!(
+        wider
+            .with_adapter(&good)
+            .unwrap_err()
+            .to_string()
+            .contains("has shape")
+    );
+    // No base recorded (a random model has no file): loading by path alone says so.
+    let e = LanguageModel::load(&good, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("base_model_name_or_path"), "{e}");
+}
+
+#[test]
+fn sampling_through_the_quantized_copy_includes_the_adapters() {
+    let m = quantizable(false, 53);
+    let q = m.with_sampling_weights(SamplingWeights::Q8_0).unwrap();
+    let a = adapted(&q, 7);
+    // The base's copy is kept, not made again, and sampling reads it plus the adapters.
+    assert_eq!(a.sampling_weights(), SamplingWeights::Q8_0);
+    let f32_adapted = a.with_sampling_weights(SamplingWeights::F32).unwrap();
+    let tk = m.tokenizer();
+    let prompt = tk.encode("Two words").unwrap();
+    let p = params(1.0, 1.0, 12, 3);
+    for s in &a.sample(std::slice::from_ref(&prompt), 3, &p).unwrap()[0] {
+        let exact = f32_adapted
+            .score(&[(prompt.clone(), s.token_ids.clone())])
+            .unwrap()[0];
+        let base = m.score(&[(prompt.clone(), s.token_ids.clone())]).unwrap()[0];
+        let n = s.token_ids.len() as f64;
+        assert!(
+            (exact.sum - s.logprob).abs() / n < 0.02,
+            "{} vs {}",
+            exact.sum,
+            s.logprob
+        );
+        assert!(
+            (base.sum - s.logprob).abs() / n > 0.05,
+            "the adapters act in sampling"
+        );
+    }
 }

@@ -9,6 +9,8 @@
 //! - **dpo**: the same 8 × 64 as 4 chosen + 4 rejected sequences, the sigmoid DPO loss (β 0.1) against cached
 //!   reference log-probs, backward, and the trainer's own fused AdamW (lr 1e-6). Last, because the memory a
 //!   step takes is not all given back to the system and would raise the peaks measured after it.
+//! - **dpo_lora**: the same step training LoRA adapters (`--lora-rank`, all seven linear layers of every
+//!   block) on the frozen weights, just before `dpo`.
 //!
 //! Each runs once to warm up, then `--repeats` times: the readable lines give the best run, the JSON the
 //! best, the median (anchor_torch.py's statistic) and every run.
@@ -21,14 +23,14 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::domain::{LossKind, SamplingWeights};
+use crate::domain::{LoraSettings, LossKind, SamplingWeights};
 use crate::learn::dpo::{LossConfig, PairLogProbs, preference_loss};
 use crate::learn::optim::{AdamW, AdamWParams};
 use crate::model::{
     LanguageModel, ModelConfig, Padding, SamplingParams, SeqLogProbs, TextTokenizer, parse_device,
 };
 
-const WORKLOADS: [&str; 4] = ["score", "dpo", "sample16", "sample1"];
+const WORKLOADS: [&str; 5] = ["score", "dpo", "dpo_lora", "sample16", "sample1"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -45,7 +47,7 @@ pub struct Args {
     pub repeats: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Comma-separated workloads to run: score, dpo, sample16, sample1 (default: all).
+    /// Comma-separated workloads to run: score, dpo, dpo_lora, sample16, sample1 (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Print one JSON object on stdout (the readable lines go to stderr).
@@ -54,6 +56,9 @@ pub struct Args {
     /// The weights the sampling workloads read, each in turn: f32, q8_0, q4_k.
     #[arg(long, value_delimiter = ',', default_value = "f32,q8_0")]
     pub sampling_weights: Vec<SamplingWeights>,
+    /// The rank of the `dpo_lora` step's adapters (alpha twice the rank, all seven linear layers).
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: u32,
 }
 
 /// Peak resident memory since the last reset, in bytes (Linux: VmHWM; reset by writing 5 to clear_refs).
@@ -280,50 +285,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &mut report,
         )?;
     }
+    // The reference enters only through its cached log-probs, so a step's peak is the policy's weights,
+    // gradients, AdamW state and activations.
+    let reference: Vec<f64> = if wanted("dpo") || wanted("dpo_lora") {
+        model.score(&items)?.iter().map(|s| s.sum).collect()
+    } else {
+        Vec::new()
+    };
+    if wanted("dpo_lora") {
+        // Before the full step, whose memory is not all given back to the system.
+        let settings = LoraSettings {
+            rank: args.lora_rank,
+            alpha: 2.0 * args.lora_rank as f64,
+            ..LoraSettings::default()
+        };
+        let policy = model.with_lora(&settings, 0)?;
+        let trainable: usize = policy.vars().iter().map(|v| v.elem_count()).sum();
+        let (m, fwd_bwd) = dpo_workload(&policy, &items, &reference, args.repeats)?;
+        say(format!(
+            "dpo LoRA   8 × 64 tokens, rank {} on q,k,v,o,gate,up,down ({:.2}M trainable): {:7.1} tokens/s  ({:.3} s, of which forward+backward {:.3} s)  peak RSS {}",
+            args.lora_rank,
+            trainable as f64 / 1e6,
+            m.per_second(),
+            m.best(),
+            fwd_bwd,
+            gib(m.peak)
+        ));
+        report["dpo_lora"] = m.json();
+        report["dpo_lora"]["forward_backward_seconds"] = json!(fwd_bwd);
+        report["dpo_lora"]["rank"] = json!(args.lora_rank);
+        report["dpo_lora"]["trainable_parameters"] = json!(trainable);
+    }
     if wanted("dpo") {
-        // The loaded model is trained in place, as anchor_torch.py does: the reference enters only through
-        // its cached log-probs, so the peak is the policy's weights, gradients, AdamW state and activations.
-        let policy = &model;
-        let reference: Vec<f64> = model.score(&items)?.iter().map(|s| s.sum).collect();
-        let cached = |range: std::ops::Range<usize>| -> anyhow::Result<SeqLogProbs> {
-            let n = range.len();
-            let sums: Vec<f32> = reference[range].iter().map(|&s| s as f32).collect();
-            Ok(SeqLogProbs {
-                sum: candle_core::Tensor::from_vec(sums, n, &device)?,
-                tokens: candle_core::Tensor::full(32f32, n, &device)?,
-            })
-        };
-        let (ref_chosen, ref_rejected) = (cached(0..4)?, cached(4..8)?);
-        let loss_cfg = LossConfig {
-            kind: LossKind::Dpo,
-            beta: 0.1,
-            label_smoothing: 0.0,
-        };
-        let mut opt = AdamW::new(policy.vars(), AdamWParams::default())?;
-        let mut fwd_bwd = f64::INFINITY;
-        let m = measure(args.repeats, || {
-            let t = Instant::now();
-            let lp = policy.sequence_logprobs(&items, Padding::Right)?;
-            let side = |from: usize| -> anyhow::Result<SeqLogProbs> {
-                Ok(SeqLogProbs {
-                    sum: lp.sum.narrow(0, from, 4)?,
-                    tokens: lp.tokens.narrow(0, from, 4)?,
-                })
-            };
-            let out = preference_loss(
-                &loss_cfg,
-                &PairLogProbs {
-                    policy_chosen: side(0)?,
-                    policy_rejected: side(4)?,
-                    reference_chosen: ref_chosen.clone(),
-                    reference_rejected: ref_rejected.clone(),
-                },
-            )?;
-            let grads = out.loss.backward()?;
-            fwd_bwd = fwd_bwd.min(t.elapsed().as_secs_f64());
-            opt.step_grads(&grads, None)?;
-            Ok(512)
-        })?;
+        // The loaded model is trained in place, as anchor_torch.py does.
+        let (m, fwd_bwd) = dpo_workload(&model, &items, &reference, args.repeats)?;
         say(format!(
             "dpo step   8 × 64 tokens (fwd+bwd+AdamW):   {:7.1} tokens/s  ({:.3} s, of which forward+backward {:.3} s)  peak RSS {}",
             m.per_second(),
@@ -378,4 +373,56 @@ fn sample_workloads(
         report[format!("{name}{suffix}")] = m.json();
     }
     Ok(())
+}
+
+/// One DPO step on `policy` (the trainer's loss, backward and fused AdamW over its trainable weights), timed
+/// `repeats` times: 4 chosen and 4 rejected of `items`, `reference` their cached log-probs. Returns the
+/// measurement and the best forward+backward time.
+fn dpo_workload(
+    policy: &LanguageModel,
+    items: &[(Vec<u32>, Vec<u32>)],
+    reference: &[f64],
+    repeats: usize,
+) -> anyhow::Result<(Measured, f64)> {
+    let device = policy.device().clone();
+    let cached = |range: std::ops::Range<usize>| -> anyhow::Result<SeqLogProbs> {
+        let n = range.len();
+        let sums: Vec<f32> = reference[range].iter().map(|&s| s as f32).collect();
+        Ok(SeqLogProbs {
+            sum: candle_core::Tensor::from_vec(sums, n, &device)?,
+            tokens: candle_core::Tensor::full(32f32, n, &device)?,
+        })
+    };
+    let (ref_chosen, ref_rejected) = (cached(0..4)?, cached(4..8)?);
+    let loss_cfg = LossConfig {
+        kind: LossKind::Dpo,
+        beta: 0.1,
+        label_smoothing: 0.0,
+    };
+    let mut opt = AdamW::new(policy.vars(), AdamWParams::default())?;
+    let mut fwd_bwd = f64::INFINITY;
+    let m = measure(repeats, || {
+        let t = Instant::now();
+        let lp = policy.sequence_logprobs(items, Padding::Right)?;
+        let side = |from: usize| -> anyhow::Result<SeqLogProbs> {
+            Ok(SeqLogProbs {
+                sum: lp.sum.narrow(0, from, 4)?,
+                tokens: lp.tokens.narrow(0, from, 4)?,
+            })
+        };
+        let out = preference_loss(
+            &loss_cfg,
+            &PairLogProbs {
+                policy_chosen: side(0)?,
+                policy_rejected: side(4)?,
+                reference_chosen: ref_chosen.clone(),
+                reference_rejected: ref_rejected.clone(),
+            },
+        )?;
+        let grads = out.loss.backward()?;
+        fwd_bwd = fwd_bwd.min(t.elapsed().as_secs_f64());
+        opt.step_grads(&grads, None)?;
+        Ok(512)
+    })?;
+    Ok((m, fwd_bwd))
 }

@@ -81,7 +81,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             guidelines: Some(GUIDELINES.into()),
             label_budget: Some(Some(512)),
             strategy: Some(Strategy::Hybrid),
-            train_every: Some(32),
+            // Rounds of a new project's 64 decisive labels: two people at 12 a minute reach them in under
+            // three minutes. With 32 a 2-core machine trained without pause and fell behind the people
+            // (docs/BENCHMARKS.md, pair supply).
             ..Default::default()
         };
         let project = create_project(&store, input).await?;

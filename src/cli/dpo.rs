@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 
-use crate::domain::{LossKind, Schedule};
+use crate::domain::{LoraSettings, LoraTarget, LossKind, Schedule};
 use crate::learn::data::read_preferences_chat;
 use crate::learn::dpo::LossConfig;
 use crate::learn::optim::AdamWParams;
@@ -26,7 +26,8 @@ pub struct DpoArgs {
     /// TRL-format preferences: {"prompt","chosen","rejected"} per line.
     #[arg(long)]
     data: PathBuf,
-    /// Where the trained model is written (a Hugging Face directory, replaced atomically).
+    /// Where the trained model is written (a Hugging Face directory, or with --lora-rank a PEFT adapter
+    /// directory; replaced atomically).
     #[arg(long)]
     out: PathBuf,
     /// dpo (sigmoid) or ipo.
@@ -71,12 +72,74 @@ pub struct DpoArgs {
     max_grad_norm: f64,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Train LoRA adapters of this rank on the frozen --model instead of every weight, and write them as a
+    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors). The reference is --model
+    /// with the adapters off. A --model that is an adapter directory keeps training its adapters.
+    #[arg(long)]
+    lora_rank: Option<u32>,
+    /// LoRA's alpha: the adapters' output is scaled by alpha / rank (default: twice the rank).
+    #[arg(long, requires = "lora_rank")]
+    lora_alpha: Option<f64>,
+    /// Dropout on the adapters' input while training.
+    #[arg(long, requires = "lora_rank")]
+    lora_dropout: Option<f64>,
+    /// The linear layers of every block to adapt, comma-separated (default: all seven).
+    #[arg(long, value_delimiter = ',', requires = "lora_rank")]
+    lora_targets: Vec<LoraTarget>,
+    /// Write a Hugging Face directory with the adapters merged into the weights instead of the adapter.
+    #[arg(long)]
+    merge: bool,
+}
+
+impl DpoArgs {
+    /// The LoRA settings the flags ask for, if any.
+    fn lora(&self) -> anyhow::Result<Option<LoraSettings>> {
+        let Some(rank) = self.lora_rank else {
+            return Ok(None);
+        };
+        let defaults = LoraSettings::default();
+        let settings = LoraSettings {
+            rank,
+            alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
+            dropout: self.lora_dropout.unwrap_or(defaults.dropout),
+            targets: if self.lora_targets.is_empty() {
+                defaults.targets
+            } else {
+                self.lora_targets.clone()
+            },
+        };
+        settings
+            .check()
+            .map_err(|e| anyhow::anyhow!("{}", e.replace("lora.", "--lora-")))?;
+        Ok(Some(settings))
+    }
 }
 
 pub fn run(args: DpoArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
+    let lora = args.lora()?;
     let model = LanguageModel::load(&args.model, &device)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    if model.lora().is_some() && lora.is_some() {
+        anyhow::bail!(
+            "{} is a LoRA adapter already: leave out --lora-rank to keep training it",
+            args.model.display()
+        );
+    }
+    // With LoRA the policy is --model plus adapters (fresh, or the adapter directory's own).
+    let model = match &lora {
+        Some(l) => model.with_lora(l, args.seed)?,
+        None => model,
+    };
+    let adapted = model.lora().cloned();
+    if adapted.is_some() && args.reference.is_some() {
+        anyhow::bail!(
+            "with LoRA the reference is the base model with the adapters off: leave out --reference"
+        );
+    }
+    if args.merge && adapted.is_none() {
+        anyhow::bail!("--merge merges LoRA adapters: give --lora-rank (or an adapter directory)");
+    }
     // Conversational lines are rendered with the model's own chat template.
     let file = std::fs::File::open(&args.data)
         .with_context(|| format!("opening {}", args.data.display()))?;
@@ -115,9 +178,11 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
 
     let reference_path = args.reference.clone();
     let mut load_reference = || -> Result<LanguageModel, crate::learn::BoxError> {
-        match &reference_path {
-            Some(p) => Ok(LanguageModel::load(p, &device)?),
-            None => Ok(model.deep_clone()?),
+        match (&adapted, &reference_path) {
+            // Fresh adapters score exactly as the base: `reset`'s start and the reference's log-probs.
+            (Some(l), _) => Ok(model.without_lora().with_lora(l, args.seed)?),
+            (None, Some(p)) => Ok(LanguageModel::load(p, &device)?),
+            (None, None) => Ok(model.deep_clone()?),
         }
     };
     let mut bar = ProgressBar::new(cfg.total_steps(train.len()));
@@ -147,8 +212,12 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
         },
     )?;
     bar.clear();
-    outcome
-        .model
+    let trained = if args.merge {
+        outcome.model.merged()?
+    } else {
+        outcome.model
+    };
+    trained
         .save(&args.out)
         .with_context(|| format!("saving to {}", args.out.display()))?;
     eprintln!("saved {}", args.out.display());

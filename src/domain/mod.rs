@@ -13,7 +13,9 @@ pub use metrics::{
     EvalMetrics, LossPoint, RewardStats, RunMetrics, StepMetrics, TrainedMetrics, VersionMetrics,
     WinRate, wilson_interval,
 };
-pub use settings::{CompletionSettings, DEFAULT_GOLD_RATE, GOLD_TRIAL, LoopSettings, Oversample};
+pub use settings::{
+    CompletionSettings, DEFAULT_GOLD_RATE, GOLD_TRIAL, LoopSettings, LoraSettings, Oversample,
+};
 
 /// A name that is not one of an enum's values; says which values there are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -180,6 +182,43 @@ named_enum! {
         Q8_0 = "q8_0",
         /// 4-bit k-quants in super-blocks of 256 (GGML's Q4_K): 0.56 bytes a weight, coarser samples.
         Q4K = "q4_k",
+    }
+}
+
+named_enum! {
+    /// A linear layer of every decoder block that LoRA adapts, by the short name the CLI and the project
+    /// setting use; [`LoraTarget::module`] is the Hugging Face module name PEFT files use.
+    pub enum LoraTarget ("LoRA target") {
+        Q = "q",
+        K = "k",
+        V = "v",
+        O = "o",
+        Gate = "gate",
+        Up = "up",
+        Down = "down",
+    }
+}
+
+impl LoraTarget {
+    /// The module's name in a Hugging Face llama (and so in PEFT's `target_modules` and tensor names).
+    pub fn module(self) -> &'static str {
+        match self {
+            LoraTarget::Q => "q_proj",
+            LoraTarget::K => "k_proj",
+            LoraTarget::V => "v_proj",
+            LoraTarget::O => "o_proj",
+            LoraTarget::Gate => "gate_proj",
+            LoraTarget::Up => "up_proj",
+            LoraTarget::Down => "down_proj",
+        }
+    }
+
+    /// The target whose Hugging Face module name is `module`.
+    pub fn from_module(module: &str) -> Option<LoraTarget> {
+        LoraTarget::ALL
+            .iter()
+            .copied()
+            .find(|t| t.module() == module)
     }
 }
 

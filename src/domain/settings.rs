@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Display, EntropyEstimator, LabelAggregation, LossKind, Schedule, Strategy};
+use super::{
+    Display, EntropyEstimator, LabelAggregation, LoraTarget, LossKind, Schedule, Strategy,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -72,6 +74,72 @@ impl Default for Oversample {
     }
 }
 
+/// Low-rank adapters (LoRA, Hu et al. 2021) instead of full fine-tuning: each targeted linear weight W
+/// (out × in) of every block becomes W + (alpha / rank) · B · A with A (rank × in) and B (out × rank)
+/// trained and W frozen, as PEFT does it (A uniform in ±1/√in, B zero, so a fresh adapter changes
+/// nothing; dropout on the adapter's input while training).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSettings {
+    pub rank: u32,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: Vec<LoraTarget>,
+}
+
+impl Default for LoraSettings {
+    /// Rank 8 with alpha 16 (a scale of 2) on all seven linear layers of a block, no dropout.
+    fn default() -> Self {
+        LoraSettings {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: LoraTarget::ALL.to_vec(),
+        }
+    }
+}
+
+impl LoraSettings {
+    /// What multiplies B · A: alpha / rank.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank.max(1) as f64
+    }
+
+    /// Whether the settings can train; the message names the first field that cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=1024).contains(&self.rank) {
+            return Err("lora.rank must be 1 to 1024".into());
+        }
+        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
+            return Err("lora.alpha must be a positive number".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err("lora.dropout must be in [0, 1)".into());
+        }
+        if self.targets.is_empty() {
+            return Err("lora.targets must name at least one of q, k, v, o, gate, up, down".into());
+        }
+        Ok(())
+    }
+
+    /// The same settings with the targets in block order, each once (as adapters record them).
+    pub fn normalised(&self) -> LoraSettings {
+        LoraSettings {
+            targets: self.targets_in_order(),
+            ..self.clone()
+        }
+    }
+
+    /// The targets in block order, each once.
+    pub fn targets_in_order(&self) -> Vec<LoraTarget> {
+        LoraTarget::ALL
+            .iter()
+            .copied()
+            .filter(|t| self.targets.contains(t))
+            .collect()
+    }
+}
+
 /// The active-learning loop's settings. Every field has a default, so a project needs only a name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
@@ -117,6 +185,9 @@ pub struct LoopSettings {
     pub criterion: String,
     /// Held-out prompts (the oldest of the eval split) each new version's win rate is measured on.
     pub eval_prompts: u32,
+    /// Train LoRA adapters on the frozen reference instead of every weight; `None`: full fine-tuning.
+    /// Versions are then stored as adapters, and all of them share the reference's weights in memory.
+    pub lora: Option<LoraSettings>,
 }
 
 /// Gold answers an annotator gives before `min_gold_accuracy` applies to them.
@@ -152,6 +223,7 @@ impl Default for LoopSettings {
             display: Display::Markdown,
             criterion: String::new(),
             eval_prompts: 64,
+            lora: None,
         }
     }
 }

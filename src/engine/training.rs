@@ -33,6 +33,8 @@ pub struct TrainRequest {
     pub settings: LoopSettings,
     /// Id the new version will have; its weights go to `<checkpoint dir>/<id>`.
     pub version_id: String,
+    /// Threads the run computes on (a pool of its own); None: every core.
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +66,17 @@ pub(super) async fn run(
         .expect("cache lock poisoned")
         .remove(&req.project_id)
         .unwrap_or_default();
+    // With LoRA the policy is the reference's weights plus adapters: a run starts from fresh ones (`reset`,
+    // a first LoRA run, or changed LoRA settings) or the serving version's (`continue`). A project that
+    // turned LoRA off continues from the serving version's merged weights.
+    let lora = req.settings.lora.as_ref().map(|l| l.normalised());
+    let seed = req.settings.seed;
+    let current = match &lora {
+        Some(l) if current.lora() != Some(l) => reference.with_lora(l, seed),
+        None if current.lora().is_some() => current.merged(),
+        _ => Ok(current),
+    }
+    .map_err(|e| EngineError::Model(format!("preparing the model to train: {e}")))?;
     let dir: PathBuf = handle.checkpoint_dir.join(&req.version_id);
     let cfg = DpoConfig::from_settings(&req.settings);
     let (train, eval): (Vec<_>, Vec<_>) = req.preferences.iter().partition(|p| !p.eval);
@@ -82,24 +95,42 @@ pub(super) async fn run(
             .collect()
     };
     let (train, eval) = (to_pairs(train), to_pairs(eval));
+    let req_threads = req.threads;
 
     let outcome = tokio::task::spawn_blocking(move || {
         let mut report = |p: &Progress| {
             let _ = progress.send(p.clone());
         };
-        let result = train_dpo(
-            &current,
-            &mut || reference.deep_clone().map_err(Into::into),
-            &mut cache,
-            &train,
-            &eval,
-            &cfg,
-            RunControl {
-                progress: &mut report,
-                cancel: &cancel,
-                hold: &|| hold(),
-            },
-        );
+        let mut run = || {
+            train_dpo(
+                &current,
+                // A fresh adapter (B = 0) scores exactly as the reference: the start of `reset`, and the
+                // reference's log-probs, with no copy of the weights.
+                &mut || match &lora {
+                    Some(l) => reference.with_lora(l, seed).map_err(Into::into),
+                    None => reference.deep_clone().map_err(Into::into),
+                },
+                &mut cache,
+                &train,
+                &eval,
+                &cfg,
+                RunControl {
+                    progress: &mut report,
+                    cancel: &cancel,
+                    hold: &|| hold(),
+                },
+            )
+        };
+        // candle's matrix products run on the rayon pool they are called from.
+        let result =
+            match req_threads.map(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build()) {
+                Some(Ok(pool)) => pool.install(run),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "no thread pool for training: it takes every core");
+                    run()
+                }
+                None => run(),
+            };
         let saved = result.and_then(|outcome| {
             outcome.model.save(&dir).map_err(|e| TrainError::Model {
                 context: "saving the trained model",

@@ -93,7 +93,13 @@ impl Models {
             let entry = self.policies.remove(i);
             self.policies.push(entry);
         } else {
-            let model = LanguageModel::load(&policy.path, &self.device).map_err(model_error)?;
+            // An adapter goes onto the reference's weights (and their sampling copy): one base in memory.
+            let model = if LanguageModel::is_adapter(&policy.path) {
+                self.reference.with_adapter(&policy.path)
+            } else {
+                LanguageModel::load(&policy.path, &self.device)
+            }
+            .map_err(model_error)?;
             let model = for_sampling(model, self.sampling_weights, &policy.version_id)?;
             self.insert(policy.version_id.clone(), model);
         }

@@ -17,6 +17,8 @@ use candle_core::{D, DType, Device, Module, Tensor, Var};
 
 use super::config::ModelConfig;
 use super::error::Result;
+use super::lora::{Adapter, Adapters};
+use crate::domain::LoraTarget;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernels {
@@ -60,6 +62,8 @@ pub(crate) struct Llama {
     pub sin: Tensor,
     /// The quantized copy `Kernels::Quantized` reads, taken from the weights when it was made.
     pub quant: Option<Arc<QuantLinears>>,
+    /// LoRA adapters added to the linear layers they target, on every kernel path.
+    pub adapters: Option<Adapters>,
 }
 
 /// Input widths are padded with zero weights to a multiple of this: candle's packed integer kernels (AVX-512
@@ -228,18 +232,36 @@ fn softmax(x: &Tensor, k: Kernels) -> candle_core::Result<Tensor> {
     }
 }
 
-/// x (b, t, in) through a linear layer: its quantized copy when there is one, else the weight `w`.
+/// A linear layer's LoRA adapter with its scale and input dropout.
+#[derive(Clone, Copy)]
+struct Lora<'a> {
+    adapter: &'a Adapter,
+    scale: f64,
+    dropout: f64,
+}
+
+/// x (b, t, in) through a linear layer: its quantized copy when there is one, else the weight `w`; plus
+/// s · (drop(x)·Aᵀ)·Bᵀ when the layer has an adapter (dropout only on the differentiable, training path).
 fn project(
     x: &Tensor,
     w: &Var,
     quant: Option<&QuantLinear>,
     bias: Option<&Tensor>,
+    lora: Option<Lora<'_>>,
     k: Kernels,
 ) -> candle_core::Result<Tensor> {
-    match quant {
-        Some(q) => add_bias(q.forward(x)?, bias),
-        None => linear(x, &take(w, k), bias),
-    }
+    let y = match quant {
+        Some(q) => add_bias(q.forward(x)?, bias)?,
+        None => linear(x, &take(w, k), bias)?,
+    };
+    let Some(l) = lora else { return Ok(y) };
+    let x = if k == Kernels::Differentiable && l.dropout > 0.0 {
+        candle_nn::ops::dropout(x, l.dropout as f32)?
+    } else {
+        x.clone()
+    };
+    let low = linear(&x, &take(&l.adapter.a, k), None)?;
+    y + (linear(&low, &take(&l.adapter.b, k), None)? * l.scale)?
 }
 
 /// Additive attention mask (b, 1, 1, t, s): 0 where query i may see key j, −inf elsewhere. The t queries are
@@ -356,11 +378,40 @@ impl Llama {
         let quant = self.quant_for(k);
         for (li, blk) in self.blocks.iter().enumerate() {
             let qb = quant.map(|q| &q.blocks[li]);
+            let lora = |t: LoraTarget| {
+                let a = self.adapters.as_ref()?;
+                Some(Lora {
+                    adapter: a.get(li, t)?,
+                    scale: a.settings.scale(),
+                    dropout: a.settings.dropout,
+                })
+            };
             let xn = rms_norm(&x, &take(&blk.ln1, k), cfg.rms_norm_eps, k)?;
             let bias = |v: &Option<Var>| v.as_ref().map(|v| take(v, k));
-            let q = project(&xn, &blk.q, qb.map(|b| &b.q), bias(&blk.q_bias).as_ref(), k)?;
-            let kk = project(&xn, &blk.k, qb.map(|b| &b.k), bias(&blk.k_bias).as_ref(), k)?;
-            let v = project(&xn, &blk.v, qb.map(|b| &b.v), bias(&blk.v_bias).as_ref(), k)?;
+            let proj = |x: &Tensor, w: &Var, q: Option<&QuantLinear>, bias: Option<Tensor>, t| {
+                project(x, w, q, bias.as_ref(), lora(t), k)
+            };
+            let q = proj(
+                &xn,
+                &blk.q,
+                qb.map(|b| &b.q),
+                bias(&blk.q_bias),
+                LoraTarget::Q,
+            )?;
+            let kk = proj(
+                &xn,
+                &blk.k,
+                qb.map(|b| &b.k),
+                bias(&blk.k_bias),
+                LoraTarget::K,
+            )?;
+            let v = proj(
+                &xn,
+                &blk.v,
+                qb.map(|b| &b.v),
+                bias(&blk.v_bias),
+                LoraTarget::V,
+            )?;
             let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
             let kk = kk.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -383,12 +434,19 @@ impl Llama {
             let att = softmax(&att, k)?.reshape((b, nkv, rep * t, s))?;
             let y = att.matmul(&v)?.reshape((b, nh, t, hd))?;
             let y = y.transpose(1, 2)?.reshape((b, t, h))?;
-            x = (x + project(&y, &blk.o, qb.map(|b| &b.o), None, k)?)?;
+            x = (x + proj(&y, &blk.o, qb.map(|b| &b.o), None, LoraTarget::O)?)?;
 
             let xn = rms_norm(&x, &take(&blk.ln2, k), cfg.rms_norm_eps, k)?;
-            let g = project(&xn, &blk.gate, qb.map(|b| &b.gate), None, k)?.silu()?;
-            let u = project(&xn, &blk.up, qb.map(|b| &b.up), None, k)?;
-            x = (x + project(&(g * u)?, &blk.down, qb.map(|b| &b.down), None, k)?)?;
+            let g = proj(&xn, &blk.gate, qb.map(|b| &b.gate), None, LoraTarget::Gate)?.silu()?;
+            let u = proj(&xn, &blk.up, qb.map(|b| &b.up), None, LoraTarget::Up)?;
+            let down = proj(
+                &(g * u)?,
+                &blk.down,
+                qb.map(|b| &b.down),
+                None,
+                LoraTarget::Down,
+            )?;
+            x = (x + down)?;
         }
         Ok(rms_norm(&x, &take(&self.norm, k), cfg.rms_norm_eps, k)?)
     }

@@ -73,7 +73,7 @@ fn check_safetensors_bytes(path: &Path, data: &[u8]) -> Result<()> {
     }
 }
 
-fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+pub(crate) fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     let data = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
     check_safetensors_bytes(path, &data)?;
     candle_core::safetensors::load_buffer(&data, device).map_err(|e| ModelError::Corrupt {

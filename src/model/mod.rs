@@ -29,17 +29,18 @@ mod error;
 mod llama;
 mod load;
 mod logprob;
+mod lora;
 mod sample;
 mod tokenizer;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
-use crate::domain::SamplingWeights;
+use crate::domain::{LoraSettings, SamplingWeights};
 
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
@@ -112,16 +113,31 @@ pub struct LanguageModel {
     tokenizer: TextTokenizer,
     device: Device,
     dtype: DType,
-    /// Every trainable weight, HF names, in `ModelConfig::expected_tensors` order.
+    /// Every weight of the network, HF names, in `ModelConfig::expected_tensors` order (the base weights,
+    /// frozen when the model has LoRA adapters).
     params: Vec<(String, Var)>,
     net: Llama,
+    /// The file or directory the weights were loaded from, if any: what an adapter saved from this model
+    /// names as its base.
+    source: Option<PathBuf>,
 }
 
 impl LanguageModel {
-    /// Loads a Hugging Face directory (config.json, model.safetensors or shards + index, tokenizer.json) or a
-    /// `.gguf` file. Weights are converted (bf16/f16) or dequantised (GGUF) to f32.
+    /// Loads a Hugging Face directory (config.json, model.safetensors or shards + index, tokenizer.json), a
+    /// `.gguf` file, or a LoRA adapter directory (PEFT's format), whose base is loaded from the path its
+    /// `adapter_config.json` names. Weights are converted (bf16/f16) or dequantised (GGUF) to f32.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
+        if lora::is_adapter_dir(path) {
+            let header = lora::read_config(path)?;
+            let base = header.base.ok_or_else(|| ModelError::Corrupt {
+                path: path.join(lora::CONFIG_FILE),
+                format: "adapter_config.json",
+                reason: "base_model_name_or_path is empty: load the base model and add the adapter to it"
+                    .into(),
+            })?;
+            return Self::load(&base, device)?.with_adapter(path);
+        }
         let loaded = if path.is_dir() {
             load::load_hf_dir(path, device, DType::F32)?
         } else if path
@@ -141,7 +157,15 @@ impl LanguageModel {
                 reason: "expected a Hugging Face model directory or a .gguf file".into(),
             });
         };
-        Self::from_tensors(loaded.config, loaded.tokenizer, loaded.tensors, device)
+        let mut model =
+            Self::from_tensors(loaded.config, loaded.tokenizer, loaded.tensors, device)?;
+        model.source = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(model)
+    }
+
+    /// Whether `path` is a LoRA adapter directory (it holds `adapter_config.json`).
+    pub fn is_adapter(path: impl AsRef<Path>) -> bool {
+        lora::is_adapter_dir(path.as_ref())
     }
 
     /// Builds a model from tensors in HF names (all of `config.expected_tensors()`, already checked).
@@ -195,6 +219,7 @@ impl LanguageModel {
             cos,
             sin,
             quant: None,
+            adapters: None,
         };
         Ok(LanguageModel {
             config,
@@ -203,6 +228,7 @@ impl LanguageModel {
             dtype,
             params,
             net,
+            source: None,
         })
     }
 
@@ -275,6 +301,10 @@ impl LanguageModel {
     /// it, and never trains a served model in place). Input widths of any size are padded to the quantized
     /// kernels' blocks.
     pub fn with_sampling_weights(&self, weights: SamplingWeights) -> Result<Self> {
+        if self.net.adapters.is_some() && self.sampling_weights() == weights {
+            // The base weights under adapters never train: their copy stays true.
+            return Ok(self.clone());
+        }
         let Some(dtype) = ggml_dtype(weights) else {
             let mut m = self.clone();
             m.net.quant = None;
@@ -313,12 +343,16 @@ impl LanguageModel {
         }
     }
 
-    /// Every trainable weight, in a fixed order (tied embeddings appear once).
+    /// Every trainable weight, in a fixed order (tied embeddings appear once): the adapters' A and B when the
+    /// model has LoRA adapters (the base is frozen), else every weight.
     pub fn vars(&self) -> Vec<Var> {
-        self.params.iter().map(|(_, v)| v.clone()).collect()
+        match &self.net.adapters {
+            Some(a) => a.vars(),
+            None => self.params.iter().map(|(_, v)| v.clone()).collect(),
+        }
     }
 
-    /// Every trainable weight with its HF name.
+    /// Every weight of the network with its HF name (the frozen base when there are adapters).
     pub fn named_vars(&self) -> &[(String, Var)] {
         &self.params
     }
@@ -354,23 +388,104 @@ impl LanguageModel {
     }
 
     /// An independent copy: new `Var`s, so training one never moves the other (e.g. policy and reference).
+    /// With LoRA adapters only the adapters are copied: the frozen base (and its sampling copy) is shared.
     pub fn deep_clone(&self) -> Result<Self> {
-        self.to_dtype(self.dtype)
+        match &self.net.adapters {
+            Some(a) => {
+                let mut m = self.clone();
+                m.net.adapters = Some(a.copy_to(self.dtype)?);
+                Ok(m)
+            }
+            None => self.to_dtype(self.dtype),
+        }
     }
 
-    /// An independent copy with weights in `dtype` (F64 for gradient checks).
+    /// An independent copy with weights (and adapters) in `dtype` (F64 for gradient checks).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
         let tensors = self
             .params
             .iter()
             .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().to_dtype(dtype)?.copy()?)))
             .collect::<Result<_>>()?;
-        Self::from_tensors(
+        let mut m = Self::from_tensors(
             self.config.clone(),
             self.tokenizer.clone(),
             tensors,
             &self.device,
-        )
+        )?;
+        m.source.clone_from(&self.source);
+        m.net.adapters = self
+            .net
+            .adapters
+            .as_ref()
+            .map(|a| a.copy_to(dtype))
+            .transpose()?;
+        Ok(m)
+    }
+
+    /// This model's weights (shared, frozen) with fresh LoRA adapters, which then are all that trains. A fresh
+    /// adapter changes no output (B is zero), so the result scores exactly as the base does. Any adapters the
+    /// model had are replaced; its sampling copy, of the same base, is kept.
+    pub fn with_lora(&self, settings: &LoraSettings, seed: u64) -> Result<Self> {
+        let mut m = self.clone();
+        m.net.adapters = Some(lora::Adapters::fresh(
+            &self.config,
+            settings,
+            self.dtype,
+            &self.device,
+            seed,
+        )?);
+        Ok(m)
+    }
+
+    /// This model (its weights shared) with the LoRA adapter saved in `dir` in place of any it had.
+    pub fn with_adapter(&self, dir: impl AsRef<Path>) -> Result<Self> {
+        let (adapters, _) =
+            lora::Adapters::read(dir.as_ref(), &self.config, self.dtype, &self.device)?;
+        let mut m = self.clone();
+        m.net.adapters = Some(adapters);
+        Ok(m)
+    }
+
+    /// The LoRA settings of this model's adapters; None when it has none (full weights).
+    pub fn lora(&self) -> Option<&LoraSettings> {
+        self.net.adapters.as_ref().map(|a| &a.settings)
+    }
+
+    /// The same weights with the adapters off (the base a LoRA policy's reference is).
+    pub fn without_lora(&self) -> Self {
+        let mut m = self.clone();
+        m.net.adapters = None;
+        m
+    }
+
+    /// An independent model whose weights have the adapters merged in (W + s·B·A): the same outputs without
+    /// adapters, for a Hugging Face directory anyone can load. A model without adapters is copied as it is.
+    pub fn merged(&self) -> Result<Self> {
+        let Some(adapters) = &self.net.adapters else {
+            return self.deep_clone();
+        };
+        let deltas = adapters.deltas()?;
+        let tensors = self
+            .params
+            .iter()
+            .map(|(n, v)| {
+                let w = v.as_tensor().detach();
+                let w = match deltas.get(n) {
+                    Some(d) => (w + d.to_dtype(self.dtype)?)?,
+                    None => w.copy()?,
+                };
+                Ok((n.clone(), w))
+            })
+            .collect::<Result<_>>()?;
+        let mut m = Self::from_tensors(
+            self.config.clone(),
+            self.tokenizer.clone(),
+            tensors,
+            &self.device,
+        )?;
+        m.source.clone_from(&self.source);
+        Ok(m)
     }
 
     /// Logits (b, t, vocab) for `ids` (b, t) u32 with no padding. Differentiable in every weight.
@@ -409,8 +524,10 @@ impl LanguageModel {
     }
 
     /// Saves as a Hugging Face directory (model.safetensors in this model's dtype, config.json,
-    /// tokenizer.json, tokenizer_config.json). Everything is written under a temporary name beside `dir` and
-    /// renamed into place; an existing `dir` is replaced only after the new one is complete.
+    /// tokenizer.json, tokenizer_config.json); a model with LoRA adapters saves only them, as a PEFT adapter
+    /// directory (adapter_config.json naming the base it was loaded from, adapter_model.safetensors; use
+    /// [`LanguageModel::merged`] for a whole model). Everything is written under a temporary name beside
+    /// `dir` and renamed into place; an existing `dir` is replaced only after the new one is complete.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         let parent = match dir.parent() {
@@ -449,6 +566,9 @@ impl LanguageModel {
     }
 
     fn write_files(&self, dir: &Path) -> Result<()> {
+        if let Some(adapters) = &self.net.adapters {
+            return adapters.write(dir, self.source.as_deref());
+        }
         let tensors: HashMap<String, Tensor> = self
             .params
             .iter()

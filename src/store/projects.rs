@@ -8,8 +8,8 @@ use utoipa::ToSchema;
 use super::text::check_storable;
 use super::{Result, Store, StoreError, new_id, now_ms};
 use crate::domain::{
-    CompletionSettings, Display, EntropyEstimator, LabelAggregation, LoopSettings, LossKind,
-    Oversample, Schedule, Strategy,
+    CompletionSettings, Display, EntropyEstimator, LabelAggregation, LoopSettings, LoraSettings,
+    LossKind, Oversample, Schedule, Strategy,
 };
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -69,6 +69,11 @@ pub struct ProjectInput {
     pub criterion: Option<String>,
     /// Held-out prompts each new version's win rate is measured on (1 to 10,000; default 64).
     pub eval_prompts: Option<u32>,
+    /// LoRA adapters for training (`{"rank", "alpha", "dropout", "targets"}`, missing fields at their
+    /// defaults); `null`: full fine-tuning.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<LoraSettings>)]
+    pub lora: Option<Option<LoraSettings>>,
 }
 
 /// Tells "absent" (keep) from an explicit `null` (clear) for PATCH.
@@ -126,7 +131,8 @@ impl ProjectInput {
             min_gold_accuracy,
             display,
             criterion,
-            eval_prompts
+            eval_prompts,
+            lora
         );
         p.validate()
     }
@@ -182,6 +188,9 @@ impl Project {
         check_storable("criterion", &s.criterion)?;
         if s.criterion.chars().count() > 300 || s.criterion.contains(['\n', '\r']) {
             return bad("criterion must be one line of at most 300 characters");
+        }
+        if let Some(lora) = &s.lora {
+            lora.check().map_err(StoreError::Invalid)?;
         }
         if !(1..=10_000).contains(&s.eval_prompts) {
             return bad("eval_prompts must be 1 to 10000");

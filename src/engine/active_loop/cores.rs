@@ -25,6 +25,13 @@ pub(super) struct Cores {
     held_seconds: Mutex<f64>,
 }
 
+/// The cores a training run may use: half of them (at least one) while people are labelling, so that the
+/// rounds made for them keep cores of their own for the whole run, not only between its steps; all of
+/// them (None) when nobody is, or on a one-core machine.
+pub(super) fn training_threads(people_at_work: bool, cores: usize) -> Option<usize> {
+    (people_at_work && cores > 1).then(|| cores / 2)
+}
+
 /// Whether training should hold now: someone waits for a pair or soon will (`wanted`), and the hold so far
 /// (if any) is under `max`.
 pub(super) fn should_hold(wanted: bool, held_for: Option<Duration>, max: Duration) -> bool {
@@ -117,6 +124,23 @@ impl Cores {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn training_leaves_half_the_cores_to_acquisition_while_people_label() {
+        assert_eq!(training_threads(true, 2), Some(1));
+        assert_eq!(training_threads(true, 16), Some(8));
+        assert_eq!(training_threads(true, 3), Some(1));
+        assert_eq!(
+            training_threads(true, 1),
+            None,
+            "one core: nothing to split"
+        );
+        assert_eq!(
+            training_threads(false, 16),
+            None,
+            "nobody waits: every core"
+        );
+    }
 
     #[test]
     fn training_holds_while_someone_waits_but_not_forever() {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::Inner;
+use super::cores::training_threads;
 use super::error::LoopResult;
 use crate::domain::{JudgeKind, VersionMetrics};
 use crate::engine::{EngineError, EngineHandle, PolicyRef, RescoreRequest, TrainRequest};
@@ -16,7 +17,7 @@ use crate::store::judges::list_judges;
 use crate::store::leases::count_labels;
 use crate::store::projects::Project;
 use crate::store::queue;
-use crate::store::stats::count_decisive_labels;
+use crate::store::stats::{answering_since, count_decisive_labels};
 use crate::store::training::{self, NewVersion, RunStatus, TrainingRun};
 use crate::store::{Store, new_id};
 
@@ -44,12 +45,22 @@ pub(super) async fn run_training(
     let (tx, rx) = mpsc::unbounded_channel::<Progress>();
     let recorder = tokio::spawn(record_steps(store.clone(), run.id.clone(), rx));
     let version_id = new_id();
+    // People labelling now: the run leaves cores to the rounds made for them (cores.rs).
+    let since = store.clock().now_ms() - super::supply::DEMAND_WINDOW_MS;
+    let people = answering_since(store, &project.id, since).await?.people > 0;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = training_threads(people && !inner.config.wait_for_training, cores);
+    if let Some(n) = threads {
+        tracing::info!(project = %project.name, threads = n, cores,
+            "training on part of the cores while people label");
+    }
     let req = TrainRequest {
         project_id: project.id.clone(),
         current: current.clone(),
         preferences,
         settings: project.settings.clone(),
         version_id: version_id.clone(),
+        threads,
     };
     let cores = inner.cores.clone();
     let hold = Arc::new(move || cores.hold_training());

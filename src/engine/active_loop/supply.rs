@@ -23,7 +23,7 @@ use crate::store::queue::{self, GeneratedPair};
 use crate::store::stats::answering_since;
 
 /// The window demand is measured over.
-const DEMAND_WINDOW_MS: i64 = 5 * 60 * 1000;
+pub(super) const DEMAND_WINDOW_MS: i64 = 5 * 60 * 1000;
 /// Most pairs one round acquires: bigger rounds batch better, but the first pair waits for the whole.
 const MAX_ROUND: usize = 16;
 /// Most ready pairs kept per project, however high the demand.
