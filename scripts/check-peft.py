@@ -51,21 +51,21 @@ def prefloop_greedy(bin_path, model_dir, prompt):
          "--max-new-tokens", str(NEW_TOKENS)],
         capture_output=True, text=True, check=True,
     )
-    m = re.search(r"log p = (-?[0-9.]+)", res.stdout)
+    m = re.search(r"log p = (-?[0-9.]+)[^\n]*\n(.*)\Z", res.stdout, re.S)
     if not m:
         sys.exit(f"no log p in prefloop's output:\n{res.stdout}\n{res.stderr}")
-    return float(m.group(1))
+    return m.group(2).rstrip("\n"), float(m.group(1))
 
 
 def main():
     base_dir, adapter_dir, bin_path = sys.argv[1:4]
     tok = AutoTokenizer.from_pretrained(base_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     base.eval()
     base_out = {p: greedy(base, tok, p) for p in PROMPTS}
 
     peft = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32), adapter_dir
+        AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter_dir
     )
     peft.eval()
     # Load the file once more by hand to see exactly which adapter keys matched.
@@ -82,9 +82,9 @@ def main():
     print(f"{'prompt':38} {'PEFT log p':>11} {'prefloop':>10} {'base':>9}  same text")
     for p in PROMPTS:
         text, lp = greedy(peft, tok, p)
-        theirs = prefloop_greedy(bin_path, adapter_dir, p)
+        their_text, theirs = prefloop_greedy(bin_path, adapter_dir, p)
         _, base_lp_of_base_text = base_out[p]
-        same = abs(lp - theirs) < 0.02
+        same = their_text == text and abs(lp - theirs) < 0.02
         ok &= same
         moved += base_out[p][0] != text or abs(base_lp_of_base_text - lp) > 0.05
         print(f"{p!r:38} {lp:11.3f} {theirs:10.2f} {base_lp_of_base_text:9.3f}  {'yes' if same else 'NO'}  {text!r}")

@@ -17,16 +17,20 @@ for f in "$BIN" "$PY" "$GGUF"; do
     [ -e "$f" ] || { echo "missing $f (see the comment at the top of $0)" >&2; exit 2; }
 done
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+[ -n "${KEEP:-}" ] && echo "work dir: $WORK" || trap 'rm -rf "$WORK"' EXIT
 
 echo "1. the base model as a Hugging Face directory (transformers dequantizes the GGUF)"
-"$PY" - "$GGUF" "$WORK/base" <<'PY'
+"$PY" - "$GGUF" "$WORK/base" 2>/dev/null <<'PY'
 import os, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 gguf, out = sys.argv[1:3]
 d, f = os.path.split(os.path.abspath(gguf))
 AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(out)
-AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32).save_pretrained(out)
+# A model read from GGUF refuses save_pretrained: copy its dequantized weights into a plain one.
+m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+plain = AutoModelForCausalLM.from_config(m.config, dtype=torch.float32)
+plain.load_state_dict(m.state_dict())
+plain.save_pretrained(out)
 PY
 
 echo "2. toy preferences: the positive continuation over the negative one"

@@ -1374,3 +1374,34 @@ fn sampling_through_the_quantized_copy_includes_the_adapters() {
         );
     }
 }
+
+#[test]
+fn a_transformers_5_config_with_rope_parameters_keeps_its_rope_theta() {
+    // transformers 5 writes {"rope_parameters": {"rope_theta": …, "rope_type": "default"}} and no top-level
+    // rope_theta; read as 10,000 (the old default), SmolLM2's 100,000 gave other logits (found by
+    // scripts/check-peft.sh).
+    let (_d, p, m) = saved(false);
+    assert_eq!(m.config().rope_theta, 10_000.0);
+    let cfg = p.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.remove("rope_theta");
+    o.insert(
+        "rope_parameters".into(),
+        serde_json::json!({"rope_theta": 100_000.0, "rope_type": "default"}),
+    );
+    std::fs::write(&cfg, serde_json::to_vec(&v).unwrap()).unwrap();
+    let back = LanguageModel::load(&p, &Device::Cpu).unwrap();
+    assert_eq!(back.config().rope_theta, 100_000.0);
+    assert!(
+        max_abs_diff(&logits(&m), &logits(&back)) > 1e-4,
+        "rope reads it"
+    );
+    v["rope_parameters"]["rope_type"] = "llama3".into();
+    std::fs::write(&cfg, serde_json::to_vec(&v).unwrap()).unwrap();
+    assert!(
+        load_err(&p)
+            .to_string()
+            .contains("\"llama3\" is not supported")
+    );
+}

@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use crate::domain::{
-    CompletionSettings, EntropyEstimator, JudgeKind, JudgeRole, LoopSettings, Oversample,
-    SamplingWeights, Strategy,
+    CompletionSettings, EntropyEstimator, JudgeKind, JudgeRole, LoopSettings, LoraSettings,
+    Oversample, SamplingWeights, Strategy,
 };
 use crate::engine::active_loop::{ActiveLoop, LoopConfig};
 use crate::engine::{EngineConfig, EngineHandle};
@@ -96,6 +96,10 @@ pub struct SimulateArgs {
     /// default q8_0 on the CPU, f32 on a GPU.
     #[arg(long)]
     pub sampling_weights: Option<SamplingWeights>,
+    /// Train LoRA adapters of this rank (alpha twice the rank, all seven linear layers) instead of every
+    /// weight: the project setting `lora`.
+    #[arg(long)]
+    pub lora_rank: Option<u32>,
     /// Continue an experiment in --out: the runs (strategy, seed) already in its results.csv are kept and
     /// not run again; a run that was interrupted starts over (its database is discarded).
     #[arg(long)]
@@ -349,6 +353,13 @@ fn run_settings(args: &SimulateArgs, strategy: Strategy, seed: u64) -> ProjectIn
         eval_prompts: Some(args.eval_prompts as u32),
         // The paper's protocol: each round is acquired by the policy trained on every label before it.
         install_only_if_better: Some(false),
+        lora: args.lora_rank.map(|rank| {
+            Some(LoraSettings {
+                rank,
+                alpha: 2.0 * rank as f64,
+                ..LoraSettings::default()
+            })
+        }),
         ..Default::default()
     }
 }

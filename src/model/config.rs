@@ -126,7 +126,14 @@ impl ModelConfig {
                 .map(|x| x as usize)
                 .ok_or_else(|| bad(format!("missing or non-integer field {name}")))
         };
-        if let Some(scaling) = v.get("rope_scaling").filter(|s| !s.is_null()) {
+        // transformers 5 writes `rope_parameters` ({"rope_theta", "rope_type", …}) where earlier versions
+        // wrote `rope_theta` and `rope_scaling`: read either.
+        let rope_parameters = v.get("rope_parameters").filter(|s| !s.is_null());
+        if let Some(scaling) = v
+            .get("rope_scaling")
+            .filter(|s| !s.is_null())
+            .or(rope_parameters)
+        {
             let kind = scaling
                 .get("rope_type")
                 .or_else(|| scaling.get("type"))
@@ -175,6 +182,7 @@ impl ModelConfig {
                 .unwrap_or(1e-6),
             rope_theta: v
                 .get("rope_theta")
+                .or_else(|| rope_parameters?.get("rope_theta"))
                 .and_then(Value::as_f64)
                 .unwrap_or(10_000.0),
             max_position_embeddings: v
