@@ -29,7 +29,7 @@ pub(super) struct Cores {
 /// rounds made for them keep cores of their own for the whole run, not only between its steps; all of
 /// them (None) when nobody is, or on a one-core machine.
 pub(super) fn training_threads(people_at_work: bool, cores: usize) -> Option<usize> {
-    (people_at_work && cores > 1).then(|| cores / 2)
+    (people_at_work && cores > 1).then_some(cores / 2)
 }
 
 /// Whether training should hold now: someone waits for a pair or soon will (`wanted`), and the hold so far
