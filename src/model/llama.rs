@@ -246,8 +246,8 @@ struct Lora<'a> {
 }
 
 /// x (b, t, in) through a linear layer: its quantized copy when there is one, else the weight `w` (as
-/// [`Llama::weight`] gives it); plus
-/// s · (drop(x)·Aᵀ)·Bᵀ when the layer has an adapter (dropout only on the differentiable, training path).
+/// [`take`] gives it); plus s · (drop(x)·Aᵀ)·Bᵀ when the layer has an adapter (dropout only on the
+/// differentiable, training path).
 fn project(
     x: &Tensor,
     w: &Tensor,
