@@ -68,12 +68,14 @@ pub(super) async fn run(
         .unwrap_or_default();
     // With LoRA the policy is the reference's weights plus adapters: a run starts from fresh ones (`reset`,
     // a first LoRA run, or changed LoRA settings) or the serving version's (`continue`). A project that
-    // turned LoRA off continues from the serving version's merged weights.
+    // turned LoRA off continues from the serving version's merged weights (`reset` starts from the
+    // reference and never reads them).
     let lora = req.settings.lora.as_ref().map(|l| l.normalised());
     let seed = req.settings.seed;
+    let continues = req.settings.schedule == crate::domain::Schedule::Continue;
     let current = match &lora {
         Some(l) if current.lora() != Some(l) => reference.with_lora(l, seed),
-        None if current.lora().is_some() => current.merged(),
+        None if continues && current.lora().is_some() => current.merged(),
         _ => Ok(current),
     }
     .map_err(|e| EngineError::Model(format!("preparing the model to train: {e}")))?;

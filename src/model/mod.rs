@@ -407,6 +407,18 @@ impl LanguageModel {
             .iter()
             .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().to_dtype(dtype)?.copy()?)))
             .collect::<Result<_>>()?;
+        let mut m = self.with_weights(tensors)?;
+        m.net.adapters = self
+            .net
+            .adapters
+            .as_ref()
+            .map(|a| a.copy_to(dtype))
+            .transpose()?;
+        Ok(m)
+    }
+
+    /// A model of this one's shape, tokenizer, device and source with `tensors` as its weights (no adapters).
+    fn with_weights(&self, tensors: Vec<(String, Tensor)>) -> Result<Self> {
         let mut m = Self::from_tensors(
             self.config.clone(),
             self.tokenizer.clone(),
@@ -414,12 +426,6 @@ impl LanguageModel {
             &self.device,
         )?;
         m.source.clone_from(&self.source);
-        m.net.adapters = self
-            .net
-            .adapters
-            .as_ref()
-            .map(|a| a.copy_to(dtype))
-            .transpose()?;
         Ok(m)
     }
 
@@ -478,14 +484,7 @@ impl LanguageModel {
                 Ok((n.clone(), w))
             })
             .collect::<Result<_>>()?;
-        let mut m = Self::from_tensors(
-            self.config.clone(),
-            self.tokenizer.clone(),
-            tensors,
-            &self.device,
-        )?;
-        m.source.clone_from(&self.source);
-        Ok(m)
+        self.with_weights(tensors)
     }
 
     /// Logits (b, t, vocab) for `ids` (b, t) u32 with no padding. Differentiable in every weight.
