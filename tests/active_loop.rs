@@ -61,6 +61,7 @@ async fn with_queue(
             queue_capacity,
             max_loaded_policies: 2,
             sampling_weights: SamplingWeights::F32,
+            dtype: Default::default(),
         },
         reference.id,
     )
@@ -909,6 +910,7 @@ async fn the_engine_samples_from_its_quantized_copy_and_judges_in_f32() {
             queue_capacity: 4,
             max_loaded_policies: 2,
             sampling_weights: SamplingWeights::Q8_0,
+            dtype: Default::default(),
         },
         "reference".into(),
     )
@@ -1106,6 +1108,7 @@ async fn a_lora_project_trains_and_serves_adapters(b: Backend) {
             queue_capacity: 4,
             max_loaded_policies: 2,
             sampling_weights: SamplingWeights::F32,
+            dtype: Default::default(),
         },
         reference.clone(),
     )

@@ -1405,3 +1405,149 @@ fn a_transformers_5_config_with_rope_parameters_keeps_its_rope_theta() {
             .contains("\"llama3\" is not supported")
     );
 }
+
+/// A bf16 copy computes what the f32 model does, to bf16's precision: log-probabilities come out in f32
+/// (the sums would lose whole nats in bf16), sampling works, and a DPO step on the bf16 weights trains them
+/// (through the f32 master copy) while the loss falls as it does in f32.
+#[test]
+fn bf16_weights_score_sample_and_train_like_f32() {
+    let f32_model = tiny(false, 5);
+    let half = f32_model.to_device(&Device::Cpu, DType::BF16).unwrap();
+    assert_eq!(half.dtype(), DType::BF16);
+    let items: Vec<(Vec<u32>, Vec<u32>)> = (0..4u32)
+        .map(|i| {
+            (
+                (1..9).map(|j| (i * 7 + j) % 60 + 1).collect(),
+                (1..9).map(|j| (i + j * 3) % 60 + 1).collect(),
+            )
+        })
+        .collect();
+    let want = f32_model.score(&items).unwrap();
+    let got = half.score(&items).unwrap();
+    for (w, g) in want.iter().zip(&got) {
+        assert!(
+            (w.mean - g.mean).abs() < 1e-2,
+            "per-token log p {} (f32) against {} (bf16)",
+            w.mean,
+            g.mean
+        );
+    }
+    let lp = half.sequence_logprobs(&items, Padding::Right).unwrap();
+    assert_eq!(
+        lp.sum.dtype(),
+        DType::F32,
+        "log-probabilities are reduced in f32"
+    );
+    let samples = half
+        .sample(&[items[0].0.clone()], 2, &params(1.0, 1.0, 6, 3))
+        .unwrap();
+    assert_eq!(samples[0].len(), 2);
+
+    // Raise the first item's log-probability by gradient ascent in both precisions.
+    let steps = |m: &LanguageModel| -> Vec<f64> {
+        let mut opt = prefloop::learn::optim::AdamW::new(
+            m.vars(),
+            prefloop::learn::optim::AdamWParams {
+                lr: 1e-2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        (0..5)
+            .map(|_| {
+                let lp = m.sequence_logprobs(&items[..1], Padding::Right).unwrap();
+                let loss = lp.sum.neg().unwrap().sum_all().unwrap();
+                let v = loss.to_scalar::<f32>().unwrap() as f64;
+                opt.backward_step(&loss, None).unwrap();
+                v
+            })
+            .collect()
+    };
+    let full_losses = steps(&f32_model.deep_clone().unwrap());
+    let half_losses = steps(&half);
+    assert!(
+        half_losses[4] < half_losses[0] - 1.0,
+        "bf16 trained: {half_losses:?}"
+    );
+    for (f, h) in full_losses.iter().zip(&half_losses) {
+        assert!(
+            (f - h).abs() < 0.05 * f.abs().max(1.0),
+            "f32 {full_losses:?} against bf16 {half_losses:?}"
+        );
+    }
+    assert_eq!(
+        half.dtype(),
+        DType::BF16,
+        "training keeps the weights in bf16"
+    );
+}
+
+/// `check-device` compares a device with the CPU; on the CPU itself in bf16 it exercises the whole bf16 path
+/// (scoring, the DPO step, the AdamW update) and reports it inside bf16's tolerance.
+#[test]
+fn check_device_reports_bf16_parity_as_json() {
+    let bin = env!("CARGO_BIN_EXE_prefloop");
+    let out = std::process::Command::new(bin)
+        .args([
+            "check-device",
+            "--device",
+            "cpu",
+            "--dtype",
+            "bf16",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&stdout);
+    assert_eq!(report["dtype"], "bf16");
+    assert_eq!(report["tolerance"], 1e-2);
+    assert_eq!(report["pass"], true);
+    let diff = report["logprob_max_abs_diff"].as_f64().unwrap();
+    assert!(
+        diff > 0.0 && diff < 1e-2,
+        "bf16 differs from f32, within tolerance: {report}"
+    );
+    let loss = report["loss"]["cpu"].as_f64().unwrap();
+    assert!(
+        loss.is_finite() && (loss - std::f64::consts::LN_2).abs() > 1e-3,
+        "{report}"
+    );
+    assert!(
+        report["grad_norm"]["device"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}
+
+/// The product commands keep the CPU in f32: `--dtype bf16` there is refused before anything loads or is
+/// written, and an unknown dtype is refused by name.
+#[test]
+fn bf16_is_refused_on_the_cpu_outside_measurements() {
+    let bin = env!("CARGO_BIN_EXE_prefloop");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny(false, 1).save(&model).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["generate", "--prompt", "hi", "--dtype", "bf16", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--dtype bf16 needs a GPU"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(bin)
+        .args(["generate", "--prompt", "hi", "--dtype", "fp8", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown dtype \"fp8\""));
+}

@@ -11,6 +11,11 @@
 //!   step takes is not all given back to the system and would raise the peaks measured after it.
 //! - **dpo_lora**: the same step training LoRA adapters (`--lora-rank`, all seven linear layers of every
 //!   block) on the frozen weights, just before `dpo`.
+//! - **sample64**: 64 prompts of 16 tokens, 128 new tokens each, one batch: a GPU's sampling workload. Run
+//!   only when named in `--only` (on the CPU it takes minutes).
+//!
+//! `--dtype bf16` runs every workload on bf16 weights (the DPO steps with f32 optimizer state and master
+//! weights); it is meant for a GPU, and runs on the CPU only to be measured.
 //!
 //! Each runs once to warm up, then `--repeats` times: the readable lines give the best run, the JSON the
 //! best, the median (anchor_torch.py's statistic) and every run.
@@ -27,10 +32,15 @@ use crate::domain::{LoraSettings, LossKind, SamplingWeights};
 use crate::learn::dpo::{LossConfig, PairLogProbs, preference_loss};
 use crate::learn::optim::{AdamW, AdamWParams};
 use crate::model::{
-    LanguageModel, ModelConfig, Padding, SamplingParams, SeqLogProbs, TextTokenizer, parse_device,
+    LanguageModel, ModelConfig, Padding, Precision, SamplingParams, SeqLogProbs, TextTokenizer,
+    parse_device,
 };
 
-const WORKLOADS: [&str; 5] = ["score", "dpo", "dpo_lora", "sample16", "sample1"];
+const WORKLOADS: [&str; 6] = [
+    "score", "dpo", "dpo_lora", "sample16", "sample1", "sample64",
+];
+/// Workloads left out unless `--only` names them.
+const OPT_IN: [&str; 1] = ["sample64"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -47,7 +57,8 @@ pub struct Args {
     pub repeats: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Comma-separated workloads to run: score, dpo, dpo_lora, sample16, sample1 (default: all).
+    /// Comma-separated workloads to run: score, dpo, dpo_lora, sample16, sample1, sample64 (default: all
+    /// but sample64).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Print one JSON object on stdout (the readable lines go to stderr).
@@ -59,6 +70,9 @@ pub struct Args {
     /// The rank of the `dpo_lora` step's adapters (alpha twice the rank, all seven linear layers).
     #[arg(long, default_value_t = 8)]
     pub lora_rank: u32,
+    /// What the weights compute in: f32, or bf16 (for a GPU; the CPU runs it, slowly, to measure it).
+    #[arg(long, default_value = "f32")]
+    pub dtype: Precision,
 }
 
 /// Peak resident memory since the last reset, in bytes (Linux: VmHWM; reset by writing 5 to clear_refs).
@@ -184,7 +198,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    let wanted = |w: &str| args.only.is_empty() || args.only.iter().any(|o| o == w);
+    let wanted = |w: &str| {
+        args.only.iter().any(|o| o == w) || (args.only.is_empty() && !OPT_IN.contains(&w))
+    };
     let say = |line: String| {
         if args.json {
             eprintln!("{line}");
@@ -194,11 +210,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let device = parse_device(&args.device)?;
     let t0 = Instant::now();
+    let dtype = args.dtype.dtype();
     let model = match (&args.model, &args.random) {
-        (Some(p), _) => {
-            LanguageModel::load(p, &device).with_context(|| format!("loading {}", p.display()))?
+        (Some(p), _) => LanguageModel::load_as(p, &device, dtype)
+            .with_context(|| format!("loading {}", p.display()))?,
+        (None, Some(shape)) => {
+            let m = random_model(shape, &device)?;
+            if dtype == m.dtype() {
+                m
+            } else {
+                m.to_dtype(dtype)?
+            }
         }
-        (None, Some(shape)) => random_model(shape, &device)?,
         (None, None) => anyhow::bail!("give --model PATH or --random small|1b"),
     };
     let cfg = model.config().clone();
@@ -224,6 +247,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "model": args.model.as_ref().map(|p| p.display().to_string()).or_else(|| args.random.clone()),
         "parameters": cfg.num_parameters(),
         "device": args.device,
+        "dtype": args.dtype.to_string(),
         "repeats": args.repeats,
         "threads": {"available": threads.0, "rayon": threads.1, "candle": threads.2},
     });
@@ -260,7 +284,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     for &weights in &args.sampling_weights {
-        if !wanted("sample16") && !wanted("sample1") {
+        if !SAMPLE_WORKLOADS.iter().any(|(w, ..)| wanted(w)) {
             break;
         }
         let (sampler, suffix) = if weights == SamplingWeights::F32 {
@@ -336,7 +360,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The two sampling workloads on `model`, reported under their names plus `suffix`.
+/// The sampling workloads: name, prompts in the batch, new tokens each.
+const SAMPLE_WORKLOADS: [(&str, usize, usize); 3] = [
+    ("sample16", 16, 32),
+    ("sample1", 1, 32),
+    ("sample64", 64, 128),
+];
+
+/// The sampling workloads on `model`, reported under their names plus `suffix`.
 fn sample_workloads(
     model: &LanguageModel,
     seq: &dyn Fn(usize, usize) -> Vec<u32>,
@@ -346,7 +377,7 @@ fn sample_workloads(
     say: &dyn Fn(String),
     report: &mut Value,
 ) -> anyhow::Result<()> {
-    for (name, n) in [("sample16", 16usize), ("sample1", 1)] {
+    for &(name, n, new_tokens) in &SAMPLE_WORKLOADS {
         if !wanted(name) {
             continue;
         }
@@ -354,9 +385,9 @@ fn sample_workloads(
         let params = SamplingParams {
             temperature: 1.0,
             top_p: 1.0,
-            max_new_tokens: 32,
+            max_new_tokens: new_tokens,
             seed: 1,
-            max_batch: 16,
+            max_batch: n.max(16),
             ..Default::default()
         };
         let m = measure(repeats, || {
@@ -364,7 +395,7 @@ fn sample_workloads(
             Ok(out.iter().flatten().map(|s| s.token_ids.len()).sum())
         })?;
         say(format!(
-            "sample{suffix:6} {n:2} × 32 new tokens, KV cache: {:7.1} new tokens/s  ({} tokens in {:.3} s)  peak RSS {}",
+            "{name}{suffix:6} {n:2} × {new_tokens} new tokens, KV cache: {:7.1} new tokens/s  ({} tokens in {:.3} s)  peak RSS {}",
             m.per_second(),
             m.tokens,
             m.best(),

@@ -127,6 +127,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         model: Some(model),
         device: "cpu".into(),
         sampling_weights: args.sampling_weights,
+        dtype: Default::default(),
         model_queue: 32,
         secure_cookies: false,
         public_url: base,

@@ -13,7 +13,7 @@ use crate::learn::optim::AdamWParams;
 use crate::learn::reference::ReferenceCache;
 use crate::learn::run::{DpoConfig, Progress, RunControl};
 use crate::learn::trainer::{describe, split_eval, train_dpo};
-use crate::model::{ChatMessage, LanguageModel, parse_device};
+use crate::model::{ChatMessage, LanguageModel, Precision, parse_device};
 
 #[derive(Debug, clap::Args)]
 pub struct DpoArgs {
@@ -72,6 +72,10 @@ pub struct DpoArgs {
     max_grad_norm: f64,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// What the weights, activations and gradients are in: f32, or bf16 on a GPU (the optimizer state and an
+    /// f32 master copy of every trained weight stay f32; the checkpoint is written in bf16).
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
     /// Train LoRA adapters of this rank on the frozen --model instead of every weight, and write them as a
     /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors). The reference is --model
     /// with the adapters off. A --model that is an adapter directory keeps training its adapters.
@@ -117,8 +121,10 @@ impl DpoArgs {
 
 pub fn run(args: DpoArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
+    args.dtype.check_device(&device)?;
+    let dtype = args.dtype.dtype();
     let lora = args.lora()?;
-    let model = LanguageModel::load(&args.model, &device)
+    let model = LanguageModel::load_as(&args.model, &device, dtype)
         .with_context(|| format!("loading {}", args.model.display()))?;
     if model.lora().is_some() && lora.is_some() {
         anyhow::bail!(
@@ -181,7 +187,7 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
         match (&adapted, &reference_path) {
             // Fresh adapters score exactly as the base: `reset`'s start and the reference's log-probs.
             (Some(l), _) => Ok(model.without_lora().with_lora(l, args.seed)?),
-            (None, Some(p)) => Ok(LanguageModel::load(p, &device)?),
+            (None, Some(p)) => Ok(LanguageModel::load_as(p, &device, dtype)?),
             (None, None) => Ok(model.deep_clone()?),
         }
     };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::model::{LanguageModel, SamplingParams, parse_device};
+use crate::model::{LanguageModel, Precision, SamplingParams, parse_device};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -31,12 +31,16 @@ pub struct Args {
     /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// What the weights compute in: f32, or bf16 on a GPU.
+    #[arg(long, default_value = "f32")]
+    pub dtype: Precision,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::model::init_cpu_threads();
     let device = parse_device(&args.device)?;
-    let model = LanguageModel::load(&args.model, &device)
+    args.dtype.check_device(&device)?;
+    let model = LanguageModel::load_as(&args.model, &device, args.dtype.dtype())
         .with_context(|| format!("loading {}", args.model.display()))?;
     let tok = model.tokenizer();
     let text = if args.chat {

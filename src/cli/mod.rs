@@ -7,6 +7,7 @@ pub mod bench_api;
 pub mod bench_entropy;
 pub mod bench_loop;
 pub mod bench_model;
+pub mod check_device;
 pub mod demo;
 pub mod dpo;
 pub mod export;
@@ -48,6 +49,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Measure scoring, sampling and training-step speed of a model.
     BenchModel(bench_model::Args),
+    /// Does a GPU compute what the CPU does? Log-probabilities and one DPO step, f32 or bf16.
+    CheckDevice(check_device::Args),
     /// The annotator path under load (no model): /next and judgment latency at a given pending count.
     BenchApi(bench_api::Args),
     /// Annotators at a steady pace against a running server: does the model keep them supplied?
@@ -90,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Acquire(args) => acquire::run(args),
         Command::Generate(args) => generate::run(args),
         Command::BenchModel(args) => bench_model::run(args),
+        Command::CheckDevice(args) => check_device::run(args),
         Command::BenchApi(args) => bench_api::run(args),
         Command::BenchLoop(args) => block_on(bench_loop::run(args)),
         Command::BenchEntropy(args) => bench_entropy::run(args),

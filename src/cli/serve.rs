@@ -7,6 +7,7 @@ use crate::domain::SamplingWeights;
 use crate::engine::active_loop::{ActiveLoop, LoopConfig};
 use crate::engine::{EngineConfig, EngineHandle};
 use crate::http::{AppState, HttpConfig};
+use crate::model::Precision;
 use crate::store::training::ensure_reference_version;
 
 #[derive(Debug, Args)]
@@ -31,6 +32,10 @@ pub struct ServeArgs {
     /// Default: q8_0 on the CPU (twice f32's speed), f32 on a GPU.
     #[arg(long, env = "PREFLOOP_SAMPLING_WEIGHTS")]
     pub sampling_weights: Option<SamplingWeights>,
+    /// What the model's weights compute in: f32, or bf16 on a GPU (training keeps f32 optimizer state and
+    /// master weights; versions are saved in bf16).
+    #[arg(long, env = "PREFLOOP_DTYPE", default_value = "f32")]
+    pub dtype: Precision,
     /// Requests that may wait for the model before callers get 429.
     #[arg(long, env = "PREFLOOP_MODEL_QUEUE", default_value_t = 32)]
     pub model_queue: usize,
@@ -91,6 +96,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 queue_capacity: args.model_queue,
                 max_loaded_policies: 2,
                 sampling_weights: sampling_weights_for(args.sampling_weights, &args.device),
+                dtype: args.dtype,
             };
             Some(EngineHandle::start(config, reference.id).await?)
         }

@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 
 use crate::domain::{
     CompletionSettings, EntropyEstimator, JudgeKind, JudgeRole, LoopSettings, LoraSettings,
-    Oversample, SamplingWeights, Strategy,
+    Oversample, SamplingWeights, Schedule, Strategy,
 };
 use crate::engine::active_loop::{ActiveLoop, LoopConfig};
 use crate::engine::{EngineConfig, EngineHandle};
@@ -75,6 +75,10 @@ pub struct SimulateArgs {
     pub learning_rate: Option<f64>,
     #[arg(long)]
     pub beta: Option<f64>,
+    /// reset (each run starts from the reference and trains on every label) or continue (each run keeps
+    /// training the serving policy).
+    #[arg(long)]
+    pub schedule: Option<Schedule>,
     #[arg(long)]
     pub batch_size: Option<u32>,
     #[arg(long)]
@@ -216,6 +220,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
                 args.sampling_weights,
                 &args.device,
             ),
+            dtype: Default::default(),
         },
         reference.id,
     )
@@ -330,6 +335,7 @@ fn run_settings(args: &SimulateArgs, strategy: Strategy, seed: u64) -> ProjectIn
         seed: Some(seed),
         train_every: args.round.map(|r| r as u32),
         beta: args.beta,
+        schedule: args.schedule,
         learning_rate: args.learning_rate,
         epochs: args.epochs,
         batch_size: args.batch_size,

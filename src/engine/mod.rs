@@ -22,6 +22,7 @@ use worker::Job;
 use crate::domain::{LoopSettings, PairScores, SamplingWeights, Strategy};
 use crate::learn::Progress;
 use crate::learn::candidates::PairText;
+use crate::model::Precision;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -50,6 +51,8 @@ pub struct EngineConfig {
     pub max_loaded_policies: usize,
     /// What sampling reads: f32, or a quantized copy made of each version as it is loaded or installed.
     pub sampling_weights: SamplingWeights,
+    /// What the weights compute in: f32, or bf16 on a GPU.
+    pub dtype: Precision,
 }
 
 /// Which weights a request runs on: a model version id and where its weights are.

@@ -52,6 +52,7 @@ struct Models {
     policies: Vec<(String, LanguageModel)>,
     max_policies: usize,
     device: candle_core::Device,
+    dtype: candle_core::DType,
     sampling_weights: SamplingWeights,
 }
 
@@ -97,7 +98,7 @@ impl Models {
             let model = if LanguageModel::is_adapter(&policy.path) {
                 self.reference.with_adapter(&policy.path)
             } else {
-                LanguageModel::load(&policy.path, &self.device)
+                LanguageModel::load_as(&policy.path, &self.device, self.dtype)
             }
             .map_err(model_error)?;
             let model = for_sampling(model, self.sampling_weights, &policy.version_id)?;
@@ -126,10 +127,13 @@ pub(super) fn run(
     ready: oneshot::Sender<Result<(), EngineError>>,
 ) {
     let loaded = parse_device(&config.device)
+        .and_then(|device| config.dtype.check_device(&device).map(|()| device))
         .map_err(model_error)
         .and_then(|device| {
-            let model = LanguageModel::load(&config.model_path, &device)
-                .map_err(|e| EngineError::Model(format!("{}: {e}", config.model_path.display())))?;
+            let model = LanguageModel::load_as(&config.model_path, &device, config.dtype.dtype())
+                .map_err(|e| {
+                EngineError::Model(format!("{}: {e}", config.model_path.display()))
+            })?;
             let model = for_sampling(model, config.sampling_weights, &reference.version_id)?;
             // Warm-up: one token through the sampler proves the weights and the tokenizer work together.
             let ids = model.tokenizer().encode("Hello").map_err(model_error)?;
@@ -144,6 +148,7 @@ pub(super) fn run(
                 policies: Vec::new(),
                 max_policies: config.max_loaded_policies,
                 device,
+                dtype: config.dtype.dtype(),
                 sampling_weights: config.sampling_weights,
             })
         });

@@ -9,6 +9,11 @@
 //! Gradients are accumulated first ([`AdamW::accumulate`], once per micro-batch), then [`AdamW::step`] clips
 //! the accumulated gradient by its global norm, updates, and clears it. Off the CPU (the `cuda` build) the same
 //! update runs as ordinary tensor ops.
+//!
+//! Half-precision weights (bf16 or f16, on a GPU) train with f32 optimizer state: the moments, the gradient
+//! accumulator and a master copy of the weight are f32, the update runs on the master, and the weight the
+//! model computes with is the master rounded to its dtype after each step. Updates far below the weight's
+//! bf16 resolution then still add up instead of rounding away.
 
 use std::cell::RefCell;
 
@@ -48,11 +53,13 @@ enum State {
         g: Vec<f32>,
         touched: bool,
     },
-    /// Other devices: the same state as tensors.
+    /// Other devices, and half-precision weights anywhere: the same state as f32 tensors, with an f32
+    /// master copy of a half-precision weight.
     Device {
         m: Tensor,
         v: Tensor,
         g: Option<Tensor>,
+        master: Option<Tensor>,
     },
 }
 
@@ -61,7 +68,7 @@ struct Slot {
     state: State,
 }
 
-/// Fused in-place AdamW over a set of f32 variables.
+/// Fused in-place AdamW over a set of f32 (or, with f32 state, half-precision) variables.
 pub struct AdamW {
     params: AdamWParams,
     slots: Vec<Slot>,
@@ -70,16 +77,17 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Variables that are not f32 are rejected (the trainer works in f32; REFERENCE.md, loading).
+    /// Variables must be f32, bf16 or f16; half-precision ones get an f32 master copy.
     pub fn new(vars: Vec<Var>, params: AdamWParams) -> Result<Self> {
         let slots = vars
             .into_iter()
             .map(|var| {
-                if var.dtype() != DType::F32 {
-                    bail!("AdamW: variable of dtype {:?}, expected f32", var.dtype());
+                let dtype = var.dtype();
+                if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+                    bail!("AdamW: variable of dtype {dtype:?}, expected f32, bf16 or f16");
                 }
                 let n = var.elem_count();
-                let state = if var.device().is_cpu() {
+                let state = if var.device().is_cpu() && dtype == DType::F32 {
                     State::Host {
                         m: vec![0.0; n],
                         v: vec![0.0; n],
@@ -87,10 +95,14 @@ impl AdamW {
                         touched: false,
                     }
                 } else {
+                    let zeros = var.zeros_like()?.to_dtype(DType::F32)?;
                     State::Device {
-                        m: var.zeros_like()?,
-                        v: var.zeros_like()?,
+                        m: zeros.clone(),
+                        v: zeros,
                         g: None,
+                        master: (dtype != DType::F32)
+                            .then(|| var.as_tensor().detach().to_dtype(DType::F32))
+                            .transpose()?,
                     }
                 };
                 Ok(Slot { var, state })
@@ -140,7 +152,7 @@ impl AdamW {
                     }
                 }
                 State::Device { g, .. } => {
-                    let grad = grad.detach();
+                    let grad = grad.detach().to_dtype(DType::F32)?;
                     *g = Some(match g.take() {
                         Some(acc) => (acc + grad)?,
                         None => grad,
@@ -188,9 +200,9 @@ impl AdamW {
                     *touched = false;
                     update_host(var, m, v, g, c)?;
                 }
-                State::Device { m, v, g } => {
+                State::Device { m, v, g, master } => {
                     let Some(grad) = g.take() else { continue };
-                    update_device(var, m, v, &grad, c, &p)?;
+                    update_device(var, master.as_mut(), m, v, &grad, c, &p)?;
                 }
             }
         }
@@ -238,7 +250,9 @@ impl AdamW {
                     let g = cpu_f32(&storage, layout, var.elem_count())?;
                     update_host(var, m, v, g, c)?;
                 }
-                State::Device { m, v, .. } => update_device(var, m, v, t, c, &p)?,
+                State::Device { m, v, master, .. } => {
+                    update_device(var, master.as_mut(), m, v, t, c, &p)?
+                }
             }
         }
         Ok(norm)
@@ -300,9 +314,11 @@ fn update_host(
     var.as_tensor().inplace_op1(&op)
 }
 
-/// The same update as tensor ops, for weights off the CPU.
+/// The same update as tensor ops, for weights off the CPU and half-precision weights: in f32 on `master`
+/// when there is one (the weight then gets the master in its own dtype), else on the weight itself.
 fn update_device(
     var: &Var,
+    master: Option<&mut Tensor>,
     m: &mut Tensor,
     v: &mut Tensor,
     grad: &Tensor,
@@ -314,9 +330,17 @@ fn update_device(
     let next_v = ((&*v * p.beta2)? + (grad.sqr()? * (1.0 - p.beta2))?)?;
     let m_hat = (&next_m * c.scale_m as f64)?;
     let v_hat = (&next_v * c.scale_v as f64)?;
-    let theta = (var.as_tensor() * c.decay as f64)?;
     let upd = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
-    var.set(&(theta - (upd * p.lr)?)?)?;
+    match master {
+        Some(master) => {
+            *master = ((&*master * c.decay as f64)? - (upd * p.lr)?)?;
+            var.set(&master.to_dtype(var.dtype())?)?;
+        }
+        None => {
+            let theta = (var.as_tensor() * c.decay as f64)?;
+            var.set(&(theta - (upd * p.lr)?)?)?;
+        }
+    }
     *m = next_m;
     *v = next_v;
     Ok(())
@@ -613,6 +637,57 @@ mod tests {
             (g2.sqrt() - 1e-3).abs() < 1e-6,
             "clipped norm {}",
             g2.sqrt()
+        );
+    }
+
+    #[test]
+    fn bf16_weights_train_on_an_f32_master_and_small_steps_add_up() {
+        // lr 1e-4 on a weight of 1.0: one step is far below bf16's spacing there (2⁻⁸), so without an f32
+        // master every step would round away and the weight would stay 1.0 for good.
+        let dev = Device::Cpu;
+        let params = AdamWParams {
+            lr: 1e-4,
+            ..Default::default()
+        };
+        let half = Var::from_tensor(
+            &Tensor::new(&[1f32, -0.5], &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+        let full = Var::from_tensor(&Tensor::new(&[1f32, -0.5], &dev).unwrap()).unwrap();
+        let mut h = AdamW::new(vec![half.clone()], params).unwrap();
+        let mut f = AdamW::new(vec![full.clone()], params).unwrap();
+        for _ in 0..100 {
+            // d/dw Σ w = 1 for every element: Adam moves each by lr a step.
+            h.backward_step(&half.as_tensor().sum_all().unwrap(), None)
+                .unwrap();
+            f.backward_step(&full.as_tensor().sum_all().unwrap(), None)
+                .unwrap();
+        }
+        assert_eq!(half.dtype(), DType::BF16, "the weight keeps its dtype");
+        let got = half
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want = full.to_vec1::<f32>().unwrap();
+        assert!(
+            (want[0] - 0.99).abs() < 1e-4,
+            "f32 reference moved by 100 × lr: {want:?}"
+        );
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 4e-3, "bf16 {got:?} against f32 {want:?}");
+        }
+        assert_ne!(got[0], 1.0, "the updates added up");
+        assert!(
+            AdamW::new(
+                vec![Var::from_tensor(&Tensor::new(&[1u32], &dev).unwrap()).unwrap()],
+                params
+            )
+            .is_err()
         );
     }
 }

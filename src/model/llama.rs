@@ -80,7 +80,8 @@ struct QuantLinear {
 
 impl QuantLinear {
     fn of(w: &Var, dtype: GgmlDType) -> candle_core::Result<Self> {
-        let w = w.as_detached_tensor();
+        // Quantized from f32 whatever the weights' dtype (ggml's formats quantize f32).
+        let w = w.as_detached_tensor().to_dtype(DType::F32)?;
         let (out, inputs) = w.dims2()?;
         let pad = inputs.next_multiple_of(PAD_INPUTS_TO) - inputs;
         let w = if pad > 0 {
@@ -94,13 +95,16 @@ impl QuantLinear {
         })
     }
 
+    /// x in any float dtype; the quantized kernels take and give f32, returned in x's dtype.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
         let x = if self.pad > 0 {
             x.pad_with_zeros(D::Minus1, 0, self.pad)?
         } else {
             x.contiguous()?
         };
-        self.matmul.forward(&x)
+        self.matmul.forward(&x)?.to_dtype(dtype)
     }
 }
 
@@ -206,13 +210,18 @@ fn add_bias(y: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     }
 }
 
+/// candle's fused kernels accumulate half-precision inputs in f32 themselves; the differentiable path takes
+/// the mean square (and softmax) in f32 and returns to the input's dtype, as transformers does.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> candle_core::Result<Tensor> {
     if k.fused() {
-        candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)
-    } else {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+        return candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32);
     }
+    let dtype = x.dtype();
+    let x = x.to_dtype(super::compute_dtype(dtype))?;
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(ms + eps)?.sqrt()?)?
+        .to_dtype(dtype)?
+        .broadcast_mul(w)
 }
 
 /// Rotate-half (HF/NeoX order) rope. x (b, heads, t, hd); cos, sin (b, t, hd/2).
@@ -233,7 +242,9 @@ fn softmax(x: &Tensor, k: Kernels) -> candle_core::Result<Tensor> {
     if k.fused() {
         candle_nn::ops::softmax_last_dim(x)
     } else {
-        candle_nn::ops::softmax(x, D::Minus1)
+        let dtype = x.dtype();
+        candle_nn::ops::softmax(&x.to_dtype(super::compute_dtype(dtype))?, D::Minus1)?
+            .to_dtype(dtype)
     }
 }
 

@@ -14,7 +14,8 @@ pub enum Padding {
     Right,
 }
 
-/// Differentiable per-sequence results, each of shape (b,) in the model dtype.
+/// Differentiable per-sequence results, each of shape (b,) in the model's [`compute_dtype`](super::compute_dtype)
+/// (f32 for bf16 weights).
 #[derive(Debug, Clone)]
 pub struct SeqLogProbs {
     /// Σ log p over completion tokens (DPO uses this).
@@ -82,8 +83,9 @@ impl LanguageModel {
         let b = items.len();
         let dev = &self.device;
         let vocab = self.config.vocab_size as u32;
+        let dtype = super::compute_dtype(self.dtype);
         if b == 0 {
-            let z = Tensor::zeros(0, self.dtype, dev)?;
+            let z = Tensor::zeros(0, dtype, dev)?;
             return Ok(SeqLogProbs {
                 sum: z.clone(),
                 tokens: z,
@@ -130,9 +132,9 @@ impl LanguageModel {
         for &r in &seg {
             counts[r] += 1.0;
         }
-        let tokens = Tensor::new(counts, dev)?.to_dtype(self.dtype)?;
+        let tokens = Tensor::new(counts, dev)?.to_dtype(dtype)?;
         if n == 0 {
-            let sum = Tensor::zeros(b, self.dtype, dev)?;
+            let sum = Tensor::zeros(b, dtype, dev)?;
             return Ok(SeqLogProbs { sum, tokens });
         }
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
@@ -140,7 +142,7 @@ impl LanguageModel {
         let h = h.reshape((b * t, self.config.hidden_size))?;
         // Only the rows that predict completion tokens go through the (large) output head.
         let h = h.index_select(&Tensor::new(rows, dev)?, 0)?;
-        let logits = self.net.logits_2d(&h, k)?; // (n, vocab)
+        let logits = self.net.logits_2d(&h, k)?.to_dtype(dtype)?; // (n, vocab)
         // log p = logit[target] − logsumexp(logits); the max shift is a constant, so it carries no gradient.
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let lse = (logits
@@ -155,7 +157,7 @@ impl LanguageModel {
         for (i, &r) in seg.iter().enumerate() {
             onehot[r * n + i] = 1.0;
         }
-        let onehot = Tensor::from_vec(onehot, (b, n), dev)?.to_dtype(self.dtype)?;
+        let onehot = Tensor::from_vec(onehot, (b, n), dev)?.to_dtype(dtype)?;
         let sum = onehot.matmul(&lp)?.squeeze(1)?;
         Ok(SeqLogProbs { sum, tokens })
     }

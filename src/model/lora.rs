@@ -134,11 +134,15 @@ impl Adapters {
             .collect()
     }
 
-    /// An independent copy in `dtype`: training one never moves the other.
-    pub fn copy_to(&self, dtype: DType) -> Result<Self> {
+    /// An independent copy in `dtype` on `device`: training one never moves the other.
+    pub fn copy_to(&self, dtype: DType, device: &Device) -> Result<Self> {
         let copy = |v: &Var| -> Result<Var> {
             Ok(Var::from_tensor(
-                &v.as_tensor().detach().to_dtype(dtype)?.copy()?,
+                &v.as_tensor()
+                    .detach()
+                    .to_dtype(dtype)?
+                    .to_device(device)?
+                    .copy()?,
             )?)
         };
         let blocks = self

@@ -7,7 +7,8 @@
 //! latest update.
 //!
 //! The API others build on:
-//! - `LanguageModel::load(path, &Device)`: a Hugging Face directory or a `.gguf` file, weights in f32.
+//! - `LanguageModel::load(path, &Device)`: a Hugging Face directory or a `.gguf` file, weights in f32;
+//!   `load_as(path, &Device, DType)` in bf16 for a GPU ([`Precision`], [`compute_dtype`]: reductions stay f32).
 //! - `LanguageModel::random(config, tokenizer, &Device, seed)`, [`TextTokenizer::byte_level_for_tests`],
 //!   [`ModelConfig::tiny`]: tiny models with no download.
 //! - `forward(ids)` → logits (b, t, vocab), differentiable, no padding; `forward_padded(ids, valid)` with a
@@ -19,7 +20,8 @@
 //!   with a KV cache; `sample_rows` for explicit per-row seeds.
 //! - `with_sampling_weights(SamplingWeights::Q8_0)`: the same model, sampling through an inference-only
 //!   quantized copy of its linear weights (candle's quantized matmul); scoring and training stay f32.
-//! - `vars()`, `named_vars()`, `snapshot()` → [`Weights`], `restore(&Weights)`, `deep_clone()`, `to_dtype()`.
+//! - `vars()`, `named_vars()`, `snapshot()` → [`Weights`], `restore(&Weights)`, `deep_clone()`, `to_dtype()`,
+//!   `to_device(&Device, DType)`.
 //! - `save(dir)`: HF directory written to a temporary name and renamed into place.
 //! - [`init_cpu_threads`]: call once at start-up (the CLI commands do) for candle's CPU speed on shared cores.
 
@@ -50,6 +52,59 @@ pub use sample::{Sample, SampleRow, SamplingParams, row_seed};
 pub use tokenizer::{ChatMessage, ChatTemplate, TextTokenizer};
 
 use llama::{Block, Kernels, Llama};
+
+/// What a model's weights compute in: `--dtype f32|bf16`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bf16 weights, activations and gradients; log-probabilities, norms, softmaxes and the optimizer's
+    /// state (with an f32 master copy of each trained weight) stay f32.
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    /// bf16 is for GPUs: on the CPU candle's bf16 matrix products are slower than its f32 ones, so serving,
+    /// training and sampling stay f32 there. (The benchmark and parity commands may still run bf16 on the
+    /// CPU, to measure it.)
+    pub fn check_device(self, device: &Device) -> Result<()> {
+        if self == Precision::Bf16 && device.is_cpu() {
+            return Err(ModelError::Input(
+                "--dtype bf16 needs a GPU (--device cuda); on the CPU prefloop computes in f32"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown dtype {other:?}: expected f32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
 
 /// Parses `cpu`, `cuda` or `cuda:N`. CUDA needs the crate built with the `cuda` feature.
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -97,6 +152,16 @@ fn ggml_dtype(weights: SamplingWeights) -> Option<GgmlDType> {
     }
 }
 
+/// The dtype that reductions over a model of `weights` dtype run in: f32 for half-precision weights (their 8
+/// or 11 bits of mantissa lose sums of log-probabilities, softmax denominators and mean squares), else the
+/// weights' own. Log-probabilities come out in this dtype.
+pub fn compute_dtype(weights: DType) -> DType {
+    match weights {
+        DType::BF16 | DType::F16 => DType::F32,
+        d => d,
+    }
+}
+
 /// A copy of every weight, detached from the model (what `snapshot` returns and `restore` puts back).
 #[derive(Debug, Clone)]
 pub struct Weights {
@@ -127,7 +192,19 @@ impl LanguageModel {
     /// `.gguf` file, or a LoRA adapter directory (PEFT's format), whose base is loaded from the path its
     /// `adapter_config.json` names. Weights are converted (bf16/f16) or dequantised (GGUF) to f32.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::load_as(path, device, DType::F32)
+    }
+
+    /// [`LanguageModel::load`] with the weights (and adapters) in `dtype`: f32, or bf16/f16 on a GPU, where
+    /// the forward, backward and sampling then compute in half precision. Log-probabilities, softmaxes,
+    /// norms and the optimizer state stay f32 whatever the weights are (see [`compute_dtype`]).
+    pub fn load_as(path: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
         let path = path.as_ref();
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16 | DType::F64) {
+            return Err(ModelError::Input(format!(
+                "weights of dtype {dtype:?}: expected f32, bf16, f16 or f64"
+            )));
+        }
         if lora::is_adapter_dir(path) {
             let header = lora::read_config(path)?;
             let base = header.base.ok_or_else(|| ModelError::Corrupt {
@@ -136,15 +213,15 @@ impl LanguageModel {
                 reason: "base_model_name_or_path is empty: load the base model and add the adapter to it"
                     .into(),
             })?;
-            return Self::load(&base, device)?.with_adapter(path);
+            return Self::load_as(&base, device, dtype)?.with_adapter(path);
         }
         let loaded = if path.is_dir() {
-            load::load_hf_dir(path, device, DType::F32)?
+            load::load_hf_dir(path, device, dtype)?
         } else if path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
         {
-            load::load_gguf(path, device, DType::F32)?
+            load::load_gguf(path, device, dtype)?
         } else if !path.exists() {
             return Err(ModelError::io(
                 path,
@@ -393,7 +470,7 @@ impl LanguageModel {
         match &self.net.adapters {
             Some(a) => {
                 let mut m = self.clone();
-                m.net.adapters = Some(a.copy_to(self.dtype)?);
+                m.net.adapters = Some(a.copy_to(self.dtype, &self.device)?);
                 Ok(m)
             }
             None => self.to_dtype(self.dtype),
@@ -402,29 +479,39 @@ impl LanguageModel {
 
     /// An independent copy with weights (and adapters) in `dtype` (F64 for gradient checks).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        self.to_device(&self.device, dtype)
+    }
+
+    /// An independent copy on `device` with weights (and adapters) in `dtype`: the same model on a GPU, say,
+    /// for checking that it computes what the CPU does.
+    pub fn to_device(&self, device: &Device, dtype: DType) -> Result<Self> {
         let tensors = self
             .params
             .iter()
-            .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().to_dtype(dtype)?.copy()?)))
+            .map(|(n, v)| {
+                let t = v.as_tensor().detach().to_dtype(dtype)?;
+                Ok((n.clone(), t.to_device(device)?.copy()?))
+            })
             .collect::<Result<_>>()?;
-        let mut m = self.with_weights(tensors)?;
+        let mut m = self.with_weights_on(tensors, device)?;
         m.net.adapters = self
             .net
             .adapters
             .as_ref()
-            .map(|a| a.copy_to(dtype))
+            .map(|a| a.copy_to(dtype, device))
             .transpose()?;
         Ok(m)
     }
 
     /// A model of this one's shape, tokenizer, device and source with `tensors` as its weights (no adapters).
     fn with_weights(&self, tensors: Vec<(String, Tensor)>) -> Result<Self> {
-        let mut m = Self::from_tensors(
-            self.config.clone(),
-            self.tokenizer.clone(),
-            tensors,
-            &self.device,
-        )?;
+        self.with_weights_on(tensors, &self.device)
+    }
+
+    /// [`Self::with_weights`] on `device`.
+    fn with_weights_on(&self, tensors: Vec<(String, Tensor)>, device: &Device) -> Result<Self> {
+        let mut m =
+            Self::from_tensors(self.config.clone(), self.tokenizer.clone(), tensors, device)?;
         m.source.clone_from(&self.source);
         Ok(m)
     }
