@@ -5,11 +5,12 @@
 #   scripts/build-cuda.sh [check|build]     (default: build)
 #
 #   check   `cargo check --features cuda`: the GPU code still compiles (CI runs this).
-#   build   a release build; the stripped binary lands in target/cuda/prefloop-cuda.
+#   build   a release build; the stripped binary lands in target/cuda/prefloop-cuda, and gzipped (to carry)
+#           in target/cuda/prefloop-cuda.gz.
 #
 # Environment: CUDA_COMPUTE_CAP (default 90, Hopper: the lent H200), CUDA_VENV (where the wheels go, default
-# ~/.cache/prefloop-cuda). The binary loads libcuda from the GPU machine's driver and cuBLAS/cuRAND/NVRTC at
-# run time (cudarc's dynamic loading), so those must be installed there (PyTorch's wheels bring them).
+# ~/.cache/prefloop-cuda). The binary needs libcuda.so.1 from the GPU machine's driver and CUDA 13's
+# libcudart, libcublas and libcurand there (PyTorch's cu130 wheels bring them; see below).
 #
 # Why CUDA 13.0's wheels: `nvidia-cuda-nvcc-cu12` (every 12.x version) ships only ptxas, not nvcc; the CUDA 13
 # wheels (`nvidia-cuda-nvcc`) ship the whole compiler driver. candle's kernels are PTX that the GPU's driver
@@ -57,7 +58,35 @@ if [[ "$MODE" == check ]]; then
     cargo check --features cuda --target-dir "$TARGET"
     echo "cargo check --features cuda: ok"
 else
+    # candle links cudarc with `dynamic-linking`: the binary names libcuda, libcublas, libcublasLt, libcurand,
+    # libnvrtc and libcudart as libraries it needs, and the linker wants each of them here. The wheels above
+    # bring only libcudart; the rest would be about a gigabyte of wheels whose code the build never uses (and
+    # libcuda comes with a GPU's driver, in no wheel). So the build links against stubs: one shared library per
+    # name, with the real library's soname, defining every function prefloop's code refers to. At run time the
+    # GPU machine's own libraries load in their place: the driver's libcuda.so.1 and the CUDA 13 libraries of
+    # PyTorch's wheels (scripts/gpu-check.sh puts those on LD_LIBRARY_PATH).
+    cargo build --release --features cuda --target-dir "$TARGET" --lib
+    STUBS="$CUDA_ROOT/lib"
+    SYMBOLS="$(for f in "$TARGET"/release/deps/*.rlib "$TARGET"/release/build/candle-kernels-*/out/*.a; do
+        nm -u --format=just-symbols "$f" 2>/dev/null
+    done | sort -u)"
+    stub() { # library soname pattern [pattern to leave out]
+        local c="$TARGET/stub-$1.c"
+        grep -E "$3" <<<"$SYMBOLS" | grep -Ev "${4:-^$}" | sed 's/.*/void &(void) {}/' >"$c"
+        gcc -shared -fPIC -Wl,-soname,"$2" -o "$STUBS/lib$1.so" "$c"
+        echo "stub lib$1.so ($2): $(wc -l <"$c") functions"
+    }
+    stub cuda libcuda.so.1 '^cu[A-Z]'
+    stub cublas libcublas.so.13 '^cublas' '^cublasLt'
+    stub cublasLt libcublasLt.so.13 '^cublasLt'
+    stub curand libcurand.so.10 '^curand'
+    stub nvrtc libnvrtc.so.13 '^nvrtc'
+    ln -sf libcudart.so.13 "$STUBS/libcudart.so"
     cargo build --release --features cuda --target-dir "$TARGET"
     strip -o "$TARGET/prefloop-cuda" "$TARGET/release/prefloop"
-    echo "$TARGET/prefloop-cuda: $(du -h "$TARGET/prefloop-cuda" | cut -f1)"
+    # Stripped it is still about 78 MiB, a third of it the fatbin of candle's MoE kernels and a quarter its
+    # kernels' PTX, which compress well: the .gz is what fits the 64 MiB a GPU machine is lent with
+    # (scripts/gpu-check.sh unpacks it).
+    gzip -9 -c "$TARGET/prefloop-cuda" >"$TARGET/prefloop-cuda.gz"
+    echo "$TARGET/prefloop-cuda: $(du -h "$TARGET/prefloop-cuda" | cut -f1), gzipped $(du -h "$TARGET/prefloop-cuda.gz" | cut -f1)"
 fi

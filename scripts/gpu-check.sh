@@ -9,7 +9,8 @@
 #   3. the same DPO step through PyTorch bf16 (autocast, TRL's bf16=True) on the same GPU and shape
 #      (scripts/gpu_anchor.py), and prefloop's ratio to it (goal: >= 1.0).
 #
-# Build the binary here first and carry it:  scripts/build-cuda.sh build  ->  target/cuda/prefloop-cuda
+# Build the binary here first and carry it:  scripts/build-cuda.sh build  ->  target/cuda/prefloop-cuda.gz
+# (unpacked here to target/cuda/prefloop-cuda); the libraries it needs come from PyTorch's nvidia wheels.
 #
 #   scripts/gpu-check.sh
 #
@@ -26,12 +27,32 @@ DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 SHAPE="${GPU_CHECK_SHAPE:-1b}"
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
+if [[ ! -x "$BIN" && -f "$BIN.gz" ]]; then
+    gunzip -c "$BIN.gz" >"$BIN" && chmod +x "$BIN"
+fi
 if [[ ! -x "$BIN" ]]; then
     echo "no prefloop binary at $BIN: build it with scripts/build-cuda.sh build (or set PREFLOOP_BIN)" >&2
     exit 2
 fi
 if ! "$PY" -c 'import torch, transformers' 2>/dev/null; then
     echo "$PY cannot import torch and transformers: set PYTHON to one that can" >&2
+    exit 2
+fi
+# The CUDA build needs CUDA 13's libcudart, libcublas and libcurand: PyTorch's nvidia wheels have them.
+NVIDIA_LIBS="$("$PY" - <<'EOF'
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except ImportError:
+    roots = []
+dirs = {os.path.dirname(p) for r in roots for p in glob.glob(os.path.join(r, "**", "lib*.so*"), recursive=True)}
+print(":".join(sorted(dirs)))
+EOF
+)"
+export LD_LIBRARY_PATH="${NVIDIA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if ldd "$BIN" | grep "not found" >&2; then
+    echo "$BIN cannot find the libraries above (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)" >&2
     exit 2
 fi
 if [[ "$DEVICE" == cuda* ]] && command -v nvidia-smi >/dev/null; then
