@@ -472,7 +472,11 @@ async fn refused_admin_forms_keep_what_was_typed(b: Backend) {
     let uri = format!("/api/v1/projects/{project}");
     let stored = app.json("GET", &uri, &app.admin, None).await.1;
     assert_eq!(stored["guidelines"], "", "nothing was saved");
-    assert_eq!(stored["beta"], 0.2);
+    assert_eq!(
+        stored["beta"],
+        prefloop::domain::LoopSettings::default().beta,
+        "the default stays"
+    );
     // Corrected, the same form saves.
     let r = post_form(&app, &path, &cookie, &settings("0.3", "2")).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
