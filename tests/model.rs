@@ -1528,26 +1528,45 @@ fn check_device_reports_bf16_parity_as_json() {
 /// written, and an unknown dtype is refused by name.
 #[test]
 fn bf16_is_refused_on_the_cpu_outside_measurements() {
-    let bin = env!("CARGO_BIN_EXE_prefloop");
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     tiny(false, 1).save(&model).unwrap();
-    let out = std::process::Command::new(bin)
-        .args(["generate", "--prompt", "hi", "--dtype", "bf16", "--model"])
-        .arg(&model)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--dtype bf16 needs a GPU"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = std::process::Command::new(bin)
-        .args(["generate", "--prompt", "hi", "--dtype", "fp8", "--model"])
-        .arg(&model)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown dtype \"fp8\""));
+    let out_dir = dir.path().join("trained");
+    let m = model.to_str().unwrap();
+    let o = out_dir.to_str().unwrap();
+    for (args, refusal) in [
+        (
+            vec![
+                "generate", "--prompt", "hi", "--dtype", "bf16", "--model", m,
+            ],
+            "--dtype bf16 needs a GPU",
+        ),
+        (
+            vec![
+                "dpo",
+                "--data",
+                "absent.jsonl",
+                "--out",
+                o,
+                "--dtype",
+                "bf16",
+                "--model",
+                m,
+            ],
+            "--dtype bf16 needs a GPU",
+        ),
+        (
+            vec!["generate", "--prompt", "hi", "--dtype", "fp8", "--model", m],
+            "unknown dtype \"fp8\"",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_prefloop"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(refusal), "{args:?}: {stderr}");
+    }
+    assert!(!out_dir.exists(), "a refused dpo writes nothing");
 }

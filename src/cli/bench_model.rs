@@ -29,7 +29,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::domain::{LoraSettings, LossKind, SamplingWeights};
-use crate::learn::dpo::{LossConfig, PairLogProbs, preference_loss};
+use crate::learn::dpo::{LossConfig, LossOutput, PairLogProbs, preference_loss};
 use crate::learn::optim::{AdamW, AdamWParams};
 use crate::model::{
     LanguageModel, ModelConfig, Padding, Precision, SamplingParams, SeqLogProbs, TextTokenizer,
@@ -424,36 +424,47 @@ fn dpo_workload(
             tokens: candle_core::Tensor::full(32f32, n, &device)?,
         })
     };
-    let (ref_chosen, ref_rejected) = (cached(0..4)?, cached(4..8)?);
-    let loss_cfg = LossConfig {
-        kind: LossKind::Dpo,
-        beta: 0.1,
-        label_smoothing: 0.0,
-    };
+    let reference = (cached(0..4)?, cached(4..8)?);
     let mut opt = AdamW::new(policy.vars(), AdamWParams::default())?;
     let mut fwd_bwd = f64::INFINITY;
     let m = measure(repeats, || {
         let t = Instant::now();
-        let lp = policy.sequence_logprobs(items, Padding::Right)?;
-        let side = |from: usize| -> anyhow::Result<SeqLogProbs> {
-            Ok(SeqLogProbs {
-                sum: lp.sum.narrow(0, from, 4)?,
-                tokens: lp.tokens.narrow(0, from, 4)?,
-            })
-        };
-        let out = preference_loss(
-            &loss_cfg,
-            &PairLogProbs {
-                policy_chosen: side(0)?,
-                policy_rejected: side(4)?,
-                reference_chosen: ref_chosen.clone(),
-                reference_rejected: ref_rejected.clone(),
-            },
-        )?;
-        let grads = out.loss.backward()?;
+        let grads = halves_loss(policy, items, &reference)?.loss.backward()?;
         fwd_bwd = fwd_bwd.min(t.elapsed().as_secs_f64());
         opt.step_grads(&grads, None)?;
         Ok(512)
     })?;
     Ok((m, fwd_bwd))
+}
+
+/// The sigmoid DPO loss (β 0.1) of `policy` on `items` read as pairs, the first half chosen and the second
+/// rejected, against the reference's cached log-probabilities of each half: the step that `bench-model`
+/// times and `check-device` compares.
+pub(super) fn halves_loss(
+    policy: &LanguageModel,
+    items: &[(Vec<u32>, Vec<u32>)],
+    reference: &(SeqLogProbs, SeqLogProbs),
+) -> anyhow::Result<LossOutput> {
+    let half = items.len() / 2;
+    let lp = policy.sequence_logprobs(items, Padding::Right)?;
+    let side = |from: usize| -> anyhow::Result<SeqLogProbs> {
+        Ok(SeqLogProbs {
+            sum: lp.sum.narrow(0, from, half)?,
+            tokens: lp.tokens.narrow(0, from, half)?,
+        })
+    };
+    let loss = LossConfig {
+        kind: LossKind::Dpo,
+        beta: 0.1,
+        label_smoothing: 0.0,
+    };
+    Ok(preference_loss(
+        &loss,
+        &PairLogProbs {
+            policy_chosen: side(0)?,
+            policy_rejected: side(half)?,
+            reference_chosen: reference.0.clone(),
+            reference_rejected: reference.1.clone(),
+        },
+    )?)
 }

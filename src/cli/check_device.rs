@@ -14,11 +14,9 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::domain::LossKind;
-use crate::learn::dpo::{LossConfig, PairLogProbs, preference_loss};
 use crate::learn::optim::{AdamW, AdamWParams};
 use crate::model::{
-    LanguageModel, ModelConfig, Padding, Precision, SeqLogProbs, TextTokenizer, parse_device,
+    LanguageModel, ModelConfig, Precision, SeqLogProbs, TextTokenizer, parse_device,
 };
 
 #[derive(Debug, clap::Args)]
@@ -82,26 +80,7 @@ fn figures(
             tokens: Tensor::full(16f32, n, device)?.to_dtype(dtype)?,
         })
     };
-    let lp = model.sequence_logprobs(items, Padding::Right)?;
-    let side = |from: usize| -> anyhow::Result<SeqLogProbs> {
-        Ok(SeqLogProbs {
-            sum: lp.sum.narrow(0, from, 4)?,
-            tokens: lp.tokens.narrow(0, from, 4)?,
-        })
-    };
-    let out = preference_loss(
-        &LossConfig {
-            kind: LossKind::Dpo,
-            beta: 0.1,
-            label_smoothing: 0.0,
-        },
-        &PairLogProbs {
-            policy_chosen: side(0)?,
-            policy_rejected: side(4)?,
-            reference_chosen: cached(0..4)?,
-            reference_rejected: cached(4..8)?,
-        },
-    )?;
+    let out = super::bench_model::halves_loss(model, items, &(cached(0..4)?, cached(4..8)?))?;
     let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     // ε 1e-3, not PyTorch's 1e-8: with 1e-8 Adam's first step is ±lr for every weight whatever the size of its
     // gradient, and the sign of a near-zero gradient is rounding noise (bf16's, or another device's order of
