@@ -942,3 +942,48 @@ fn the_dpo_command_writes_a_peft_adapter_or_a_merged_model() {
         assert!(!out.exists());
     }
 }
+
+/// The trainer on bf16 weights (what `--dtype bf16` gives on a GPU; here through candle's CPU kernels): the
+/// same run as `a_tiny_model_learns_a_toy_preference` learns the preference too, its policy stays bf16, and
+/// its held-out accuracy matches f32's.
+#[test]
+fn the_trainer_learns_the_toy_preference_on_bf16_weights() {
+    let reference = tiny_model(7)
+        .to_device(&candle_core::Device::Cpu, candle_core::DType::BF16)
+        .unwrap();
+    let pairs = toy_pairs(96, 1);
+    let (train, eval) = split_eval(&pairs, 0.25, 3);
+    let mut cache = ReferenceCache::new();
+    let r = run(
+        &reference,
+        &reference,
+        &mut cache,
+        &train,
+        &eval,
+        &config(Schedule::Reset, 12),
+        None,
+    );
+    let outcome = r.outcome.expect("bf16 training succeeds");
+    assert_eq!(outcome.model.dtype(), candle_core::DType::BF16);
+    let (first, last) = (&r.steps[0], r.steps.last().unwrap());
+    assert!(
+        (first.loss - std::f64::consts::LN_2).abs() < 1e-2,
+        "{first:?}"
+    );
+    assert!(
+        last.loss < 0.3 * first.loss,
+        "loss {} → {}",
+        first.loss,
+        last.loss
+    );
+    let accuracy = outcome
+        .eval
+        .expect("eval split evaluated")
+        .rewards
+        .accuracies;
+    assert!(accuracy >= 0.9, "held-out rewards/accuracies {accuracy}");
+    assert!(
+        marker_rate(&outcome.model, &eval) > 0.15,
+        "the bf16 policy samples the marker"
+    );
+}
