@@ -73,12 +73,21 @@ pub fn init_tracing() {
         .init();
 }
 
-/// The async commands share one runtime, built here so `main` stays thin.
+/// How long a command that has finished waits for blocking work it leaves behind (a DPO run in progress when
+/// `serve` is stopped) before the process exits anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The async commands share one runtime, built here so `main` stays thin. Dropping a runtime waits for every
+/// blocking task to end, and a training run takes minutes: so `serve` and `demo`, stopped with SIGTERM or
+/// Ctrl-C during a run, never exited. The runtime is shut down with a grace period instead; the run left
+/// behind is recorded as interrupted and retried at the next start, as after a crash.
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(f)
+        .build()?;
+    let result = runtime.block_on(f);
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -99,5 +108,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchEntropy(args) => bench_entropy::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Prompts(args) => prompts::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A command returns even while blocking work it started is still running (here: a task that would
+    /// wait for ever without the grace period, since what ends it is dropped only after `block_on` returns).
+    #[test]
+    fn a_command_returns_while_blocking_work_is_still_running() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        super::block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                let _ = rx.recv();
+            });
+            Ok(())
+        })
+        .unwrap();
+        drop(tx);
     }
 }
