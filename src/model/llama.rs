@@ -1,7 +1,9 @@
 //! The llama forward pass, written once with two kernels per step:
-//! - `Kernels::Differentiable`: only ops whose backward candle implements (explicit rms norm, rotate-half rope,
-//!   max-subtracted softmax). candle's fused `rms_norm`, `rope` and `softmax_last_dim` record NO backward: a
-//!   training forward that used them would train a few weights and silently leave the rest (REFERENCE.md).
+//! - `Kernels::Differentiable`: only ops with a backward. candle's fused `rms_norm`, `rope` and
+//!   `softmax_last_dim` record NO backward: a training forward that used them would train a few weights and
+//!   silently leave the rest (REFERENCE.md). On the CPU in f32 the rms norm, rope, attention softmax and
+//!   SwiGLU product are our own fused kernels with their own backward ([`super::ops`]); elsewhere they are
+//!   composed from candle's element-wise ops (explicit rms norm, rotate-half rope, max-subtracted softmax).
 //! - `Kernels::Fused`: candle's fused CPU kernels over detached weights, for scoring and sampling, where no
 //!   gradient is needed. Tests pin both to the same logits.
 //! - `Kernels::Quantized`: the fused kernels, with every linear weight and the output head read from an
@@ -18,6 +20,7 @@ use candle_core::{D, DType, Device, Module, Tensor, Var};
 use super::config::ModelConfig;
 use super::error::Result;
 use super::lora::{Adapter, Adapters};
+use super::ops;
 use crate::domain::LoraTarget;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +186,8 @@ impl KvCache {
 /// adapters too: candle 0.11's matmul backward computes both operands' gradients whether or not one is
 /// detached, and a detached weight's gradient stays in the store to the end of the backward, which
 /// measured 1.4 GB more at the peak of a SmolLM2 step (5.47 against 3.98 GiB). The optimizer reads only
-/// the adapters' gradients.
+/// the adapters' gradients. (On the CPU in f32 the fused linear computes no gradient for a detached weight,
+/// so there [`base_weight`] detaches them.)
 fn take(v: &Var, k: Kernels) -> Tensor {
     if k.fused() {
         v.as_detached_tensor()
@@ -192,14 +196,28 @@ fn take(v: &Var, k: Kernels) -> Tensor {
     }
 }
 
-/// x (b, t, in) · wᵀ (in, out) [+ bias].
+/// A linear weight as `k` reads it, frozen under a LoRA adapter: detached where the fused linear
+/// ([`ops::linear`]) then skips its gradient, else as [`take`] gives it.
+fn base_weight(w: &Var, adapted: bool, x: &Tensor, k: Kernels) -> Tensor {
+    if adapted && ops::applies(x) {
+        w.as_detached_tensor()
+    } else {
+        take(w, k)
+    }
+}
+
+/// x (.., in) · wᵀ (in, out) [+ bias] → (.., out).
 fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
-    let (b, t, i) = x.dims3()?;
-    let out = w.dim(0)?;
+    if ops::applies(x) && w.dtype() == DType::F32 {
+        return add_bias(ops::linear(x, w)?, bias);
+    }
+    let i = x.dim(D::Minus1)?;
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().expect("x has a width") = w.dim(0)?;
     let y = x
-        .reshape((b * t, i))?
+        .reshape((x.elem_count() / i, i))?
         .matmul(&w.t()?)?
-        .reshape((b, t, out))?;
+        .reshape(shape)?;
     add_bias(y, bias)
 }
 
@@ -216,6 +234,9 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> candle_core::Result
     if k.fused() {
         return candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32);
     }
+    if ops::applies(x) {
+        return ops::rms_norm(x, w, eps);
+    }
     let dtype = x.dtype();
     let x = x.to_dtype(super::compute_dtype(dtype))?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -229,6 +250,9 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, k: Kernels) -> candle_core::Resu
     if k.fused() {
         return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
     }
+    if ops::applies(x) {
+        return ops::rope(x, cos, sin);
+    }
     let hd = x.dim(D::Minus1)?;
     let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
     let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
@@ -238,14 +262,33 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, k: Kernels) -> candle_core::Resu
     x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?
 }
 
-fn softmax(x: &Tensor, k: Kernels) -> candle_core::Result<Tensor> {
+/// Attention weights softmax(scale·scores + mask) over the keys; scores (b, nkv, rep, t, s), mask
+/// (b, 1, 1, t, s).
+fn attention_weights(
+    scores: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    k: Kernels,
+) -> candle_core::Result<Tensor> {
+    if ops::applies(scores) {
+        return ops::masked_softmax(scores, mask, scale);
+    }
+    let x = (scores * scale)?.broadcast_add(mask)?;
     if k.fused() {
-        candle_nn::ops::softmax_last_dim(x)
+        candle_nn::ops::softmax_last_dim(&x)
     } else {
         let dtype = x.dtype();
         candle_nn::ops::softmax(&x.to_dtype(super::compute_dtype(dtype))?, D::Minus1)?
             .to_dtype(dtype)
     }
+}
+
+/// SwiGLU's silu(g)·u.
+fn silu_mul(g: &Tensor, u: &Tensor) -> candle_core::Result<Tensor> {
+    if ops::applies(g) {
+        return ops::silu_mul(g, u);
+    }
+    g.silu()? * u
 }
 
 /// A linear layer's LoRA adapter with its scale and input dropout.
@@ -406,7 +449,15 @@ impl Llama {
             let xn = rms_norm(&x, &take(&blk.ln1, k), cfg.rms_norm_eps, k)?;
             let bias = |v: &Option<Var>| v.as_ref().map(|v| take(v, k));
             let proj = |x: &Tensor, w: &Var, q: Option<&QuantLinear>, bias: Option<Tensor>, t| {
-                project(x, &take(w, k), q, bias.as_ref(), lora(t), k)
+                let lora = lora(t);
+                project(
+                    x,
+                    &base_weight(w, lora.is_some(), x, k),
+                    q,
+                    bias.as_ref(),
+                    lora,
+                    k,
+                )
             };
             let q = proj(
                 &xn,
@@ -446,18 +497,17 @@ impl Llama {
             // Grouped-query attention without copying k/v: the rep query heads sharing a kv head are stacked
             // along the query axis, (b, nkv, rep·t, hd).
             let qg = q.reshape((b, nkv, rep * t, hd))?;
-            let att = (qg.matmul(&kk.t()?)? * scale)?;
-            let att = att.reshape((b, nkv, rep, t, s))?.broadcast_add(&mask)?;
-            let att = softmax(&att, k)?.reshape((b, nkv, rep * t, s))?;
+            let att = qg.matmul(&kk.t()?)?.reshape((b, nkv, rep, t, s))?;
+            let att = attention_weights(&att, &mask, scale, k)?.reshape((b, nkv, rep * t, s))?;
             let y = att.matmul(&v)?.reshape((b, nh, t, hd))?;
             let y = y.transpose(1, 2)?.reshape((b, t, h))?;
             x = (x + proj(&y, &blk.o, qb.map(|b| &b.o), None, LoraTarget::O)?)?;
 
             let xn = rms_norm(&x, &take(&blk.ln2, k), cfg.rms_norm_eps, k)?;
-            let g = proj(&xn, &blk.gate, qb.map(|b| &b.gate), None, LoraTarget::Gate)?.silu()?;
+            let g = proj(&xn, &blk.gate, qb.map(|b| &b.gate), None, LoraTarget::Gate)?;
             let u = proj(&xn, &blk.up, qb.map(|b| &b.up), None, LoraTarget::Up)?;
             let down = proj(
-                &(g * u)?,
+                &silu_mul(&g, &u)?,
                 &blk.down,
                 qb.map(|b| &b.down),
                 None,
@@ -468,16 +518,19 @@ impl Llama {
         Ok(rms_norm(&x, &take(&self.norm, k), cfg.rms_norm_eps, k)?)
     }
 
-    /// The output head's weight (vocab, h): `lm_head`, or the embedding when tied.
-    pub fn head(&self, k: Kernels) -> Tensor {
-        take(self.lm_head.as_ref().unwrap_or(&self.embed), k)
-    }
-
-    /// Logits (n, vocab) of hidden states (n, h).
+    /// Logits (n, vocab) of hidden states (n, h), through `lm_head` or, when tied, the embedding.
     pub fn logits_2d(&self, hidden: &Tensor, k: Kernels) -> Result<Tensor> {
         match self.quant_for(k) {
             Some(q) => Ok(q.head.forward(hidden)?),
-            None => Ok(hidden.matmul(&self.head(k).t()?)?),
+            None => {
+                // Under LoRA the head is frozen too.
+                let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+                Ok(linear(
+                    hidden,
+                    &base_weight(head, self.adapters.is_some(), hidden, k),
+                    None,
+                )?)
+            }
         }
     }
 

@@ -143,16 +143,7 @@ impl LanguageModel {
         // Only the rows that predict completion tokens go through the (large) output head.
         let h = h.index_select(&Tensor::new(rows, dev)?, 0)?;
         let logits = self.net.logits_2d(&h, k)?.to_dtype(dtype)?; // (n, vocab)
-        // log p = logit[target] − logsumexp(logits); the max shift is a constant, so it carries no gradient.
-        let max = logits.max_keepdim(D::Minus1)?.detach();
-        let lse = (logits
-            .broadcast_sub(&max)?
-            .exp()?
-            .sum_keepdim(D::Minus1)?
-            .log()?
-            + &max)?;
-        let tgt = logits.gather(&Tensor::from_vec(targets, (n, 1), dev)?, D::Minus1)?;
-        let lp = (tgt - lse)?; // (n, 1)
+        let lp = target_log_probs(&logits, targets)?; // (n, 1)
         let mut onehot = vec![0f32; b * n];
         for (i, &r) in seg.iter().enumerate() {
             onehot[r * n + i] = 1.0;
@@ -161,4 +152,25 @@ impl LanguageModel {
         let sum = onehot.matmul(&lp)?.squeeze(1)?;
         Ok(SeqLogProbs { sum, tokens })
     }
+}
+
+/// log p(target_r) = logits[r, target_r] − logsumexp(logits[r]) for logits (n, vocab): (n, 1), differentiable.
+fn target_log_probs(logits: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
+    if super::ops::applies(logits) {
+        return Ok(super::ops::target_log_probs(logits, targets)?);
+    }
+    let n = targets.len();
+    // The max shift is a constant, so it carries no gradient.
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let lse = (logits
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + &max)?;
+    let tgt = logits.gather(
+        &Tensor::from_vec(targets, (n, 1), logits.device())?,
+        D::Minus1,
+    )?;
+    Ok((tgt - lse)?)
 }

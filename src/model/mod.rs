@@ -32,6 +32,7 @@ mod llama;
 mod load;
 mod logprob;
 mod lora;
+mod ops;
 mod sample;
 mod tokenizer;
 
@@ -140,6 +141,37 @@ pub fn init_cpu_threads() {
         // SAFETY: documented precondition: called while the process is single-threaded, so no other thread
         // reads the environment concurrently.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
+/// The sampling weights that sample fastest on this CPU, by the packed kernels candle's quantized matmul
+/// has for it (docs/BENCHMARKS.md, "Sampling weights by CPU"): Q8_0 where it has 8-bit dot products (AVX-512
+/// VNNI or AVX-VNNI), Q4_K on plain AVX2 (candle has an AVX2 kernel for Q4_K but none for Q8_0, whose
+/// generic loop is four times slower than f32 there), else f32. Other architectures keep Q8_0.
+pub fn cpu_sampling_weights() -> SamplingWeights {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let int8_dot = (is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vnni"))
+            || (is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2"));
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        x86_sampling_weights(int8_dot, avx2)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        SamplingWeights::Q8_0
+    }
+}
+
+/// [`cpu_sampling_weights`]'s choice on x86-64, from what the CPU has.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn x86_sampling_weights(int8_dot: bool, avx2: bool) -> SamplingWeights {
+    if int8_dot {
+        SamplingWeights::Q8_0
+    } else if avx2 {
+        SamplingWeights::Q4K
+    } else {
+        SamplingWeights::F32
     }
 }
 
@@ -682,5 +714,17 @@ impl LanguageModel {
                 .map_err(|e| ModelError::io(&p, e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_weights_follow_the_cpus_packed_kernels() {
+        assert_eq!(x86_sampling_weights(true, true), SamplingWeights::Q8_0);
+        assert_eq!(x86_sampling_weights(false, true), SamplingWeights::Q4K);
+        assert_eq!(x86_sampling_weights(false, false), SamplingWeights::F32);
     }
 }
