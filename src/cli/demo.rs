@@ -34,7 +34,7 @@ pub struct DemoArgs {
     /// Prompts to put in the pool (plus 64 held out for the win rate).
     #[arg(long, default_value_t = 2000)]
     pub prompts: usize,
-    /// What sampling reads, as `serve --sampling-weights` (default q8_0: the demo runs on the CPU).
+    /// What sampling reads, as `serve --sampling-weights` (default: the fastest on this CPU).
     #[arg(long, env = "PREFLOOP_SAMPLING_WEIGHTS")]
     pub sampling_weights: Option<crate::domain::SamplingWeights>,
 }

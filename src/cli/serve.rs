@@ -29,7 +29,8 @@ pub struct ServeArgs {
     pub device: String,
     /// What sampling reads (acquisition's completions, /generate): f32, or a quantized copy of each model
     /// version (q8_0, q4_k), made when the version is loaded; scoring, training and win rates stay f32.
-    /// Default: q8_0 on the CPU (twice f32's speed), f32 on a GPU.
+    /// Default on the CPU: the fastest this CPU has (q8_0 with AVX-512 VNNI or AVX-VNNI, q4_k with plain
+    /// AVX2, else f32); f32 on a GPU.
     #[arg(long, env = "PREFLOOP_SAMPLING_WEIGHTS")]
     pub sampling_weights: Option<SamplingWeights>,
     /// What the model's weights compute in: f32, or bf16 on a GPU (training keeps f32 optimizer state and
@@ -68,16 +69,19 @@ pub struct ServeArgs {
     pub max_connections: usize,
 }
 
-/// The sampling weights asked for, else the default for the device: the Q8_0 copy on the CPU, where it
-/// samples twice as fast as f32 (docs/BENCHMARKS.md), f32 elsewhere (quantized copies are made on the CPU).
+/// The sampling weights asked for, else the default for the device: on the CPU the quantized copy this CPU
+/// samples fastest from ([`crate::model::cpu_sampling_weights`]; docs/BENCHMARKS.md), f32 elsewhere
+/// (quantized copies are made on the CPU).
 pub(crate) fn sampling_weights_for(
     chosen: Option<SamplingWeights>,
     device: &str,
 ) -> SamplingWeights {
-    chosen.unwrap_or(if device == "cpu" {
-        SamplingWeights::Q8_0
-    } else {
-        SamplingWeights::F32
+    chosen.unwrap_or_else(|| {
+        if device == "cpu" {
+            crate::model::cpu_sampling_weights()
+        } else {
+            SamplingWeights::F32
+        }
     })
 }
 

@@ -97,7 +97,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// What sampling reads, as `serve --sampling-weights`: f32, or a quantized copy (q8_0, q4_k); by
-    /// default q8_0 on the CPU, f32 on a GPU.
+    /// default the fastest on this CPU (q8_0 or q4_k), f32 on a GPU.
     #[arg(long)]
     pub sampling_weights: Option<SamplingWeights>,
     /// Train LoRA adapters of this rank (alpha twice the rank, all seven linear layers) instead of every
