@@ -1,9 +1,10 @@
 //! The llama forward pass, written once with two kernels per step:
 //! - `Kernels::Differentiable`: only ops with a backward. candle's fused `rms_norm`, `rope` and
 //!   `softmax_last_dim` record NO backward: a training forward that used them would train a few weights and
-//!   silently leave the rest (REFERENCE.md). On the CPU in f32 the rms norm, rope, attention softmax and
-//!   SwiGLU product are our own fused kernels with their own backward ([`super::ops`]); elsewhere they are
-//!   composed from candle's element-wise ops (explicit rms norm, rotate-half rope, max-subtracted softmax).
+//!   silently leave the rest (REFERENCE.md). On the CPU in f32 the linear layers, rms norm, rope, attention
+//!   softmax and SwiGLU product are our own fused kernels with their own backward ([`super::ops`]);
+//!   elsewhere they are composed from candle's ops (explicit rms norm, rotate-half rope, max-subtracted
+//!   softmax).
 //! - `Kernels::Fused`: candle's fused CPU kernels over detached weights, for scoring and sampling, where no
 //!   gradient is needed. Tests pin both to the same logits.
 //! - `Kernels::Quantized`: the fused kernels, with every linear weight and the output head read from an
