@@ -489,16 +489,7 @@ mod tests {
             reference.backward_step(&loss_of(&theirs)).unwrap();
         }
         for (a, b) in ours.iter().zip(&theirs) {
-            let diff = (a.as_tensor() - b.as_tensor())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::model::max_abs_diff(a.as_tensor(), b.as_tensor());
             assert!(diff < 2e-6, "max difference {diff}");
         }
         // The weights did move.

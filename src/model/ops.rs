@@ -621,16 +621,7 @@ mod tests {
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
         assert_eq!(a.dims(), b.dims());
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::model::max_abs_diff(a, b);
         assert!(d < tol, "max difference {d}");
     }
 
