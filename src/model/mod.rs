@@ -145,7 +145,7 @@ pub fn init_cpu_threads() {
 }
 
 /// The sampling weights that sample fastest on this CPU, by the packed kernels candle's quantized matmul
-/// has for it (docs/BENCHMARKS.md, "Sampling weights by CPU"): Q8_0 where it has 8-bit dot products (AVX-512
+/// has for it (docs/BENCHMARKS.md, "Sampling on a CPU without VNNI"): Q8_0 where it has 8-bit dot products (AVX-512
 /// VNNI or AVX-VNNI), Q4_K on plain AVX2 (candle has an AVX2 kernel for Q4_K but none for Q8_0, whose
 /// generic loop is four times slower than f32 there), else f32. Other architectures keep Q8_0.
 pub fn cpu_sampling_weights() -> SamplingWeights {
