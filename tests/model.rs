@@ -332,9 +332,101 @@ fn sequence_logprobs_equal_token_by_token_computation_under_both_paddings() {
     ));
 }
 
+/// A DPO batch: completions that share their prompt (chosen and rejected), prompts of different lengths, an
+/// empty and a one-token completion. The prompts run once each; every log-prob still equals the token-by-token
+/// computation, on both paddings and through `score`, in the items' order.
+#[test]
+fn completions_sharing_a_prompt_score_as_if_each_ran_alone() {
+    let m = tiny(false, 5);
+    let tk = m.tokenizer();
+    let items: Vec<(Vec<u32>, Vec<u32>)> = [
+        ("Review: ", "a fine film"),
+        ("A much longer prompt before it: ", "ok"),
+        ("Review: ", "dull and long, sadly"),
+        ("A much longer prompt before it: ", ""),
+        ("Hi", "t"),
+        ("Review: ", "x"),
+        ("Hi", "there, friend"),
+    ]
+    .iter()
+    .map(|(p, c)| (tk.encode(p).unwrap(), tk.encode(c).unwrap()))
+    .collect();
+    let want: Vec<f64> = items
+        .iter()
+        .map(|(p, c)| direct_logprob(&m, p, c))
+        .collect();
+    for padding in [Padding::Left, Padding::Right] {
+        let r = m.sequence_logprobs(&items, padding).unwrap();
+        let sums = r.sum.to_vec1::<f32>().unwrap();
+        let tokens = r.tokens.to_vec1::<f32>().unwrap();
+        for (i, (_, c)) in items.iter().enumerate() {
+            assert!(
+                (sums[i] as f64 - want[i]).abs() < 1e-3,
+                "{padding:?} item {i}: {} vs {}",
+                sums[i],
+                want[i]
+            );
+            assert_eq!(tokens[i] as usize, c.len());
+        }
+    }
+    // More items than one scoring batch, interleaved: results come back in the items' order.
+    let many: Vec<(Vec<u32>, Vec<u32>)> = items.iter().chain(&items).cloned().collect();
+    for (i, s) in m.score(&many).unwrap().iter().enumerate() {
+        let w = want[i % items.len()];
+        assert!((s.sum - w).abs() < 1e-3, "score item {i}: {} vs {w}", s.sum);
+        assert_eq!(s.tokens, many[i].1.len());
+    }
+}
+
+/// Through the fused training kernels (f32 on the CPU): a batch whose completions share prompts gives every
+/// weight the same gradient as the same items run one by one.
+#[test]
+fn shared_prompt_gradients_equal_those_of_items_run_one_by_one() {
+    let m = tiny(true, 9);
+    let tk = m.tokenizer();
+    let items: Vec<(Vec<u32>, Vec<u32>)> = [
+        ("Prompt one: ", "chosen answer"),
+        ("Prompt two, longer: ", "yes"),
+        ("Prompt one: ", "rejected"),
+        ("Prompt two, longer: ", "no, not at all"),
+    ]
+    .iter()
+    .map(|(p, c)| (tk.encode(p).unwrap(), tk.encode(c).unwrap()))
+    .collect();
+    let coef = [0.7f32, -1.3, 0.4, 1.1];
+    let batch = m.sequence_logprobs(&items, Padding::Right).unwrap();
+    let batch_loss = (batch.sum * Tensor::new(&coef, &Device::Cpu).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let mut alone_loss = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+    for (item, c) in items.iter().zip(coef) {
+        let lp = m
+            .sequence_logprobs(std::slice::from_ref(item), Padding::Right)
+            .unwrap();
+        alone_loss = (alone_loss + (lp.sum.sum_all().unwrap() * c as f64).unwrap()).unwrap();
+    }
+    let (g_batch, g_alone) = (
+        batch_loss.backward().unwrap(),
+        alone_loss.backward().unwrap(),
+    );
+    for (name, var) in m.named_vars() {
+        let (a, b) = (
+            g_batch.get(var.as_tensor()).unwrap(),
+            g_alone.get(var.as_tensor()).unwrap(),
+        );
+        let scale = max_abs_diff(b, &b.zeros_like().unwrap()).max(1e-3);
+        let d = max_abs_diff(a, b);
+        assert!(
+            d < 1e-4 * scale.max(1.0),
+            "{name}: gradients differ by {d} (scale {scale})"
+        );
+    }
+}
+
 /// Central finite differences in f64 against backprop, on a few entries of EVERY weight tensor. A weight whose
 /// gradient candle silently drops (fused kernels) fails here.
-fn gradient_check(tied: bool, bias: bool, padding: Padding) {
+fn gradient_check(tied: bool, bias: bool, padding: Padding, texts: &[(&str, &str)]) {
     let tok = TextTokenizer::byte_level_for_tests();
     let mut cfg = ModelConfig::tiny(tok.vocab_size());
     cfg.tie_word_embeddings = tied;
@@ -346,11 +438,12 @@ fn gradient_check(tied: bool, bias: bool, padding: Padding) {
         .to_dtype(DType::F64)
         .unwrap();
     let tk = m.tokenizer();
-    let items: Vec<(Vec<u32>, Vec<u32>)> = vec![
-        (tk.encode("ab").unwrap(), tk.encode("cde").unwrap()),
-        (tk.encode("hello").unwrap(), tk.encode("x").unwrap()),
-    ];
-    let coef = Tensor::new(&[0.7f64, -1.3], &Device::Cpu).unwrap();
+    let items: Vec<(Vec<u32>, Vec<u32>)> = texts
+        .iter()
+        .map(|(p, c)| (tk.encode(p).unwrap(), tk.encode(c).unwrap()))
+        .collect();
+    let coef: Vec<f64> = [0.7, -1.3, 0.9, -0.4][..items.len()].to_vec();
+    let coef = Tensor::new(coef, &Device::Cpu).unwrap();
     let loss_of = |m: &LanguageModel| -> Tensor {
         let r = m.sequence_logprobs(&items, padding).unwrap();
         (r.sum * &coef).unwrap().sum_all().unwrap()
@@ -398,13 +491,25 @@ fn gradient_check(tied: bool, bias: bool, padding: Padding) {
 
 #[test]
 fn gradients_match_finite_differences_for_every_weight_untied_with_biases() {
-    gradient_check(false, true, Padding::Right);
+    gradient_check(false, true, Padding::Right, DISTINCT_PROMPTS);
 }
 
 #[test]
 fn gradients_match_finite_differences_for_every_weight_tied_left_padded() {
-    gradient_check(true, false, Padding::Left);
+    gradient_check(true, false, Padding::Left, DISTINCT_PROMPTS);
 }
+
+/// Two items per prompt, as in a DPO batch: the prompts run once and their keys and values feed both
+/// completions, so each prompt weight's gradient sums over both.
+#[test]
+fn gradients_match_finite_differences_for_every_weight_with_shared_prompts() {
+    gradient_check(false, true, Padding::Right, SHARED_PROMPTS);
+    gradient_check(true, false, Padding::Left, SHARED_PROMPTS);
+}
+
+const DISTINCT_PROMPTS: &[(&str, &str)] = &[("ab", "cde"), ("hello", "x")];
+const SHARED_PROMPTS: &[(&str, &str)] =
+    &[("ab", "cde"), ("hello", "x"), ("ab", "q"), ("hello", "yz")];
 
 fn params(temperature: f64, top_p: f64, max_new_tokens: usize, seed: u64) -> SamplingParams {
     SamplingParams {

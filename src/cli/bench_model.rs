@@ -6,9 +6,13 @@
 //!   nucleus cut, KV cache, one batch; only generated tokens count (EOS may stop a row early). Run once
 //!   per `--sampling-weights` entry: f32 as `sample16`, a quantized copy as `sample16_q8_0`, after
 //!   `quantize_q8_0`, the time to make that copy from the f32 weights (what the engine pays per version).
+//!   As in anchor_torch.py, the 8 are 4 prompts with two completions each, and the prompts run once
+//!   (the engine shares a prompt's forward pass among the completions that continue it).
 //! - **dpo**: the same 8 × 64 as 4 chosen + 4 rejected sequences, the sigmoid DPO loss (β 0.1) against cached
-//!   reference log-probs, backward, and the trainer's own fused AdamW (lr 1e-6). Last, because the memory a
-//!   step takes is not all given back to the system and would raise the peaks measured after it.
+//!   reference log-probs, backward, and the trainer's own fused AdamW (lr 1e-6). After the others, because the
+//!   memory a step takes is not all given back to the system and would raise the peaks measured after it.
+//! - **dpo_unshared**: the `dpo` step on 8 × 64 tokens with 8 different prompts, where nothing is shared: the
+//!   cost of the same shape without the shared prompts. Last (its peak memory is not its own).
 //! - **dpo_lora**: the same step training LoRA adapters (`--lora-rank`, all seven linear layers of every
 //!   block) on the frozen weights, just before `dpo`.
 //! - **sample64**: 64 prompts of 16 tokens, 128 new tokens each, one batch: a GPU's sampling workload. Run
@@ -36,8 +40,14 @@ use crate::model::{
     parse_device,
 };
 
-const WORKLOADS: [&str; 6] = [
-    "score", "dpo", "dpo_lora", "sample16", "sample1", "sample64",
+const WORKLOADS: [&str; 7] = [
+    "score",
+    "dpo",
+    "dpo_lora",
+    "dpo_unshared",
+    "sample16",
+    "sample1",
+    "sample64",
 ];
 /// Workloads left out unless `--only` names them.
 const OPT_IN: [&str; 1] = ["sample64"];
@@ -57,8 +67,8 @@ pub struct Args {
     pub repeats: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Comma-separated workloads to run: score, dpo, dpo_lora, sample16, sample1, sample64 (default: all
-    /// but sample64).
+    /// Comma-separated workloads to run: score, dpo, dpo_lora, dpo_unshared, sample16, sample1, sample64
+    /// (default: all but sample64).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Print one JSON object on stdout (the readable lines go to stderr).
@@ -261,8 +271,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let seq = |i: usize, n: usize| -> Vec<u32> {
         (0..n).map(|j| base[(i * 7 + j) % base.len()]).collect()
     };
-    // 8 × (32 prompt + 32 completion) tokens: scoring's batch, and the DPO step's 4 chosen + 4 rejected.
+    // 8 × (32 prompt + 32 completion) tokens: scoring's batch, and the DPO step's 4 chosen + 4 rejected. As
+    // in anchor_torch.py, 4 prompts each with two completions: row i + 4 has row i's prompt.
     let items: Vec<(Vec<u32>, Vec<u32>)> = (0..8)
+        .map(|i| (seq(i % 4, 32), seq(i + 4, 64)[32..].to_vec()))
+        .collect();
+    // The same shape with 8 different prompts: what a step costs when no prompt is shared.
+    let unshared: Vec<(Vec<u32>, Vec<u32>)> = (0..8)
         .map(|i| {
             let s = seq(i, 64);
             (s[..32].to_vec(), s[32..].to_vec())
@@ -352,6 +367,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ));
         report["dpo"] = m.json();
         report["dpo"]["forward_backward_seconds"] = json!(fwd_bwd);
+    }
+    if wanted("dpo_unshared") {
+        // After `dpo`, on the weights it trained: the peak here is not this step's alone.
+        let reference: Vec<f64> = model.score(&unshared)?.iter().map(|s| s.sum).collect();
+        let (m, fwd_bwd) = dpo_workload(&model, &unshared, &reference, args.repeats)?;
+        say(format!(
+            "dpo step   8 × 64 tokens, 8 prompts:       {:7.1} tokens/s  ({:.3} s, of which forward+backward {:.3} s)",
+            m.per_second(),
+            m.best(),
+            fwd_bwd,
+        ));
+        report["dpo_unshared"] = m.json();
+        report["dpo_unshared"]["forward_backward_seconds"] = json!(fwd_bwd);
     }
 
     if args.json {

@@ -83,9 +83,15 @@ struct QuantLinear {
 }
 
 impl QuantLinear {
-    fn of(w: &Var, dtype: GgmlDType) -> candle_core::Result<Self> {
+    /// The weights `ws`, each (out_i, in), stacked into one (Σ out_i, in) product: layers that read the same
+    /// input (q, k and v; gate and up) then quantize it once and run one kernel call instead of several.
+    fn of(ws: &[&Var], dtype: GgmlDType) -> candle_core::Result<Self> {
         // Quantized from f32 whatever the weights' dtype (ggml's formats quantize f32).
-        let w = w.as_detached_tensor().to_dtype(DType::F32)?;
+        let ws = ws
+            .iter()
+            .map(|w| w.as_detached_tensor().to_dtype(DType::F32))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let w = Tensor::cat(&ws, 0)?;
         let (out, inputs) = w.dims2()?;
         let pad = inputs.next_multiple_of(PAD_INPUTS_TO) - inputs;
         let w = if pad > 0 {
@@ -112,15 +118,12 @@ impl QuantLinear {
     }
 }
 
-/// One block's linear weights, quantized.
+/// One block's linear weights, quantized; q, k and v stacked into one product, and gate and up.
 #[derive(Debug)]
 struct QuantBlock {
-    q: QuantLinear,
-    k: QuantLinear,
-    v: QuantLinear,
+    qkv: QuantLinear,
     o: QuantLinear,
-    gate: QuantLinear,
-    up: QuantLinear,
+    gate_up: QuantLinear,
     down: QuantLinear,
 }
 
@@ -135,26 +138,23 @@ pub(crate) struct QuantLinears {
 
 impl QuantLinears {
     pub fn of(net: &Llama, dtype: GgmlDType) -> candle_core::Result<Self> {
-        let q = |v: &Var| QuantLinear::of(v, dtype);
+        let q = |vs: &[&Var]| QuantLinear::of(vs, dtype);
         let blocks = net
             .blocks
             .iter()
             .map(|b| {
                 Ok(QuantBlock {
-                    q: q(&b.q)?,
-                    k: q(&b.k)?,
-                    v: q(&b.v)?,
-                    o: q(&b.o)?,
-                    gate: q(&b.gate)?,
-                    up: q(&b.up)?,
-                    down: q(&b.down)?,
+                    qkv: q(&[&b.q, &b.k, &b.v])?,
+                    o: q(&[&b.o])?,
+                    gate_up: q(&[&b.gate, &b.up])?,
+                    down: q(&[&b.down])?,
                 })
             })
             .collect::<candle_core::Result<_>>()?;
         Ok(QuantLinears {
             dtype,
             blocks,
-            head: q(net.lm_head.as_ref().unwrap_or(&net.embed))?,
+            head: q(&[net.lm_head.as_ref().unwrap_or(&net.embed)])?,
         })
     }
 
@@ -172,8 +172,9 @@ pub(crate) struct KvCache {
 }
 
 impl KvCache {
-    /// Keeps only the batch rows in `rows` (finished sequences leave the batch).
-    pub fn retain_rows(&mut self, rows: &[usize], device: &Device) -> Result<()> {
+    /// The batch rows `rows` of the cache, in that order: finished sequences leave the batch, and a shared
+    /// prompt's row repeats for each sequence that continues it. Differentiable (an index select).
+    pub fn select_rows(&mut self, rows: &[usize], device: &Device) -> Result<()> {
         let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), device)?;
         for kv in self.layers.iter_mut().flatten() {
             *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?);
@@ -300,19 +301,19 @@ struct Lora<'a> {
     dropout: f64,
 }
 
-/// x (b, t, in) through a linear layer: its quantized copy when there is one, else the weight `w` (as
-/// [`take`] gives it); plus s · (drop(x)·Aᵀ)·Bᵀ when the layer has an adapter (dropout only on the
-/// differentiable, training path).
+/// x (b, t, in) through a linear layer: `base` when its product x·wᵀ was already taken (from the quantized
+/// copy), else the weight `w` (as [`take`] gives it); plus the bias, plus s · (drop(x)·Aᵀ)·Bᵀ when the layer
+/// has an adapter (dropout only on the differentiable, training path).
 fn project(
     x: &Tensor,
     w: &Tensor,
-    quant: Option<&QuantLinear>,
+    base: Option<Tensor>,
     bias: Option<&Tensor>,
     lora: Option<Lora<'_>>,
     k: Kernels,
 ) -> candle_core::Result<Tensor> {
-    let y = match quant {
-        Some(q) => add_bias(q.forward(x)?, bias)?,
+    let y = match base {
+        Some(y) => add_bias(y, bias)?,
         None => linear(x, w, bias)?,
     };
     let Some(l) = lora else { return Ok(y) };
@@ -323,6 +324,26 @@ fn project(
     };
     let low = linear(&x, &take(&l.adapter.a, k), None)?;
     y + (linear(&low, &take(&l.adapter.b, k), None)? * l.scale)?
+}
+
+/// x through a stacked quantized product, split back into its layers' outputs of the given widths; None
+/// without a quantized copy.
+fn stacked(
+    x: &Tensor,
+    q: Option<&QuantLinear>,
+    widths: &[usize],
+) -> candle_core::Result<Option<Vec<Tensor>>> {
+    let Some(q) = q else { return Ok(None) };
+    let y = q.forward(x)?;
+    let mut from = 0;
+    let parts = widths
+        .iter()
+        .map(|&w| {
+            from += w;
+            y.narrow(D::Minus1, from - w, w)
+        })
+        .collect::<candle_core::Result<_>>()?;
+    Ok(Some(parts))
 }
 
 /// Additive attention mask (b, 1, 1, t, s): 0 where query i may see key j, −inf elsewhere. The t queries are
@@ -449,38 +470,23 @@ impl Llama {
             };
             let xn = rms_norm(&x, &take(&blk.ln1, k), cfg.rms_norm_eps, k)?;
             let bias = |v: &Option<Var>| v.as_ref().map(|v| take(v, k));
-            let proj = |x: &Tensor, w: &Var, q: Option<&QuantLinear>, bias: Option<Tensor>, t| {
+            let proj = |x: &Tensor, w: &Var, base: Option<Tensor>, bias: Option<Tensor>, t| {
                 let lora = lora(t);
                 project(
                     x,
                     &base_weight(w, lora.is_some(), x, k),
-                    q,
+                    base,
                     bias.as_ref(),
                     lora,
                     k,
                 )
             };
-            let q = proj(
-                &xn,
-                &blk.q,
-                qb.map(|b| &b.q),
-                bias(&blk.q_bias),
-                LoraTarget::Q,
-            )?;
-            let kk = proj(
-                &xn,
-                &blk.k,
-                qb.map(|b| &b.k),
-                bias(&blk.k_bias),
-                LoraTarget::K,
-            )?;
-            let v = proj(
-                &xn,
-                &blk.v,
-                qb.map(|b| &b.v),
-                bias(&blk.v_bias),
-                LoraTarget::V,
-            )?;
+            let mut qkv = stacked(&xn, qb.map(|b| &b.qkv), &[nh * hd, nkv * hd, nkv * hd])?
+                .map(Vec::into_iter);
+            let mut part = || qkv.as_mut().and_then(Iterator::next);
+            let q = proj(&xn, &blk.q, part(), bias(&blk.q_bias), LoraTarget::Q)?;
+            let kk = proj(&xn, &blk.k, part(), bias(&blk.k_bias), LoraTarget::K)?;
+            let v = proj(&xn, &blk.v, part(), bias(&blk.v_bias), LoraTarget::V)?;
             let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
             let kk = kk.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -502,18 +508,19 @@ impl Llama {
             let att = attention_weights(&att, &mask, scale, k)?.reshape((b, nkv, rep * t, s))?;
             let y = att.matmul(&v)?.reshape((b, nh, t, hd))?;
             let y = y.transpose(1, 2)?.reshape((b, t, h))?;
-            x = (x + proj(&y, &blk.o, qb.map(|b| &b.o), None, LoraTarget::O)?)?;
+            let o = qb.map(|b| b.o.forward(&y)).transpose()?;
+            x = (x + proj(&y, &blk.o, o, None, LoraTarget::O)?)?;
 
             let xn = rms_norm(&x, &take(&blk.ln2, k), cfg.rms_norm_eps, k)?;
-            let g = proj(&xn, &blk.gate, qb.map(|b| &b.gate), None, LoraTarget::Gate)?;
-            let u = proj(&xn, &blk.up, qb.map(|b| &b.up), None, LoraTarget::Up)?;
-            let down = proj(
-                &silu_mul(&g, &u)?,
-                &blk.down,
-                qb.map(|b| &b.down),
-                None,
-                LoraTarget::Down,
-            )?;
+            let inter = cfg.intermediate_size;
+            let mut gate_up =
+                stacked(&xn, qb.map(|b| &b.gate_up), &[inter, inter])?.map(Vec::into_iter);
+            let mut part = || gate_up.as_mut().and_then(Iterator::next);
+            let g = proj(&xn, &blk.gate, part(), None, LoraTarget::Gate)?;
+            let u = proj(&xn, &blk.up, part(), None, LoraTarget::Up)?;
+            let hidden = silu_mul(&g, &u)?;
+            let down = qb.map(|b| b.down.forward(&hidden)).transpose()?;
+            let down = proj(&hidden, &blk.down, down, None, LoraTarget::Down)?;
             x = (x + down)?;
         }
         Ok(rms_norm(&x, &take(&self.norm, k), cfg.rms_norm_eps, k)?)

@@ -1,9 +1,11 @@
 //! Sequence log-probabilities of completions given prompts: log π(y|x) = Σ over completion tokens of
 //! log p(token | everything before it). Prompt tokens and padding never count (REFERENCE.md, "DPO").
 
+use std::collections::HashMap;
+
 use candle_core::{D, DType, Tensor};
 
-use super::llama::Kernels;
+use super::llama::{Kernels, KvCache};
 use super::{LanguageModel, ModelError, Result};
 
 /// Where padding goes when sequences of different lengths share a batch. Both give the same log-probs (tested).
@@ -57,21 +59,26 @@ impl LanguageModel {
     }
 
     /// `sequence_logprobs` without gradients, through the fused kernels, in batches of 8, right padding.
+    /// Items with the same prompt go into the same batch, where they share its forward pass.
     pub fn score(&self, items: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<SeqLogProb>> {
-        let mut out = Vec::with_capacity(items.len());
-        for chunk in items.chunks(SCORE_BATCH) {
-            let r = self.logprobs_with(chunk, Padding::Right, Kernels::Fused)?;
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| items[a].0.cmp(&items[b].0));
+        let mut out = vec![None; items.len()];
+        for chunk in order.chunks(SCORE_BATCH) {
+            let batch: Vec<(Vec<u32>, Vec<u32>)> =
+                chunk.iter().map(|&i| items[i].clone()).collect();
+            let r = self.logprobs_with(&batch, Padding::Right, Kernels::Fused)?;
             let sums = r.sum.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-            for (s, (_, c)) in sums.into_iter().zip(chunk) {
-                let n = c.len();
-                out.push(SeqLogProb {
+            for (s, &i) in sums.into_iter().zip(chunk) {
+                let n = items[i].1.len();
+                out[i] = Some(SeqLogProb {
                     sum: s,
                     mean: if n == 0 { 0.0 } else { s / n as f64 },
                     tokens: n,
                 });
             }
         }
-        Ok(out)
+        Ok(out.into_iter().flatten().collect())
     }
 
     pub(crate) fn logprobs_with(
@@ -101,45 +108,27 @@ impl LanguageModel {
                 )));
             }
         }
-        let t = items
-            .iter()
-            .map(|(p, c)| p.len() + c.len())
-            .max()
-            .unwrap_or(0);
-        let pad = self.tokenizer.eos_id();
-        let mut ids = vec![pad; b * t];
-        let mut valid = vec![vec![false; t]; b];
-        // Row of the flattened hidden states predicting each completion token, the token, and its sequence.
-        let (mut rows, mut targets, mut seg) = (Vec::new(), Vec::new(), Vec::new());
-        for (r, (p, c)) in items.iter().enumerate() {
-            let len = p.len() + c.len();
-            let off = match padding {
-                Padding::Left => t - len,
-                Padding::Right => 0,
-            };
-            for (j, &tok) in p.iter().chain(c).enumerate() {
-                ids[r * t + off + j] = tok;
-                valid[r][off + j] = true;
+        let Predictors {
+            hidden,
+            rows,
+            targets,
+            items: seg,
+        } = match shared_prompts(items) {
+            Some((prompts, of_item)) => {
+                self.shared_prompt_hidden(items, &prompts, &of_item, padding, k)?
             }
-            for (j, &tok) in c.iter().enumerate() {
-                rows.push((r * t + off + p.len() + j - 1) as u32);
-                targets.push(tok);
-                seg.push(r);
-            }
-        }
+            None => self.flat_hidden(items, padding, k)?,
+        };
         let n = rows.len();
         let mut counts = vec![0f64; b];
         for &r in &seg {
             counts[r] += 1.0;
         }
         let tokens = Tensor::new(counts, dev)?.to_dtype(dtype)?;
-        if n == 0 {
+        let Some(h) = hidden.filter(|_| n > 0) else {
             let sum = Tensor::zeros(b, dtype, dev)?;
             return Ok(SeqLogProbs { sum, tokens });
-        }
-        let ids = Tensor::from_vec(ids, (b, t), dev)?;
-        let h = self.net.hidden(&self.config, &ids, &valid, None, k)?;
-        let h = h.reshape((b * t, self.config.hidden_size))?;
+        };
         // Only the rows that predict completion tokens go through the (large) output head.
         let h = h.index_select(&Tensor::new(rows, dev)?, 0)?;
         let logits = self.net.logits_2d(&h, k)?.to_dtype(dtype)?; // (n, vocab)
@@ -152,6 +141,161 @@ impl LanguageModel {
         let sum = onehot.matmul(&lp)?.squeeze(1)?;
         Ok(SeqLogProbs { sum, tokens })
     }
+
+    /// Every item as one row of the batch, prompt and completion together, padded to the longest.
+    fn flat_hidden(
+        &self,
+        items: &[(Vec<u32>, Vec<u32>)],
+        padding: Padding,
+        k: Kernels,
+    ) -> Result<Predictors> {
+        let b = items.len();
+        let t = items
+            .iter()
+            .map(|(p, c)| p.len() + c.len())
+            .max()
+            .unwrap_or(0);
+        let pad = self.tokenizer.eos_id();
+        let mut ids = vec![pad; b * t];
+        let mut valid = vec![vec![false; t]; b];
+        let mut out = Predictors::default();
+        for (r, (p, c)) in items.iter().enumerate() {
+            let len = p.len() + c.len();
+            let off = match padding {
+                Padding::Left => t - len,
+                Padding::Right => 0,
+            };
+            for (j, &tok) in p.iter().chain(c).enumerate() {
+                ids[r * t + off + j] = tok;
+                valid[r][off + j] = true;
+            }
+            for (j, &tok) in c.iter().enumerate() {
+                out.push(r * t + off + p.len() + j - 1, tok, r);
+            }
+        }
+        if out.rows.is_empty() {
+            return Ok(out);
+        }
+        let ids = Tensor::from_vec(ids, (b, t), &self.device)?;
+        let h = self.net.hidden(&self.config, &ids, &valid, None, k)?;
+        out.hidden = Some(h.reshape((b * t, self.config.hidden_size))?);
+        Ok(out)
+    }
+
+    /// Items that share a prompt share its forward pass: the distinct prompts run once, padded to the longest
+    /// (on the `padding` side), and each item's completion continues from its prompt's keys and values. A
+    /// DPO pair's chosen and rejected completions share their prompt, so a batch of pairs runs its prompts
+    /// half as often. The last completion token is not run at all: its hidden state predicts nothing.
+    fn shared_prompt_hidden(
+        &self,
+        items: &[(Vec<u32>, Vec<u32>)],
+        prompts: &[&[u32]],
+        of_item: &[usize],
+        padding: Padding,
+        k: Kernels,
+    ) -> Result<Predictors> {
+        let dev = &self.device;
+        let width = self.config.hidden_size;
+        let pad = self.tokenizer.eos_id();
+        let mut out = Predictors::default();
+        if items.iter().all(|(_, c)| c.is_empty()) {
+            return Ok(out);
+        }
+        let (u, b) = (prompts.len(), items.len());
+        let pt = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let mut ids = vec![pad; u * pt];
+        let mut valid = vec![vec![false; pt]; u];
+        // Row of each prompt's last token: it predicts the first completion token.
+        let mut last = Vec::with_capacity(u);
+        for (r, p) in prompts.iter().enumerate() {
+            let off = match padding {
+                Padding::Left => pt - p.len(),
+                Padding::Right => 0,
+            };
+            ids[r * pt + off..r * pt + off + p.len()].copy_from_slice(p);
+            valid[r][off..off + p.len()].fill(true);
+            last.push(r * pt + off + p.len() - 1);
+        }
+        let mut cache = KvCache {
+            layers: Vec::new(),
+            valid: valid.clone(),
+        };
+        let ids = Tensor::from_vec(ids, (u, pt), dev)?;
+        let prompt_h = self
+            .net
+            .hidden(&self.config, &ids, &valid, Some(&mut cache), k)?
+            .reshape((u * pt, width))?;
+
+        // Completion tokens run: all but each completion's last.
+        let ct = items
+            .iter()
+            .map(|(_, c)| c.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0);
+        for (r, (_, c)) in items.iter().enumerate() {
+            for (j, &tok) in c.iter().enumerate() {
+                let row = match j {
+                    0 => last[of_item[r]],
+                    _ => u * pt + r * ct + j - 1,
+                };
+                out.push(row, tok, r);
+            }
+        }
+        if ct == 0 {
+            out.hidden = Some(prompt_h);
+            return Ok(out);
+        }
+        cache.select_rows(of_item, dev)?;
+        let mut valid = std::mem::take(&mut cache.valid);
+        let mut ids = vec![pad; b * ct];
+        for (r, (_, c)) in items.iter().enumerate() {
+            let run = &c[..c.len().saturating_sub(1)];
+            ids[r * ct..r * ct + run.len()].copy_from_slice(run);
+            valid[r].extend((0..ct).map(|j| j < run.len()));
+        }
+        let ids = Tensor::from_vec(ids, (b, ct), dev)?;
+        let completion_h = self
+            .net
+            .hidden(&self.config, &ids, &valid, Some(&mut cache), k)?
+            .reshape((b * ct, width))?;
+        out.hidden = Some(Tensor::cat(&[&prompt_h, &completion_h], 0)?);
+        Ok(out)
+    }
+}
+
+/// Hidden states (m, h) of every position a forward pass ran (None when none ran), and for each completion
+/// token: the row of `hidden` that predicts it, the token, and its item.
+#[derive(Default)]
+struct Predictors {
+    hidden: Option<Tensor>,
+    rows: Vec<u32>,
+    targets: Vec<u32>,
+    items: Vec<usize>,
+}
+
+impl Predictors {
+    fn push(&mut self, row: usize, target: u32, item: usize) {
+        self.rows.push(row as u32);
+        self.targets.push(target);
+        self.items.push(item);
+    }
+}
+
+/// The distinct prompts of `items` in first-seen order and each item's index among them; None when no two
+/// items share a prompt.
+fn shared_prompts(items: &[(Vec<u32>, Vec<u32>)]) -> Option<(Vec<&[u32]>, Vec<usize>)> {
+    let mut index: HashMap<&[u32], usize> = HashMap::new();
+    let mut prompts = Vec::new();
+    let of_item: Vec<usize> = items
+        .iter()
+        .map(|(p, _)| {
+            *index.entry(p.as_slice()).or_insert_with(|| {
+                prompts.push(p.as_slice());
+                prompts.len() - 1
+            })
+        })
+        .collect();
+    (prompts.len() < items.len()).then_some((prompts, of_item))
 }
 
 /// log p(target_r) = logits[r, target_r] − logsumexp(logits[r]) for logits (n, vocab): (n, 1), differentiable.

@@ -1,6 +1,8 @@
 //! Batched sampling with a KV cache: many prompts × many samples per forward step, left padding, each row
 //! with its own random stream so a row's result does not depend on what else is in the batch.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 
@@ -229,24 +231,42 @@ impl LanguageModel {
         let mut stopped = vec![false; b];
         let mut ents: Vec<Vec<f32>> = vec![Vec::new(); b];
         if params.max_new_tokens > 0 {
-            // Prefill, left-padded so every row's last slot is its last prompt token.
-            let plen = rows.iter().map(|r| r.prompt_ids.len()).max().unwrap_or(0);
-            let mut ids = vec![eos; b * plen];
-            let mut valid = vec![vec![false; plen]; b];
-            for (i, r) in rows.iter().enumerate() {
-                let off = plen - r.prompt_ids.len();
-                ids[i * plen + off..(i + 1) * plen].copy_from_slice(&r.prompt_ids);
+            // Prefill each distinct prompt once (rows sampling the same prompt share its keys and values),
+            // left-padded so every row's last slot is its last prompt token.
+            let mut index: HashMap<&[u32], usize> = HashMap::new();
+            let mut prompts: Vec<&[u32]> = Vec::new();
+            let of_row: Vec<usize> = rows
+                .iter()
+                .map(|r| {
+                    *index.entry(&r.prompt_ids).or_insert_with(|| {
+                        prompts.push(&r.prompt_ids);
+                        prompts.len() - 1
+                    })
+                })
+                .collect();
+            let u = prompts.len();
+            let plen = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+            let mut ids = vec![eos; u * plen];
+            let mut valid = vec![vec![false; plen]; u];
+            for (i, p) in prompts.iter().enumerate() {
+                let off = plen - p.len();
+                ids[i * plen + off..(i + 1) * plen].copy_from_slice(p);
                 valid[i][off..].iter_mut().for_each(|v| *v = true);
             }
             let mut cache = KvCache {
                 layers: Vec::new(),
                 valid: valid.clone(),
             };
-            let ids = Tensor::from_vec(ids, (b, plen), dev)?;
+            let ids = Tensor::from_vec(ids, (u, plen), dev)?;
             let h = self
                 .net
                 .hidden(&self.config, &ids, &valid, Some(&mut cache), kernels)?;
             let mut last = h.narrow(1, plen - 1, 1)?.squeeze(1)?;
+            if u < b {
+                cache.select_rows(&of_row, dev)?;
+                let idx = Tensor::new(of_row.iter().map(|&r| r as u32).collect::<Vec<_>>(), dev)?;
+                last = last.contiguous()?.index_select(&idx, 0)?;
+            }
             // Original row index of each row still in the batch.
             let mut active: Vec<usize> = (0..b).collect();
             for step in 0..params.max_new_tokens {
@@ -272,7 +292,7 @@ impl LanguageModel {
                     break;
                 }
                 if keep.len() < active.len() {
-                    cache.retain_rows(&keep, dev)?;
+                    cache.select_rows(&keep, dev)?;
                     active = keep.iter().map(|&s| active[s]).collect();
                 }
                 for v in cache.valid.iter_mut() {
