@@ -448,7 +448,11 @@ impl Llama {
         let mask = attention_mask(valid, t, dtype, dev)?;
         let scale = 1.0 / (hd as f64).sqrt();
 
-        let embed = take(&self.embed, k);
+        // Frozen under LoRA: detached, the lookup makes no (vocab × h) gradient that nothing reads.
+        let embed = match self.adapters {
+            Some(_) => self.embed.as_detached_tensor(),
+            None => take(&self.embed, k),
+        };
         let mut x = embed
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, h))?;
