@@ -22,6 +22,7 @@ use super::config::ModelConfig;
 use super::error::Result;
 use super::lora::{Adapter, Adapters};
 use super::ops;
+use super::q8::PackedQ8;
 use crate::domain::LoraTarget;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,16 +71,19 @@ pub(crate) struct Llama {
     pub adapters: Option<Adapters>,
 }
 
-/// Input widths are padded with zero weights to a multiple of this: candle's packed integer kernels (AVX-512
-/// VNNI, the fast path on CPU) take only whole 256-weight super-blocks, and without them a model like
-/// SmolLM2 (width 576) multiplies through a generic dot-product loop slower than f32 gemm at 16 rows.
+/// Input widths are padded with zero weights to a multiple of this for candle's quantized matmul: its packed
+/// integer kernels (the fast path on CPU) take only whole 256-weight super-blocks, and without them a model
+/// like SmolLM2 (width 576) multiplies through a generic dot-product loop slower than f32 gemm at 16 rows.
+/// Q8_0 on AVX-512 VNNI needs no padding: it runs our own kernel ([`PackedQ8`]) at any multiple of 32.
 const PAD_INPUTS_TO: usize = 256;
 
-/// A quantized linear weight (out, in + pad): its inputs get `pad` zeros before the multiply.
+/// A quantized linear weight (out, in).
 #[derive(Debug)]
-struct QuantLinear {
-    matmul: QMatMul,
-    pad: usize,
+enum QuantLinear {
+    /// Q8_0 on AVX-512 VNNI, at the layer's own width ([`PackedQ8`]).
+    Q8(PackedQ8),
+    /// candle's quantized matmul over the weight padded to (out, in + pad): inputs get `pad` zeros first.
+    Candle { matmul: QMatMul, pad: usize },
 }
 
 impl QuantLinear {
@@ -93,13 +97,21 @@ impl QuantLinear {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let w = Tensor::cat(&ws, 0)?;
         let (out, inputs) = w.dims2()?;
+        if dtype == GgmlDType::Q8_0
+            && w.device().is_cpu()
+            && PackedQ8::available()
+            && PackedQ8::fits(out, inputs)
+        {
+            let w = w.flatten_all()?.to_vec1::<f32>()?;
+            return Ok(QuantLinear::Q8(PackedQ8::pack(&w, out, inputs)));
+        }
         let pad = inputs.next_multiple_of(PAD_INPUTS_TO) - inputs;
         let w = if pad > 0 {
             Tensor::cat(&[&w, &Tensor::zeros((out, pad), w.dtype(), w.device())?], 1)?
         } else {
             w
         };
-        Ok(QuantLinear {
+        Ok(QuantLinear::Candle {
             matmul: QMatMul::from_arc(Arc::new(QTensor::quantize(&w, dtype)?))?,
             pad,
         })
@@ -109,12 +121,14 @@ impl QuantLinear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
-        let x = if self.pad > 0 {
-            x.pad_with_zeros(D::Minus1, 0, self.pad)?
-        } else {
-            x.contiguous()?
+        let y = match self {
+            QuantLinear::Q8(w) => w.forward(&x)?,
+            QuantLinear::Candle { matmul, pad: 0 } => matmul.forward(&x.contiguous()?)?,
+            QuantLinear::Candle { matmul, pad } => {
+                matmul.forward(&x.pad_with_zeros(D::Minus1, 0, *pad)?)?
+            }
         };
-        self.matmul.forward(&x)?.to_dtype(dtype)
+        y.to_dtype(dtype)
     }
 }
 

@@ -33,6 +33,7 @@ mod load;
 mod logprob;
 mod lora;
 mod ops;
+mod q8;
 mod sample;
 mod tokenizer;
 
@@ -407,8 +408,8 @@ impl LanguageModel {
     /// the output head, which sampling then reads; scoring, the forward passes and training keep reading the
     /// f32 weights. `F32` gives the model back without a copy. The copy is taken now: a model trained in
     /// place afterwards must be quantized again (the engine quantizes each version as it loads or installs
-    /// it, and never trains a served model in place). Input widths of any size are padded to the quantized
-    /// kernels' blocks.
+    /// it, and never trains a served model in place). Q8_0 on a CPU with AVX-512 VNNI runs our own kernel
+    /// (`q8.rs`) at the layers' own widths; otherwise input widths are padded to candle's kernels' blocks.
     pub fn with_sampling_weights(&self, weights: SamplingWeights) -> Result<Self> {
         if self.net.adapters.is_some() && self.sampling_weights() == weights {
             // The base weights under adapters never train: their copy stays true.
