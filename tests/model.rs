@@ -275,29 +275,29 @@ fn direct_logprob(m: &LanguageModel, prompt: &[u32], completion: &[u32]) -> f64 
     total
 }
 
-#[test]
-fn sequence_logprobs_equal_token_by_token_computation_under_both_paddings() {
-    let m = tiny(true, 4);
+/// (prompt, completion) texts as token ids.
+fn encode_items(m: &LanguageModel, texts: &[(&str, &str)]) -> Vec<(Vec<u32>, Vec<u32>)> {
     let tk = m.tokenizer();
-    let items: Vec<(Vec<u32>, Vec<u32>)> = [
-        ("Review: ", "a fine film"),
-        ("A much longer prompt before it: ", "ok"),
-        ("x", ""),
-        ("Hi", "there, friend of mine"),
-    ]
-    .iter()
-    .map(|(p, c)| (tk.encode(p).unwrap(), tk.encode(c).unwrap()))
-    .collect();
-    let want: Vec<f64> = items
+    texts
         .iter()
-        .map(|(p, c)| direct_logprob(&m, p, c))
-        .collect();
+        .map(|(p, c)| (tk.encode(p).unwrap(), tk.encode(c).unwrap()))
+        .collect()
+}
+
+/// `sequence_logprobs` on both paddings, and `score` on the items twice over (more than one scoring batch,
+/// results in the items' order), against the token-by-token computation: sums, token counts and means.
+fn assert_logprobs_are_token_by_token(m: &LanguageModel, items: &[(Vec<u32>, Vec<u32>)]) {
+    let want: Vec<f64> = items.iter().map(|(p, c)| direct_logprob(m, p, c)).collect();
+    let mean_of = |i: usize| match items[i].1.len() {
+        0 => 0.0,
+        n => want[i] / n as f64,
+    };
     for padding in [Padding::Left, Padding::Right] {
-        let r = m.sequence_logprobs(&items, padding).unwrap();
+        let r = m.sequence_logprobs(items, padding).unwrap();
         let sums = r.sum.to_vec1::<f32>().unwrap();
         let tokens = r.tokens.to_vec1::<f32>().unwrap();
         let means = r.mean().unwrap().to_vec1::<f32>().unwrap();
-        for (i, (p, c)) in items.iter().enumerate() {
+        for (i, (_, c)) in items.iter().enumerate() {
             assert!(
                 (sums[i] as f64 - want[i]).abs() < 1e-3,
                 "{padding:?} item {i}: {} vs {}",
@@ -305,26 +305,31 @@ fn sequence_logprobs_equal_token_by_token_computation_under_both_paddings() {
                 want[i]
             );
             assert_eq!(tokens[i] as usize, c.len());
-            let mean = if c.is_empty() {
-                0.0
-            } else {
-                want[i] / c.len() as f64
-            };
-            assert!((means[i] as f64 - mean).abs() < 1e-4);
-            // Prompt tokens do not count: the whole sequence's log-prob is larger in magnitude.
-            assert!(!p.is_empty());
+            assert!((means[i] as f64 - mean_of(i)).abs() < 1e-4);
         }
     }
-    let scored = m.score(&items).unwrap();
-    for (i, s) in scored.iter().enumerate() {
-        assert!(
-            (s.sum - want[i]).abs() < 1e-3,
-            "score item {i}: {} vs {}",
-            s.sum,
-            want[i]
-        );
-        assert_eq!(s.tokens, items[i].1.len());
+    let twice: Vec<(Vec<u32>, Vec<u32>)> = items.iter().chain(items).cloned().collect();
+    for (i, s) in m.score(&twice).unwrap().iter().enumerate() {
+        let w = want[i % items.len()];
+        assert!((s.sum - w).abs() < 1e-3, "score item {i}: {} vs {w}", s.sum);
+        assert_eq!(s.tokens, twice[i].1.len());
+        assert!((s.mean - mean_of(i % items.len())).abs() < 1e-4);
     }
+}
+
+#[test]
+fn sequence_logprobs_equal_token_by_token_computation_under_both_paddings() {
+    let m = tiny(true, 4);
+    let items = encode_items(
+        &m,
+        &[
+            ("Review: ", "a fine film"),
+            ("A much longer prompt before it: ", "ok"),
+            ("x", ""),
+            ("Hi", "there, friend of mine"),
+        ],
+    );
+    assert_logprobs_are_token_by_token(&m, &items);
     // An empty prompt is refused, not silently mis-scored.
     assert!(matches!(
         m.sequence_logprobs(&[(vec![], vec![5])], Padding::Right),
@@ -334,48 +339,23 @@ fn sequence_logprobs_equal_token_by_token_computation_under_both_paddings() {
 
 /// A DPO batch: completions that share their prompt (chosen and rejected), prompts of different lengths, an
 /// empty and a one-token completion. The prompts run once each; every log-prob still equals the token-by-token
-/// computation, on both paddings and through `score`, in the items' order.
+/// computation.
 #[test]
 fn completions_sharing_a_prompt_score_as_if_each_ran_alone() {
     let m = tiny(false, 5);
-    let tk = m.tokenizer();
-    let items: Vec<(Vec<u32>, Vec<u32>)> = [
-        ("Review: ", "a fine film"),
-        ("A much longer prompt before it: ", "ok"),
-        ("Review: ", "dull and long, sadly"),
-        ("A much longer prompt before it: ", ""),
-        ("Hi", "t"),
-        ("Review: ", "x"),
-        ("Hi", "there, friend"),
-    ]
-    .iter()
-    .map(|(p, c)| (tk.encode(p).unwrap(), tk.encode(c).unwrap()))
-    .collect();
-    let want: Vec<f64> = items
-        .iter()
-        .map(|(p, c)| direct_logprob(&m, p, c))
-        .collect();
-    for padding in [Padding::Left, Padding::Right] {
-        let r = m.sequence_logprobs(&items, padding).unwrap();
-        let sums = r.sum.to_vec1::<f32>().unwrap();
-        let tokens = r.tokens.to_vec1::<f32>().unwrap();
-        for (i, (_, c)) in items.iter().enumerate() {
-            assert!(
-                (sums[i] as f64 - want[i]).abs() < 1e-3,
-                "{padding:?} item {i}: {} vs {}",
-                sums[i],
-                want[i]
-            );
-            assert_eq!(tokens[i] as usize, c.len());
-        }
-    }
-    // More items than one scoring batch, interleaved: results come back in the items' order.
-    let many: Vec<(Vec<u32>, Vec<u32>)> = items.iter().chain(&items).cloned().collect();
-    for (i, s) in m.score(&many).unwrap().iter().enumerate() {
-        let w = want[i % items.len()];
-        assert!((s.sum - w).abs() < 1e-3, "score item {i}: {} vs {w}", s.sum);
-        assert_eq!(s.tokens, many[i].1.len());
-    }
+    let items = encode_items(
+        &m,
+        &[
+            ("Review: ", "a fine film"),
+            ("A much longer prompt before it: ", "ok"),
+            ("Review: ", "dull and long, sadly"),
+            ("A much longer prompt before it: ", ""),
+            ("Hi", "t"),
+            ("Review: ", "x"),
+            ("Hi", "there, friend"),
+        ],
+    );
+    assert_logprobs_are_token_by_token(&m, &items);
 }
 
 /// Through the fused training kernels (f32 on the CPU): a batch whose completions share prompts gives every
@@ -383,16 +363,15 @@ fn completions_sharing_a_prompt_score_as_if_each_ran_alone() {
 #[test]
 fn shared_prompt_gradients_equal_those_of_items_run_one_by_one() {
     let m = tiny(true, 9);
-    let tk = m.tokenizer();
-    let items: Vec<(Vec<u32>, Vec<u32>)> = [
-        ("Prompt one: ", "chosen answer"),
-        ("Prompt two, longer: ", "yes"),
-        ("Prompt one: ", "rejected"),
-        ("Prompt two, longer: ", "no, not at all"),
-    ]
-    .iter()
-    .map(|(p, c)| (tk.encode(p).unwrap(), tk.encode(c).unwrap()))
-    .collect();
+    let items = encode_items(
+        &m,
+        &[
+            ("Prompt one: ", "chosen answer"),
+            ("Prompt two, longer: ", "yes"),
+            ("Prompt one: ", "rejected"),
+            ("Prompt two, longer: ", "no, not at all"),
+        ],
+    );
     let coef = [0.7f32, -1.3, 0.4, 1.1];
     let batch = m.sequence_logprobs(&items, Padding::Right).unwrap();
     let batch_loss = (batch.sum * Tensor::new(&coef, &Device::Cpu).unwrap())
@@ -437,11 +416,7 @@ fn gradient_check(tied: bool, bias: bool, padding: Padding, texts: &[(&str, &str
         .unwrap()
         .to_dtype(DType::F64)
         .unwrap();
-    let tk = m.tokenizer();
-    let items: Vec<(Vec<u32>, Vec<u32>)> = texts
-        .iter()
-        .map(|(p, c)| (tk.encode(p).unwrap(), tk.encode(c).unwrap()))
-        .collect();
+    let items = encode_items(&m, texts);
     let coef: Vec<f64> = [0.7, -1.3, 0.9, -0.4][..items.len()].to_vec();
     let coef = Tensor::new(coef, &Device::Cpu).unwrap();
     let loss_of = |m: &LanguageModel| -> Tensor {

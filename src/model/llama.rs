@@ -13,11 +13,13 @@
 //!
 //! Shapes: b batch, t new tokens, s keys (cached + new), h hidden, nh heads, nkv kv heads, hd head dim.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor, Var};
 
+use super::Padding;
 use super::config::ModelConfig;
 use super::error::Result;
 use super::lora::{Adapter, Adapters};
@@ -196,6 +198,47 @@ impl KvCache {
         self.valid = rows.iter().map(|&r| self.valid[r].clone()).collect();
         Ok(())
     }
+}
+
+/// The distinct prompts among `prompts` in first-seen order, and each prompt's index among them: completions
+/// of the same prompt share its forward pass (keys and values selected per row, [`KvCache::select_rows`]).
+pub(crate) fn distinct<'a>(
+    prompts: impl Iterator<Item = &'a [u32]>,
+) -> (Vec<&'a [u32]>, Vec<usize>) {
+    let mut index: HashMap<&[u32], usize> = HashMap::new();
+    let mut out = Vec::new();
+    let of = prompts
+        .map(|p| {
+            *index.entry(p).or_insert_with(|| {
+                out.push(p);
+                out.len() - 1
+            })
+        })
+        .collect();
+    (out, of)
+}
+
+/// Prompts as one batch (u, t), t the longest, padded with `pad` on the `padding` side: the ids, which slots
+/// are real tokens, and the flat index (row · t + slot) of each prompt's last token. Prompts are not empty.
+pub(crate) fn prompt_batch(
+    prompts: &[&[u32]],
+    padding: Padding,
+    pad: u32,
+) -> (Vec<u32>, Vec<Vec<bool>>, Vec<usize>) {
+    let t = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let mut ids = vec![pad; prompts.len() * t];
+    let mut valid = vec![vec![false; t]; prompts.len()];
+    let mut last = Vec::with_capacity(prompts.len());
+    for (r, p) in prompts.iter().enumerate() {
+        let off = match padding {
+            Padding::Left => t - p.len(),
+            Padding::Right => 0,
+        };
+        ids[r * t + off..r * t + off + p.len()].copy_from_slice(p);
+        valid[r][off..off + p.len()].fill(true);
+        last.push(r * t + off + p.len() - 1);
+    }
+    (ids, valid, last)
 }
 
 /// A weight as `k` reads it: tracked for gradients on the differentiable path. Base weights under LoRA

@@ -1,11 +1,9 @@
 //! Sequence log-probabilities of completions given prompts: log π(y|x) = Σ over completion tokens of
 //! log p(token | everything before it). Prompt tokens and padding never count (REFERENCE.md, "DPO").
 
-use std::collections::HashMap;
-
 use candle_core::{D, DType, Tensor};
 
-use super::llama::{Kernels, KvCache};
+use super::llama::{Kernels, KvCache, distinct, prompt_batch};
 use super::{LanguageModel, ModelError, Result};
 
 /// Where padding goes when sequences of different lengths share a batch. Both give the same log-probs (tested).
@@ -113,11 +111,11 @@ impl LanguageModel {
             rows,
             targets,
             items: seg,
-        } = match shared_prompts(items) {
-            Some((prompts, of_item)) => {
+        } = match distinct(items.iter().map(|(p, _)| p.as_slice())) {
+            (prompts, of_item) if prompts.len() < b => {
                 self.shared_prompt_hidden(items, &prompts, &of_item, padding, k)?
             }
-            None => self.flat_hidden(items, padding, k)?,
+            _ => self.flat_hidden(items, padding, k)?,
         };
         let n = rows.len();
         let mut counts = vec![0f64; b];
@@ -203,28 +201,8 @@ impl LanguageModel {
         }
         let (u, b) = (prompts.len(), items.len());
         let pt = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let mut ids = vec![pad; u * pt];
-        let mut valid = vec![vec![false; pt]; u];
-        // Row of each prompt's last token: it predicts the first completion token.
-        let mut last = Vec::with_capacity(u);
-        for (r, p) in prompts.iter().enumerate() {
-            let off = match padding {
-                Padding::Left => pt - p.len(),
-                Padding::Right => 0,
-            };
-            ids[r * pt + off..r * pt + off + p.len()].copy_from_slice(p);
-            valid[r][off..off + p.len()].fill(true);
-            last.push(r * pt + off + p.len() - 1);
-        }
-        let mut cache = KvCache {
-            layers: Vec::new(),
-            valid: valid.clone(),
-        };
-        let ids = Tensor::from_vec(ids, (u, pt), dev)?;
-        let prompt_h = self
-            .net
-            .hidden(&self.config, &ids, &valid, Some(&mut cache), k)?
-            .reshape((u * pt, width))?;
+        // `last`: the row of each prompt's last token, which predicts the first completion token.
+        let (prompt_h, mut cache, last) = self.prefill(prompts, padding, k)?;
 
         // Completion tokens run: all but each completion's last.
         let ct = items
@@ -261,6 +239,31 @@ impl LanguageModel {
         out.hidden = Some(Tensor::cat(&[&prompt_h, &completion_h], 0)?);
         Ok(out)
     }
+
+    /// The prompts run as one batch padded on the `padding` side ([`prompt_batch`]): hidden states (u · t, h)
+    /// flattened by row, the cache of their keys and values, and the flat row of each prompt's last token.
+    pub(super) fn prefill(
+        &self,
+        prompts: &[&[u32]],
+        padding: Padding,
+        k: Kernels,
+    ) -> Result<(Tensor, KvCache, Vec<usize>)> {
+        let (u, t) = (
+            prompts.len(),
+            prompts.iter().map(|p| p.len()).max().unwrap_or(0),
+        );
+        let (ids, valid, last) = prompt_batch(prompts, padding, self.tokenizer.eos_id());
+        let mut cache = KvCache {
+            layers: Vec::new(),
+            valid: valid.clone(),
+        };
+        let ids = Tensor::from_vec(ids, (u, t), &self.device)?;
+        let h = self
+            .net
+            .hidden(&self.config, &ids, &valid, Some(&mut cache), k)?
+            .reshape((u * t, self.config.hidden_size))?;
+        Ok((h, cache, last))
+    }
 }
 
 /// Hidden states (m, h) of every position a forward pass ran (None when none ran), and for each completion
@@ -279,23 +282,6 @@ impl Predictors {
         self.targets.push(target);
         self.items.push(item);
     }
-}
-
-/// The distinct prompts of `items` in first-seen order and each item's index among them; None when no two
-/// items share a prompt.
-fn shared_prompts(items: &[(Vec<u32>, Vec<u32>)]) -> Option<(Vec<&[u32]>, Vec<usize>)> {
-    let mut index: HashMap<&[u32], usize> = HashMap::new();
-    let mut prompts = Vec::new();
-    let of_item: Vec<usize> = items
-        .iter()
-        .map(|(p, _)| {
-            *index.entry(p.as_slice()).or_insert_with(|| {
-                prompts.push(p.as_slice());
-                prompts.len() - 1
-            })
-        })
-        .collect();
-    (prompts.len() < items.len()).then_some((prompts, of_item))
 }
 
 /// log p(target_r) = logits[r, target_r] − logsumexp(logits[r]) for logits (n, vocab): (n, 1), differentiable.

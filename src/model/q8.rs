@@ -10,8 +10,9 @@
 //! consecutive inputs of all 16 rows. One `vpdpbusd` then multiplies them by 4 broadcast activation quants
 //! and adds into 16 sums; the +128 is taken back out through the block's activation sum.
 //!
-//! [`PackedQ8::matmul_reference`] computes the same sums in plain Rust, in the same order: tests check the
-//! packing on any CPU and the kernel against it, bit for bit, on CPUs that have the instructions.
+//! `PackedQ8::matmul_reference` (test builds) computes the same sums in plain Rust, in the same order:
+//! tests check the packing on any CPU and the kernel against it, bit for bit, on CPUs that have the
+//! instructions.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 
@@ -337,6 +338,11 @@ mod tests {
             let x = values(m * k, 4 + m as u32);
             assert_eq!(w.matmul(&x, m), w.matmul_reference(&x, m), "{m} rows");
         }
+        // Enough tiles to be split among threads where rayon has more than one.
+        let (n, k, m) = (512, 64, 6);
+        let w = PackedQ8::pack(&values(n * k, 5), n, k);
+        let x = values(m * k, 6);
+        assert_eq!(w.matmul(&x, m), w.matmul_reference(&x, m), "{n} columns");
     }
 
     #[test]

@@ -1,12 +1,11 @@
 //! Batched sampling with a KV cache: many prompts × many samples per forward step, left padding, each row
 //! with its own random stream so a row's result does not depend on what else is in the batch.
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 
-use super::llama::KvCache;
+use super::Padding;
+use super::llama::distinct;
 use super::{LanguageModel, ModelError, Result};
 
 /// How to sample.
@@ -233,39 +232,13 @@ impl LanguageModel {
         if params.max_new_tokens > 0 {
             // Prefill each distinct prompt once (rows sampling the same prompt share its keys and values),
             // left-padded so every row's last slot is its last prompt token.
-            let mut index: HashMap<&[u32], usize> = HashMap::new();
-            let mut prompts: Vec<&[u32]> = Vec::new();
-            let of_row: Vec<usize> = rows
-                .iter()
-                .map(|r| {
-                    *index.entry(&r.prompt_ids).or_insert_with(|| {
-                        prompts.push(&r.prompt_ids);
-                        prompts.len() - 1
-                    })
-                })
-                .collect();
-            let u = prompts.len();
-            let plen = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-            let mut ids = vec![eos; u * plen];
-            let mut valid = vec![vec![false; plen]; u];
-            for (i, p) in prompts.iter().enumerate() {
-                let off = plen - p.len();
-                ids[i * plen + off..(i + 1) * plen].copy_from_slice(p);
-                valid[i][off..].iter_mut().for_each(|v| *v = true);
-            }
-            let mut cache = KvCache {
-                layers: Vec::new(),
-                valid: valid.clone(),
-            };
-            let ids = Tensor::from_vec(ids, (u, plen), dev)?;
-            let h = self
-                .net
-                .hidden(&self.config, &ids, &valid, Some(&mut cache), kernels)?;
-            let mut last = h.narrow(1, plen - 1, 1)?.squeeze(1)?;
-            if u < b {
+            let (prompts, of_row) = distinct(rows.iter().map(|r| r.prompt_ids.as_slice()));
+            let (h, mut cache, last) = self.prefill(&prompts, Padding::Left, kernels)?;
+            // Each row's prompt's last hidden state; the cache's rows, one per row.
+            let idx: Vec<u32> = of_row.iter().map(|&p| last[p] as u32).collect();
+            let mut last = h.index_select(&Tensor::new(idx, dev)?, 0)?;
+            if prompts.len() < b {
                 cache.select_rows(&of_row, dev)?;
-                let idx = Tensor::new(of_row.iter().map(|&r| r as u32).collect::<Vec<_>>(), dev)?;
-                last = last.contiguous()?.index_select(&idx, 0)?;
             }
             // Original row index of each row still in the batch.
             let mut active: Vec<usize> = (0..b).collect();
