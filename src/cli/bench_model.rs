@@ -2,12 +2,12 @@
 //! workloads of `../shared/bench/anchor_torch.py`, so that the two can be run back to back and reported as
 //! ratios (docs/BENCHMARKS.md):
 //! - **score**: 8 sequences × 64 tokens (32 prompt + 32 completion), no gradient, fused kernels.
+//!   As in anchor_torch.py, the 8 are 4 prompts with two completions each, and the prompts run once
+//!   (the engine shares a prompt's forward pass among the completions that continue it).
 //! - **sample16** / **sample1**: 16 prompts (and 1) of 16 tokens, 32 new tokens each at T = 1.0 with no
 //!   nucleus cut, KV cache, one batch; only generated tokens count (EOS may stop a row early). Run once
 //!   per `--sampling-weights` entry: f32 as `sample16`, a quantized copy as `sample16_q8_0`, after
 //!   `quantize_q8_0`, the time to make that copy from the f32 weights (what the engine pays per version).
-//!   As in anchor_torch.py, the 8 are 4 prompts with two completions each, and the prompts run once
-//!   (the engine shares a prompt's forward pass among the completions that continue it).
 //! - **dpo**: the same 8 × 64 as 4 chosen + 4 rejected sequences, the sigmoid DPO loss (β 0.1) against cached
 //!   reference log-probs, backward, and the trainer's own fused AdamW (lr 1e-6). After the others, because the
 //!   memory a step takes is not all given back to the system and would raise the peaks measured after it.
