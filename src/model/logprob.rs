@@ -199,10 +199,10 @@ impl LanguageModel {
         if items.iter().all(|(_, c)| c.is_empty()) {
             return Ok(out);
         }
-        let (u, b) = (prompts.len(), items.len());
-        let pt = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let b = items.len();
         // `last`: the row of each prompt's last token, which predicts the first completion token.
         let (prompt_h, mut cache, last) = self.prefill(prompts, padding, k)?;
+        let prompt_rows = prompt_h.dim(0)?;
 
         // Completion tokens run: all but each completion's last.
         let ct = items
@@ -214,7 +214,7 @@ impl LanguageModel {
             for (j, &tok) in c.iter().enumerate() {
                 let row = match j {
                     0 => last[of_item[r]],
-                    _ => u * pt + r * ct + j - 1,
+                    _ => prompt_rows + r * ct + j - 1,
                 };
                 out.push(row, tok, r);
             }
@@ -248,11 +248,8 @@ impl LanguageModel {
         padding: Padding,
         k: Kernels,
     ) -> Result<(Tensor, KvCache, Vec<usize>)> {
-        let (u, t) = (
-            prompts.len(),
-            prompts.iter().map(|p| p.len()).max().unwrap_or(0),
-        );
         let (ids, valid, last) = prompt_batch(prompts, padding, self.tokenizer.eos_id());
+        let (u, t) = (prompts.len(), valid.first().map_or(0, Vec::len));
         let mut cache = KvCache {
             layers: Vec::new(),
             valid: valid.clone(),
